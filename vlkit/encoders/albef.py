@@ -1,0 +1,153 @@
+"""ALBEF's encoder: a ViT, BERT text layers, and BERT fusion layers with cross-attention.
+
+``encode_image`` runs the ViT; ``encode_text`` runs the text layers ``[0, fusion_layer)``; ``fuse``
+runs the fusion layers ``[fusion_layer, L)`` on text tokens against image tokens. The keys and
+values of every fusion layer's cross-attention depend only on the images, so :meth:`image_kv`
+computes them once per step and every fusion pass over those images (ITM positives, hard negatives,
+masked text) indexes into them instead of projecting the image tokens again.
+
+Module names follow the official code (``visual_encoder``, ``text_encoder``, ``vision_proj``,
+``text_proj``), with ``text_encoder`` in the HF ``BertModel`` layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from vlkit.encoders.base import (
+    Encoder,
+    EncoderConfig,
+    FusedEncoding,
+    ImageEncoding,
+    TextEncoding,
+    l2_normalize,
+)
+from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
+from vlkit.nn.bert import KV, BertConfig, BertStack
+from vlkit.nn.vit import VisionTransformer, ViTConfig
+from vlkit.registry import register
+from vlkit.schema import ConfigError
+
+
+@dataclass(kw_only=True)
+class AlbefConfig(EncoderConfig):
+    """ALBEF encoder.
+
+    Attributes:
+        image: the ViT (ALBEF: DeiT-B/16 at 256 px).
+        text: the BERT stack, text and fusion layers together (ALBEF: BERT-base, 12 layers).
+        fusion_layer: index of the first text layer with cross-attention (ALBEF: 6).
+        embed_dim: width of the contrastive features (ALBEF: 256).
+    """
+
+    image: ViTConfig = field(default_factory=ViTConfig)
+    text: BertConfig = field(default_factory=BertConfig)
+    fusion_layer: int = 6
+    embed_dim: int = 256
+
+    SIZES: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"image": TINY_VIT, "text": TINY_BERT, "fusion_layer": 2, "embed_dim": 32},
+        "base": {"image": BASE_VIT, "text": BASE_BERT, "fusion_layer": 6, "embed_dim": 256},
+        "large": {"image": LARGE_VIT, "text": LARGE_BERT, "fusion_layer": 12, "embed_dim": 256},
+    }
+
+    def __post_init__(self) -> None:
+        try:
+            self.image.check_patches()
+        except ConfigError as err:
+            raise err.under("image") from None
+        if not 0 < self.fusion_layer < self.text.layers:
+            raise ConfigError(f"must be in [1, {self.text.layers - 1}] (text.layers = {self.text.layers}) "
+                              "so that there are text and fusion layers", key="fusion_layer")
+
+
+class AlbefEncoder(Encoder):
+    """ViT + BERT text layers + BERT fusion layers (ALBEF).
+
+    Args:
+        visual_encoder: the image tower.
+        text_encoder: BERT with cross-attention from ``fusion_layer`` on.
+        vision_proj: ``Linear(D_img, E)`` for the image contrastive feature.
+        text_proj: ``Linear(D_txt, E)`` for the text contrastive feature.
+    """
+
+    supports_fusion = True
+
+    def __init__(self, visual_encoder: VisionTransformer, text_encoder: BertStack,
+                 vision_proj: nn.Linear, text_proj: nn.Linear) -> None:
+        super().__init__()
+        self.visual_encoder = visual_encoder
+        self.text_encoder = text_encoder
+        self.vision_proj = vision_proj
+        self.text_proj = text_proj
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vision_proj.out_features
+
+    @property
+    def width(self) -> int:
+        return self.text_encoder.cfg.dim
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.text_encoder.embeddings.word_embeddings
+
+    def encode_image(self, images: Tensor) -> ImageEncoding:
+        """``[B, 3, H, W]`` → tokens ``[B, 1+P, D]`` and feature ``[B, E]``."""
+        embeds = self.visual_encoder(images)
+        return ImageEncoding(embeds=embeds, feat=l2_normalize(self.vision_proj(embeds[:, 0])))
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True) -> TextEncoding:
+        """``[B, L]`` → text-layer tokens ``[B, L, D]`` and (``unimodal``) feature ``[B, E]``."""
+        mask = attention_mask.bool()
+        stack = self.text_encoder
+        embeds = stack.run(stack.embed(input_ids), mask, stack.text_layers)
+        feat = l2_normalize(self.text_proj(embeds[:, 0])) if unimodal else None
+        return TextEncoding(embeds=embeds, mask=mask, feat=feat)
+
+    def image_kv(self, image: ImageEncoding) -> list[KV]:
+        """Cross-attention keys/values of every fusion layer, each ``[B, M, H, Dh]``."""
+        if image.embeds is None:
+            raise ValueError("image_kv needs image.embeds")
+        return self.text_encoder.image_kv(image.embeds)
+
+    def fuse(self, image: ImageEncoding, text: TextEncoding, *, image_index: Tensor | None = None,
+             text_index: Tensor | None = None, image_kv: list[KV] | None = None) -> FusedEncoding:
+        """Fusion layers over pairs; returns fused text tokens ``[B', L, D]`` and their [CLS]."""
+        if text.embeds is None:
+            raise ValueError("fuse needs text.embeds (the text-layer output)")
+        kv = image_kv if image_kv is not None else self.image_kv(image)
+        if image_index is not None:
+            kv = [(k[image_index], v[image_index]) for k, v in kv]
+        hidden, mask = text.embeds, text.mask
+        if text_index is not None:
+            hidden, mask = hidden[text_index], mask[text_index]
+        if hidden.shape[0] != kv[0][0].shape[0]:
+            raise ValueError(f"fuse pairs {kv[0][0].shape[0]} images with {hidden.shape[0]} texts; "
+                             "pass image_index/text_index of equal length")
+        out = self.text_encoder.run(hidden, mask, self.text_encoder.fusion_layers, kv)
+        return FusedEncoding(text=out, cls=out[:, 0])
+
+    def parts(self) -> dict[str, list[nn.Module]]:
+        layers = self.text_encoder.layers
+        return {
+            "vision": [self.visual_encoder],
+            "text": [self.text_encoder.embeddings, *(layers[i] for i in self.text_encoder.text_layers)],
+            "fusion": [layers[i] for i in self.text_encoder.fusion_layers],
+            "projections": [self.vision_proj, self.text_proj],
+        }
+
+
+@register("encoder", "albef", config=AlbefConfig)
+def build_albef(cfg: AlbefConfig) -> AlbefEncoder:
+    """ALBEF: ViT + BERT text layers + cross-attention fusion layers."""
+    return AlbefEncoder(
+        visual_encoder=VisionTransformer(cfg.image, backend=cfg.attention),
+        text_encoder=BertStack(cfg.text, fusion_layer=cfg.fusion_layer, encoder_width=cfg.image.dim,
+                               backend=cfg.attention),
+        vision_proj=nn.Linear(cfg.image.dim, cfg.embed_dim),
+        text_proj=nn.Linear(cfg.text.dim, cfg.embed_dim),
+    )

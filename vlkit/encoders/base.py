@@ -1,0 +1,163 @@
+"""The interface every encoder shares: ``encode_image``, ``encode_text``, ``fuse``.
+
+Encoders compute representations, never losses. What they return is kept in small dataclasses
+named with ALBEF's vocabulary (``embeds`` are tokens, ``feat`` the projected, L2-normalized [CLS]
+used by contrastive objectives) so that the step context of the training loop can memoize them and
+hand the same encoding to several objectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlkit.schema import ComponentConfig
+
+
+@dataclass(kw_only=True)
+class EncoderConfig(ComponentConfig):
+    """Settings every encoder has.
+
+    Attributes:
+        size: a preset (``tiny`` for tests on the CPU, ``base`` as in the papers, ``large``); keys
+            the recipe sets itself override the preset.
+        attention: attention kernel: ``auto`` (xformers on CUDA when installed, else sdpa),
+            ``xformers``, ``sdpa`` or ``math`` (reference).
+    """
+
+    size: str = "base"
+    attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
+
+
+def _select(x: Tensor | None, index: Tensor | None) -> Tensor | None:
+    return x if x is None or index is None else x[index]
+
+
+@dataclass
+class ImageEncoding:
+    """An image batch as an encoder sees it.
+
+    Attributes:
+        embeds: ``[B, M, D]`` image tokens after the final norm (ALBEF ``image_embeds``).
+        feat: ``[B, E]`` projected, L2-normalized [CLS] for contrastive objectives (``image_feat``),
+            or None when not computed.
+        vl_feat: ``[B, E]`` VLMo's second contrastive feature from the vision-language experts.
+        inputs: ``[B, M, D]`` token embeddings entering the encoder (MoME fuses from these).
+    """
+
+    embeds: Tensor | None
+    feat: Tensor | None = None
+    vl_feat: Tensor | None = None
+    inputs: Tensor | None = None
+
+    def select(self, index: Tensor) -> ImageEncoding:
+        """Rows ``index`` ``[B']`` of every tensor."""
+        return ImageEncoding(*(_select(getattr(self, f.name), index) for f in dataclasses.fields(self)))
+
+
+@dataclass
+class TextEncoding:
+    """A text batch as an encoder sees it.
+
+    Attributes:
+        embeds: ``[B, L, D]`` unimodal text tokens (ALBEF ``text_embeds``: output of the text
+            layers), or None when only fusion inputs were computed.
+        mask: ``[B, L]`` bool, True for real tokens.
+        feat: ``[B, E]`` projected, L2-normalized [CLS] (``text_feat``).
+        vl_feat: ``[B, E]`` VLMo's VL-path feature.
+        inputs: ``[B, L, D]`` token embeddings (MoME fuses from these).
+    """
+
+    embeds: Tensor | None
+    mask: Tensor
+    feat: Tensor | None = None
+    vl_feat: Tensor | None = None
+    inputs: Tensor | None = None
+
+    def select(self, index: Tensor) -> TextEncoding:
+        """Rows ``index`` ``[B']`` of every tensor."""
+        return TextEncoding(*(_select(getattr(self, f.name), index) for f in dataclasses.fields(self)))
+
+
+@dataclass
+class FusedEncoding:
+    """Output of a fusion pass over ``B'`` (image, text) pairs.
+
+    Attributes:
+        text: ``[B', L, D]`` fused text tokens (the MLM head reads masked positions here).
+        cls: ``[B', D]`` the fused representation the ITM head reads (ALBEF: the [CLS] token;
+            VLMo: its pooler over the [CLS] token).
+        image: ``[B', M, D]`` fused image tokens, for encoders that update them (MoME), else None.
+    """
+
+    text: Tensor
+    cls: Tensor
+    image: Tensor | None = None
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """Unit length along the last axis."""
+    return F.normalize(x, dim=-1)
+
+
+class Encoder(nn.Module):
+    """Base class of vlkit encoders.
+
+    Subclasses implement :meth:`encode_image` and :meth:`encode_text`; fusion encoders also
+    :meth:`fuse` (and set ``supports_fusion``), and may override :meth:`image_kv` to return
+    image-side work that several fusion passes can share.
+    """
+
+    supports_fusion: ClassVar[bool] = False
+
+    @property
+    def embed_dim(self) -> int:
+        """Width ``E`` of the contrastive features."""
+        raise NotImplementedError
+
+    @property
+    def width(self) -> int:
+        """Width ``D`` of fused tokens (what ITM and MLM heads read)."""
+        raise NotImplementedError
+
+    def word_embeddings(self) -> nn.Embedding:
+        """The text token embedding table (BERT ties its MLM decoder to it)."""
+        raise NotImplementedError
+
+    def encode_image(self, images: Tensor) -> ImageEncoding:
+        """``[B, 3, H, W]`` normalized images → :class:`ImageEncoding`."""
+        raise NotImplementedError
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True) -> TextEncoding:
+        """``[B, L]`` token ids and mask → :class:`TextEncoding`.
+
+        ``unimodal=False`` computes only what :meth:`fuse` needs (no contrastive feature), e.g. for
+        masked text that is only ever fused.
+        """
+        raise NotImplementedError
+
+    def image_kv(self, image: ImageEncoding) -> Any:
+        """Image-side state reusable by several :meth:`fuse` calls with the same images (or None)."""
+        return None
+
+    def fuse(self, image: ImageEncoding, text: TextEncoding, *, image_index: Tensor | None = None,
+             text_index: Tensor | None = None, image_kv: Any = None) -> FusedEncoding:
+        """Fuse pairs ``(image[image_index[i]], text[text_index[i]])``.
+
+        Args:
+            image: the image batch ``B_i``.
+            text: the text batch ``B_t``.
+            image_index: ``[B']`` long rows of ``image`` (None: all, in order).
+            text_index: ``[B']`` long rows of ``text`` (None: all, in order).
+            image_kv: what :meth:`image_kv` returned for ``image`` (computed here if None).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no fusion layers (a dual encoder); "
+                                  "objectives that fuse (itm, mlm) need an albef or mome encoder")
+
+    def parts(self) -> dict[str, list[nn.Module]]:
+        """Named groups of sub-modules for parameter reports (e.g. vision, text, fusion)."""
+        return {"all": [self]}

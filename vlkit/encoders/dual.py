@@ -1,0 +1,160 @@
+"""Dual encoder (ALIGN / CLIP style): an image tower and a BERT text tower, no fusion.
+
+The image tower is vlkit's ViT (``image_backbone: vit``, shaped by ``image``) or any timm model by
+name (``image_backbone: efficientnet_b3``; ALIGN uses EfficientNet), whose globally pooled features
+feed the projection. Each tower has a linear projection into the shared embedding space.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import timm
+from torch import Tensor, nn
+
+from vlkit.encoders.base import Encoder, EncoderConfig, ImageEncoding, TextEncoding, l2_normalize
+from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_VIT
+from vlkit.nn.bert import BertConfig, BertStack
+from vlkit.nn.vit import VisionTransformer, ViTConfig
+from vlkit.registry import did_you_mean, register
+from vlkit.schema import ConfigError
+
+
+@functools.cache
+def _timm_models() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+@dataclass(kw_only=True)
+class DualConfig(EncoderConfig):
+    """Dual encoder.
+
+    Attributes:
+        image_backbone: ``vit`` (vlkit's ViT, shaped by ``image``) or a timm model name.
+        image: the ViT shape; with a timm backbone only ``image_size`` is used (the input side).
+        text: the BERT text tower (every layer a text layer).
+        embed_dim: width of the shared embedding space.
+        proj_bias: bias on the two projections.
+    """
+
+    image_backbone: str = "vit"
+    image: ViTConfig = field(default_factory=ViTConfig)
+    text: BertConfig = field(default_factory=BertConfig)
+    embed_dim: int = 512
+    proj_bias: bool = True
+
+    SIZES: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"image": TINY_VIT, "text": {"dim": 64, "layers": 2, "heads": 4, "intermediate": 256,
+                                             "max_positions": 64}, "embed_dim": 32},
+        "base": {"image": {**BASE_VIT, "image_size": 224}, "text": BASE_BERT, "embed_dim": 512},
+        "large": {"image": {**LARGE_VIT, "image_size": 224}, "text": LARGE_BERT, "embed_dim": 768},
+    }
+
+    def __post_init__(self) -> None:
+        if self.image_backbone == "vit":
+            try:
+                self.image.check_patches()
+            except ConfigError as err:
+                raise err.under("image") from None
+        elif self.image_backbone not in _timm_models():
+            raise ConfigError(f"`{self.image_backbone}` is neither `vit` nor a timm model"
+                              f"{did_you_mean(self.image_backbone, _timm_models())}", key="image_backbone")
+
+
+class TimmImageTower(nn.Module):
+    """A timm model as an image tower: ``[B, 3, H, W]`` → (tokens ``[B, M, C]``, pooled ``[B, C]``).
+
+    Convolutional feature maps ``[B, C, h, w]`` become ``h·w`` tokens; pooling is the model's own
+    global pooling (``forward_head(pre_logits=True)``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.num_features)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model.forward_features(images)
+        pooled = self.model.forward_head(features, pre_logits=True)
+        tokens = features.flatten(2).transpose(1, 2) if features.dim() == 4 else features
+        return tokens, pooled
+
+
+class DualEncoder(Encoder):
+    """Image tower + text tower + projections; contrastive features only.
+
+    Args:
+        image_tower: vlkit ViT (CLS token pooled) or :class:`TimmImageTower`.
+        text_tower: BERT without fusion layers ([CLS] pooled).
+        vision_proj: ``Linear(D_img, E)``.
+        text_proj: ``Linear(D_txt, E)``.
+    """
+
+    supports_fusion = False
+
+    def __init__(self, image_tower: VisionTransformer | TimmImageTower, text_tower: BertStack,
+                 vision_proj: nn.Linear, text_proj: nn.Linear) -> None:
+        super().__init__()
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        self.vision_proj = vision_proj
+        self.text_proj = text_proj
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vision_proj.out_features
+
+    @property
+    def width(self) -> int:
+        return self.text_tower.cfg.dim
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.text_tower.embeddings.word_embeddings
+
+    def encode_image(self, images: Tensor) -> ImageEncoding:
+        """``[B, 3, H, W]`` → tokens ``[B, M, D]`` and feature ``[B, E]``."""
+        if isinstance(self.image_tower, TimmImageTower):
+            tokens, pooled = self.image_tower(images)
+        else:
+            tokens = self.image_tower(images)
+            pooled = tokens[:, 0]
+        return ImageEncoding(embeds=tokens, feat=l2_normalize(self.vision_proj(pooled)))
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True) -> TextEncoding:
+        """``[B, L]`` → tokens ``[B, L, D]`` and feature ``[B, E]`` (from [CLS])."""
+        mask = attention_mask.bool()
+        tokens = self.text_tower(input_ids, mask)
+        return TextEncoding(embeds=tokens, mask=mask, feat=l2_normalize(self.text_proj(tokens[:, 0])))
+
+    def parts(self) -> dict[str, list[nn.Module]]:
+        return {"vision": [self.image_tower], "text": [self.text_tower],
+                "projections": [self.vision_proj, self.text_proj]}
+
+
+def build_image_tower(cfg: DualConfig) -> VisionTransformer | TimmImageTower:
+    """vlkit's ViT, or the named timm model without its classifier (random init)."""
+    if cfg.image_backbone == "vit":
+        return VisionTransformer(cfg.image, backend=cfg.attention)
+    try:
+        model = timm.create_model(cfg.image_backbone, pretrained=False, num_classes=0, img_size=cfg.image.image_size)
+    except TypeError:  # convolutional models take any input size and no img_size argument
+        model = timm.create_model(cfg.image_backbone, pretrained=False, num_classes=0)
+    return TimmImageTower(model)
+
+
+@register("encoder", "dual", config=DualConfig)
+def build_dual(cfg: DualConfig) -> DualEncoder:
+    """Dual encoder (ALIGN / CLIP): image tower (ViT or any timm model) + BERT, no fusion."""
+    image_tower = build_image_tower(cfg)
+    image_dim = cfg.image.dim if isinstance(image_tower, VisionTransformer) else image_tower.dim
+    return DualEncoder(
+        image_tower=image_tower,
+        text_tower=BertStack(cfg.text, backend=cfg.attention),
+        vision_proj=nn.Linear(image_dim, cfg.embed_dim, bias=cfg.proj_bias),
+        text_proj=nn.Linear(cfg.text.dim, cfg.embed_dim, bias=cfg.proj_bias),
+    )

@@ -1,0 +1,6 @@
+"""Heads (registry kind ``head``) that objectives and tasks put on top of an encoder."""
+
+from vlkit.heads.itm import ITMHead
+from vlkit.heads.mlm import MLMHead, MLMHeadConfig
+
+__all__ = ["ITMHead", "MLMHead", "MLMHeadConfig"]

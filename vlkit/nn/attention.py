@@ -1,0 +1,240 @@
+"""One entry point for self- and cross-attention, with interchangeable kernels.
+
+Layout: ``[B, N, H, D]`` (batch, tokens, heads, head dim) for queries, keys, values and output; a
+fused-QKV projection reshapes to it without a copy and it is xformers' native layout.
+
+Backends:
+
+- ``xformers``: ``xformers.ops.memory_efficient_attention``; key padding and biases become an
+  additive tensor in the query dtype with an 8-aligned row stride; packed variable-length sequences
+  use its block-diagonal masks. CUDA only.
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; a key-padding mask alone is passed
+  as bool, a bias (with or without padding) as an additive mask in the query dtype (never an fp32 mask
+  with bf16 queries). On CUDA, masked calls are pinned to the memory-efficient kernel (it supports the
+  mask's gradient; cuDNN has given NaN gradients for masked shapes with ``N % 128 == 64``).
+- ``math``: the plain reference, computed in fp32 and cast back; tests compare the others against it.
+- ``auto``: xformers on CUDA when it imports, else sdpa. It never picks a backend that cannot run on
+  the tensors' device, and logs its choice once per device type.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Backend = Literal["auto", "xformers", "sdpa", "math"]
+BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
+
+log = logging.getLogger("vlkit.attention")
+_logged_choices: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True)
+class PackedSeqlens:
+    """Lengths of the sequences packed along the token axis of a ``[1, ΣN, H, D]`` tensor.
+
+    Host-side Python ints (known in the collate function), so building masks needs no device sync.
+
+    Attributes:
+        q: query length of each packed sequence.
+        k: key length of each packed sequence (same count as ``q``); ``None`` means equal to ``q``.
+    """
+
+    q: tuple[int, ...]
+    k: tuple[int, ...] | None = None
+
+    @property
+    def kv(self) -> tuple[int, ...]:
+        return self.k if self.k is not None else self.q
+
+    def __post_init__(self) -> None:
+        if self.k is not None and len(self.k) != len(self.q):
+            raise ValueError(f"packed q and k need the same number of sequences ({len(self.q)} vs {len(self.k)})")
+
+
+@functools.cache
+def xformers_available() -> bool:
+    """True when ``xformers.ops`` imports (it has CUDA kernels only)."""
+    if importlib.util.find_spec("xformers") is None:
+        return False
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception as err:  # broken builds raise all sorts of errors at import
+        log.warning("xformers is installed but does not import (%s); using sdpa", err)
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for ``backend`` on ``device``; ``auto`` picks and logs once."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend `{backend}`; valid: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        chosen = "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
+        key = (device.type, chosen)
+        if key not in _logged_choices:
+            _logged_choices.add(key)
+            log.info("attention backend: %s (auto, device %s)", chosen, device.type)
+        return chosen
+    if backend == "xformers":
+        if device.type != "cuda":
+            raise RuntimeError(
+                f"attention backend `xformers` has no kernels for device `{device.type}`; "
+                "use `auto` (xformers on CUDA, sdpa elsewhere) or `sdpa`"
+            )
+        if not xformers_available():
+            raise RuntimeError("attention backend `xformers` requested but xformers is not importable; "
+                               "install it with `pip install vlkit[xformers]` or use `auto`/`sdpa`")
+    return backend
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    key_padding_mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    packed: PackedSeqlens | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Scaled dot-product attention.
+
+    Args:
+        q: queries ``[B, Nq, H, D]``.
+        k: keys ``[B, Nk, H, D]`` (``Nk`` may differ from ``Nq``: cross-attention).
+        v: values ``[B, Nk, H, Dv]``.
+        key_padding_mask: bool ``[B, Nk]``, True where a key may be attended to.
+        bias: additive float bias broadcastable to ``[B, H, Nq, Nk]`` (e.g. a relative-position
+            bias ``[1, H, Nq, Nk]``); gradients flow into it.
+        dropout_p: dropout on the attention probabilities (pass 0 in eval mode).
+        scale: logit scale; default ``D ** -0.5``.
+        packed: lengths of sequences packed in a ``B == 1`` batch; each attends only within itself.
+        backend: ``auto``, ``xformers``, ``sdpa`` or ``math``.
+
+    Returns:
+        ``[B, Nq, H, Dv]`` in the dtype of ``q``.
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attention expects [B, N, H, D] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if packed is not None:
+        if q.shape[0] != 1 or key_padding_mask is not None or bias is not None:
+            raise ValueError("packed sequences need B == 1 and take no key_padding_mask or bias")
+        if sum(packed.q) != q.shape[1] or sum(packed.kv) != k.shape[1]:
+            raise ValueError(f"packed lengths sum to {sum(packed.q)}/{sum(packed.kv)}, "
+                             f"tensors hold {q.shape[1]}/{k.shape[1]} tokens")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    chosen = resolve_backend(backend, q.device)
+    if chosen == "xformers":
+        return _xformers(q, k, v, key_padding_mask, bias, dropout_p, scale, packed)
+    if packed is not None:
+        bias = _block_diagonal_bias(packed, q.device, torch.float32 if chosen == "math" else q.dtype)
+    if chosen == "sdpa":
+        return _sdpa(q, k, v, key_padding_mask, bias, dropout_p, scale)
+    return _math(q, k, v, key_padding_mask, bias, dropout_p, scale)
+
+
+# --------------------------------------------------------------------------- math
+def _math(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, bias: Tensor | None,
+          dropout_p: float, scale: float) -> Tensor:
+    """Reference: explicit scores in fp32, masked keys at -inf."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float() * scale, k.float())
+    if bias is not None:
+        scores = scores + bias.float()
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return torch.einsum("bhqk,bkhd->bqhd", probs, v.float()).to(q.dtype)
+
+
+# --------------------------------------------------------------------------- sdpa
+def _sdpa_mask(key_padding_mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Bool ``[B, 1, 1, Nk]`` for padding alone; otherwise an additive mask in ``dtype``."""
+    if bias is None:
+        return None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+    bias = bias.to(dtype)
+    if key_padding_mask is not None:
+        bias = torch.where(key_padding_mask[:, None, None, :], bias, float("-inf"))
+    return bias
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, bias: Tensor | None,
+          dropout_p: float, scale: float) -> Tensor:
+    mask = _sdpa_mask(key_padding_mask, bias, q.dtype)
+    args = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    if q.device.type == "cuda":
+        with torch.nn.attention.sdpa_kernel(_cuda_sdpa_kernels(masked=mask is not None), set_priority=True):
+            out = F.scaled_dot_product_attention(*args, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(*args, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out.transpose(1, 2)
+
+
+@functools.cache
+def _cuda_sdpa_kernels(masked: bool) -> list:
+    from torch.nn.attention import SDPBackend
+
+    if masked:  # efficient supports masks and their gradient; math is the last resort
+        return [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _block_diagonal_bias(packed: PackedSeqlens, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Additive ``[1, 1, ΣNq, ΣNk]`` mask: 0 within a packed sequence, -inf across sequences."""
+    q_ids = torch.repeat_interleave(torch.arange(len(packed.q), device=device),
+                                    torch.tensor(packed.q, device=device))
+    k_ids = torch.repeat_interleave(torch.arange(len(packed.kv), device=device),
+                                    torch.tensor(packed.kv, device=device))
+    same = q_ids[:, None] == k_ids[None, :]
+    zeros = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(same, zeros, float("-inf"))[None, None]
+
+
+# --------------------------------------------------------------------------- xformers
+def _aligned_bias(bias: Tensor, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """``bias`` as a ``[B, H, Nq, Nk]`` view in ``dtype`` whose rows start at multiples of 8 elements.
+
+    xformers' cutlass kernel needs the bias row stride to be a multiple of 8 (bf16/fp16). We
+    allocate the key axis rounded up and slice; batch and head axes that ``bias`` broadcasts over
+    stay broadcast (stride 0) instead of being materialized.
+    """
+    b, h, nq, nk = shape
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    alloc_b = 1 if bias.shape[0] == 1 else b
+    alloc_h = 1 if bias.shape[1] == 1 else h
+    storage = torch.empty((alloc_b, alloc_h, nq, math.ceil(nk / 8) * 8), dtype=dtype, device=bias.device)
+    out = storage[..., :nk]
+    out.copy_(bias.expand(alloc_b, alloc_h, nq, nk))
+    return out.expand(b, h, nq, nk)
+
+
+def _xformers(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, bias: Tensor | None,
+              dropout_p: float, scale: float, packed: PackedSeqlens | None) -> Tensor:
+    import xformers.ops as xops
+    from xformers.ops import fmha
+
+    attn_bias: object = None
+    if packed is not None:
+        attn_bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(list(packed.q), list(packed.kv))
+    elif bias is not None or key_padding_mask is not None:
+        b, nq, h, _ = q.shape
+        nk = k.shape[1]
+        full = bias.to(q.dtype) if bias is not None else torch.zeros((), dtype=q.dtype, device=q.device)
+        if key_padding_mask is not None:
+            full = torch.where(key_padding_mask[:, None, None, :], full, float("-inf"))
+        attn_bias = _aligned_bias(full, (b, h, nq, nk), q.dtype)
+    return xops.memory_efficient_attention(q, k, v, attn_bias=attn_bias, p=dropout_p, scale=scale)

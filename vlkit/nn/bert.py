@@ -1,0 +1,303 @@
+"""BERT text and fusion layers, state-dict compatible with ``transformers.BertModel``.
+
+Post-LN layers (``LN(x + dropout(dense(sublayer(x))))``). Layers built with ``cross_attention``
+carry an ALBEF-style cross-attention block after self-attention (queries from text, keys and values
+from image tokens of width ``encoder_width``). The keys/values of that block depend only on the
+image, so :meth:`BertLayer.cross_kv` computes them once and callers reuse them for every text batch
+fused with the same images (ITM positives, hard negatives, masked text).
+
+State dict (HF names): ``embeddings.{word_embeddings, position_embeddings, token_type_embeddings,
+LayerNorm}``, ``encoder.layer.{i}.attention.{self.{query,key,value}, output.{dense,LayerNorm}}``,
+``encoder.layer.{i}.crossattention.*`` (fusion layers), ``encoder.layer.{i}.intermediate.dense``,
+``encoder.layer.{i}.output.{dense,LayerNorm}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vlkit.nn.attention import attention
+
+KV = tuple[Tensor, Tensor]
+"""Keys and values of one cross-attention layer, each ``[B, M, H, Dh]``."""
+
+
+@dataclass(kw_only=True)
+class BertConfig:
+    """Shape of a BERT stack.
+
+    Attributes:
+        vocab_size: WordPiece vocabulary size.
+        dim: hidden width ``D``.
+        layers: number of layers (text + fusion).
+        heads: attention heads.
+        intermediate: FFN width.
+        max_positions: rows of the absolute position table.
+        type_vocab_size: rows of the token-type table.
+        eps: LayerNorm epsilon (1e-12 in BERT).
+        dropout: hidden dropout.
+        attention_dropout: dropout on attention probabilities.
+        pad_token_id: id of ``[PAD]`` (its embedding row is zero-initialized).
+    """
+
+    vocab_size: int = 30522
+    dim: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    eps: float = 1e-12
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings → LayerNorm → dropout: ``[B, L]`` ids → ``[B, L, D]``.
+
+    Args:
+        cfg: the stack's shape.
+        absolute_positions: False drops the position table (VLMo uses relative positions instead).
+    """
+
+    def __init__(self, cfg: BertConfig, absolute_positions: bool = True) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.dim) if absolute_positions else None
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.dim)
+        self.LayerNorm = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self._register_load_state_dict_pre_hook(_drop_position_ids)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """``[B, L]`` ids (and optional ``[B, L]`` token types, default 0) → ``[B, L, D]``."""
+        x = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        if self.position_embeddings is not None:
+            length = input_ids.shape[1]
+            if length > self.position_embeddings.num_embeddings:
+                raise ValueError(f"text of {length} tokens exceeds max_positions "
+                                 f"{self.position_embeddings.num_embeddings}")
+            x = x + self.position_embeddings.weight[:length]
+        return self.dropout(self.LayerNorm(x))
+
+
+def _drop_position_ids(state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    """Older HF checkpoints persist the ``position_ids`` buffer; it is derived, so drop it."""
+    state_dict.pop(prefix + "position_ids", None)
+
+
+class BertProjections(nn.Module):
+    """HF ``attention.self``: ``query``, ``key``, ``value`` projections (``key``/``value`` may read
+    a different width ``kv_dim``, e.g. image tokens in cross-attention)."""
+
+    def __init__(self, dim: int, kv_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(kv_dim, dim)
+        self.value = nn.Linear(kv_dim, dim)
+
+
+class BertResidualLN(nn.Module):
+    """HF ``*.output``: ``LN(residual + dropout(dense(x)))``."""
+
+    def __init__(self, in_dim: int, dim: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_dim, dim)
+        self.LayerNorm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(x)))
+
+
+class BertAttention(nn.Module):
+    """Self- or cross-attention block with its residual LayerNorm: ``[B, L, D]`` → ``[B, L, D]``."""
+
+    def __init__(self, cfg: BertConfig, kv_dim: int | None = None, backend: str = "auto") -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.head_dim = cfg.dim // cfg.heads
+        self.attn_drop = cfg.attention_dropout
+        self.attention_backend = backend
+        # HF calls this sub-module `self`; keeping the name keeps the state-dict layout.
+        self.self = BertProjections(cfg.dim, kv_dim or cfg.dim)
+        self.output = BertResidualLN(cfg.dim, cfg.dim, cfg.eps, cfg.dropout)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim))
+
+    def kv(self, source: Tensor) -> KV:
+        """Keys and values of ``source`` ``[B, M, Dkv]`` → two ``[B, M, H, Dh]`` tensors."""
+        return self._heads(self.self.key(source)), self._heads(self.self.value(source))
+
+    def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, kv: KV | None = None) -> Tensor:
+        """Attend from ``x`` ``[B, L, D]`` to itself, or to precomputed ``kv`` (cross-attention)."""
+        k, v = self.kv(x) if kv is None else kv
+        q = self._heads(self.self.query(x))
+        out = attention(q, k, v, key_padding_mask=key_padding_mask,
+                        dropout_p=self.attn_drop if self.training else 0.0, backend=self.attention_backend)
+        return self.output(out.flatten(-2), x)
+
+
+class BertIntermediate(nn.Module):
+    """HF ``intermediate``: ``gelu(dense(x))``, ``[.., D]`` → ``[.., F]``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    """Self-attention → (cross-attention) → FFN, each post-LN: ``[B, L, D]`` → ``[B, L, D]``.
+
+    Args:
+        cfg: the stack's shape.
+        encoder_width: width of the image tokens; ``None`` builds a layer without cross-attention.
+        backend: attention backend.
+    """
+
+    def __init__(self, cfg: BertConfig, encoder_width: int | None = None, backend: str = "auto") -> None:
+        super().__init__()
+        self.attention = BertAttention(cfg, backend=backend)
+        self.crossattention = BertAttention(cfg, kv_dim=encoder_width, backend=backend) if encoder_width else None
+        self.intermediate = BertIntermediate(cfg.dim, cfg.intermediate)
+        self.output = BertResidualLN(cfg.intermediate, cfg.dim, cfg.eps, cfg.dropout)
+
+    @property
+    def has_cross_attention(self) -> bool:
+        return self.crossattention is not None
+
+    def cross_kv(self, image_embeds: Tensor) -> KV:
+        """Cross-attention keys/values of ``image_embeds`` ``[B, M, Dv]`` (computed once, reused)."""
+        if self.crossattention is None:
+            raise RuntimeError("this layer has no cross-attention")
+        return self.crossattention.kv(image_embeds)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, cross_kv: KV | None = None,
+                cross_mask: Tensor | None = None) -> Tensor:
+        """One layer.
+
+        Args:
+            x: text tokens ``[B, L, D]``.
+            mask: bool ``[B, L]``, True for real tokens.
+            cross_kv: image keys/values for this layer, each ``[B, M, H, Dh]`` (fusion layers only).
+            cross_mask: bool ``[B, M]`` over image tokens (None: all attended, as in ALBEF).
+        """
+        x = self.attention(x, key_padding_mask=mask)
+        if self.crossattention is not None:
+            if cross_kv is None:
+                raise ValueError("a fusion layer needs image keys/values (cross_kv)")
+            x = self.crossattention(x, key_padding_mask=cross_mask, kv=cross_kv)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoderLayers(nn.Module):
+    """HF ``encoder``: holds ``layer``, a list of :class:`BertLayer`."""
+
+    def __init__(self, layers: list[BertLayer]) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+
+class BertStack(nn.Module):
+    """Embeddings and layers of a BERT; layers ``>= fusion_layer`` have cross-attention.
+
+    ``forward`` runs a plain text encoder (all layers must be text layers); fusion encoders call
+    :meth:`embed`, :meth:`run` on the text range, then :meth:`run` on the fusion range with image
+    keys/values.
+
+    Args:
+        cfg: shape.
+        fusion_layer: index of the first layer with cross-attention (``cfg.layers``: none).
+        encoder_width: width of the image tokens the fusion layers read.
+        absolute_positions: keep the absolute position table.
+        backend: attention backend.
+    """
+
+    def __init__(self, cfg: BertConfig, *, fusion_layer: int | None = None, encoder_width: int | None = None,
+                 absolute_positions: bool = True, backend: str = "auto") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fusion_layer = cfg.layers if fusion_layer is None else fusion_layer
+        if not 0 <= self.fusion_layer <= cfg.layers:
+            raise ValueError(f"fusion_layer {self.fusion_layer} outside [0, {cfg.layers}]")
+        if self.fusion_layer < cfg.layers and not encoder_width:
+            raise ValueError("fusion layers need encoder_width (the image token width)")
+        self.embeddings = BertEmbeddings(cfg, absolute_positions=absolute_positions)
+        self.encoder = BertEncoderLayers([
+            BertLayer(cfg, encoder_width if i >= self.fusion_layer else None, backend=backend)
+            for i in range(cfg.layers)
+        ])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BERT's initialization: normal(0, 0.02) weights, zero biases, unit LayerNorms, zero [PAD] row."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.embeddings.word_embeddings.weight[self.cfg.pad_token_id].zero_()
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.encoder.layer
+
+    @property
+    def text_layers(self) -> range:
+        return range(0, self.fusion_layer)
+
+    @property
+    def fusion_layers(self) -> range:
+        return range(self.fusion_layer, self.cfg.layers)
+
+    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """``[B, L]`` → ``[B, L, D]``."""
+        return self.embeddings(input_ids, token_type_ids)
+
+    def image_kv(self, image_embeds: Tensor) -> list[KV]:
+        """Keys/values of every fusion layer for ``image_embeds`` ``[B, M, Dv]``."""
+        return [self.layers[i].cross_kv(image_embeds) for i in self.fusion_layers]
+
+    def run(self, hidden: Tensor, mask: Tensor | None, layers: range,
+            image_kv: list[KV] | None = None, image_mask: Tensor | None = None) -> Tensor:
+        """Run ``layers`` over ``hidden`` ``[B, L, D]``; ``image_kv`` holds one entry per fusion
+        layer in ``layers`` (as returned by :meth:`image_kv`, already indexed to ``B`` rows)."""
+        for i in layers:
+            layer = self.layers[i]
+            kv = None
+            if layer.has_cross_attention:
+                if image_kv is None:
+                    raise ValueError(f"layer {i} is a fusion layer and needs image keys/values")
+                kv = image_kv[i - self.fusion_layer]
+            hidden = layer(hidden, mask, cross_kv=kv, cross_mask=image_mask)
+        return hidden
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> Tensor:
+        """Text-only encoding through every layer: ``[B, L]`` → ``[B, L, D]`` (HF ``last_hidden_state``)."""
+        if self.fusion_layer < self.cfg.layers:
+            raise RuntimeError("this stack has fusion layers; use embed() and run() with image keys/values")
+        mask = None if attention_mask is None else attention_mask.bool()
+        return self.run(self.embed(input_ids, token_type_ids), mask, range(self.cfg.layers))

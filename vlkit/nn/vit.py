@@ -1,0 +1,163 @@
+"""Vision Transformer image encoder, state-dict compatible with timm's ``VisionTransformer``.
+
+Pre-LN blocks (``x + attn(norm1(x))``, ``x + mlp(norm2(x))``), fused ``qkv``, a CLS token and
+absolute position embeddings. Loading a checkpoint made at another resolution (e.g. DeiT-B/16 at 224
+into a 256 model) interpolates the position grid bicubically, as ALBEF does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed
+from torch import Tensor, nn
+
+from vlkit.nn.self_attention import SelfAttention
+from vlkit.schema import ConfigError
+
+
+@dataclass(kw_only=True)
+class ViTConfig:
+    """Shape of a ViT.
+
+    Attributes:
+        image_size: input side in pixels (square images).
+        patch_size: patch side in pixels.
+        dim: width ``D``.
+        depth: number of blocks.
+        heads: attention heads.
+        mlp_ratio: FFN width / ``D``.
+        qkv_bias: bias on the fused qkv projection.
+        eps: LayerNorm epsilon (1e-6 in ALBEF / DeiT).
+        drop_path: stochastic-depth rate of the last block (linear from 0).
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    eps: float = 1e-6
+    drop_path: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+
+    def check_patches(self) -> None:
+        """Raise unless the image side is a whole number of patches (checked where a ViT is built
+        from this shape; a timm backbone reads only ``image_size``)."""
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"{self.image_size} is not a multiple of patch_size {self.patch_size}",
+                              key="image_size")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches → tokens: ``[B, 3, H, W]`` → ``[B, (H/p)·(W/p), D]``."""
+
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class ViTBlock(nn.Module):
+    """Pre-LN transformer block: ``[B, N, D]`` → ``[B, N, D]``."""
+
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 eps: float = 1e-6, drop_path: float = 0.0, backend: str = "auto") -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = SelfAttention(dim, heads, qkv_bias="qkv" if qkv_bias else "none", backend=backend)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT with a CLS token; returns every token after the final norm.
+
+    State dict: ``cls_token [1,1,D]``, ``pos_embed [1,1+P,D]``, ``patch_embed.proj.*``,
+    ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*``, ``norm.*`` — timm's layout.
+    """
+
+    def __init__(self, cfg: ViTConfig, backend: str = "auto") -> None:
+        super().__init__()
+        cfg.check_patches()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, cfg.dim))
+        self.blocks = nn.ModuleList(
+            ViTBlock(cfg.dim, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, eps=cfg.eps,
+                     drop_path=rate, backend=backend)
+            for rate in drop_path_rates(cfg.drop_path, cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """timm's ViT initialization: truncated normal (std 0.02) for weights and embeddings."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.dim
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Patch embeddings with CLS and positions: ``[B, 3, H, W]`` → ``[B, 1+P, D]``."""
+        x = self.patch_embed(images)
+        if x.shape[1] != self.pos_embed.shape[1] - 1:
+            raise ValueError(f"images of {tuple(images.shape[-2:])} px give {x.shape[1]} patches; this ViT "
+                             f"is built for {self.cfg.image_size} px ({self.pos_embed.shape[1] - 1} patches)")
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat((cls, x), dim=1) + self.pos_embed
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` → ``[B, 1+P, D]`` (``image_embeds``)."""
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def _resize_pos_embed_on_load(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "pos_embed"
+        source = state_dict.get(key)
+        if source is not None and source.shape != self.pos_embed.shape:
+            state_dict[key] = resize_pos_embed(source, self.cfg.grid)
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rate per block, linear from 0 to ``rate`` (timm's rule)."""
+    return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+
+
+def resize_pos_embed(pos_embed: Tensor, grid: int, num_prefix_tokens: int = 1) -> Tensor:
+    """Bicubic resize of a square position grid: ``[1, k+s², D]`` → ``[1, k+grid², D]`` (prefix kept)."""
+    return resample_abs_pos_embed(pos_embed, [grid, grid], num_prefix_tokens=num_prefix_tokens,
+                                  interpolation="bicubic", antialias=False)

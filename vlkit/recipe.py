@@ -1,0 +1,325 @@
+"""Recipes: YAML files with ``base:`` inheritance, dotted overrides and typed validation.
+
+A recipe is resolved in four steps, all before anything heavy starts:
+
+1. **load**: each file is parsed with a safe YAML loader (YAML 1.2 floats such as ``3e-4``;
+   duplicate keys are an error), remembering the file and line of every key;
+2. **inherit**: ``base:`` (a path or a list of paths, relative to the file) is resolved depth first,
+   bases merged in order and the file on top; a cycle is an error that shows the chain;
+3. **override**: command-line ``a.b.c=value`` pairs are parsed as YAML values and set on top
+   (``objectives.mlm=null`` removes a part, ``train.lr=3e-4`` is a float);
+4. **validate**: the merged mapping is checked against the typed schemas (:class:`Recipe` and the
+   config dataclasses of the registered parts it names), after importing the plug-in modules listed
+   in ``imports:``. Errors name the file and line, the key path and the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+
+from vlkit import registry
+from vlkit.schema import Component, ComponentMap, RecipeError, deep_merge, to_dict, validate
+
+COMMAND_LINE = "command line"
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass(kw_only=True)
+class Recipe:
+    """A resolved, validated recipe.
+
+    Attributes:
+        description: one line shown by ``vlkit recipes list``.
+        imports: plug-in modules imported before validation (they call ``vlkit.register``).
+        seed: global random seed.
+        encoder: the encoder section, an instance of the registered encoder's config.
+        objectives: instance name → objective config; weights live in each config.
+    """
+
+    description: str = ""
+    imports: list[str] = field(default_factory=list)
+    seed: int = 0
+    encoder: Annotated[Any, Component("encoder")]
+    objectives: Annotated[dict[str, Any], ComponentMap("objective")] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, ready for YAML."""
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe as YAML (every default spelled out)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=1000)
+
+
+@dataclass
+class ResolvedRecipe:
+    """The outcome of :func:`resolve`.
+
+    Attributes:
+        recipe: the validated recipe.
+        raw: the merged mapping before validation (what the files and overrides said).
+        sources: the files merged, bases first, then ``command line`` if overrides were given.
+    """
+
+    recipe: Recipe
+    raw: dict[str, Any]
+    sources: list[str]
+
+
+# --------------------------------------------------------------------------- YAML
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe loader with YAML 1.2 floats (``1e-4``) and an error on duplicate keys."""
+
+
+_FLOAT_12 = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key `{key}` (first on line {seen[key] + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value parsed as YAML (``3e-4`` → float, ``null`` → None, ``[1, 2]`` → list)."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"cannot parse value `{text}`: {err}", source=COMMAND_LINE) from None
+
+
+def _key_lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_path = f"{path}.{key_node.value}" if path else str(key_node.value)
+            out[key_path] = key_node.start_mark.line + 1
+            _key_lines(value_node, key_path, out)
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def load_yaml_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Parse one recipe file; returns its mapping and the line of every dotted key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe: {err.strerror}", source=_display(path)) from None
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader)
+        node = yaml.compose(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"invalid YAML: {err}", source=_display(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping at the top level", source=_display(path))
+    lines: dict[str, int] = {}
+    if node is not None:
+        _key_lines(node, "", lines)
+    return data, lines
+
+
+# --------------------------------------------------------------------------- provenance
+class _Provenance:
+    """Which file (and line) set each dotted key; the innermost recorded prefix answers."""
+
+    def __init__(self) -> None:
+        self._where: dict[str, str] = {}
+
+    def record(self, data: dict[str, Any], source: str, lines: dict[str, int] | None, path: str = "") -> None:
+        for key, value in data.items():
+            key_path = f"{path}.{key}" if path else str(key)
+            line = (lines or {}).get(key_path)
+            self._where[key_path] = f"{source}:{line}" if line else source
+            if isinstance(value, dict):
+                self.record(value, source, lines, key_path)
+
+    def mark(self, path: str, value: Any, source: str) -> None:
+        """Record that ``source`` set ``path`` (and everything below it when ``value`` is a mapping)."""
+        self._where[path] = source
+        if isinstance(value, dict):
+            self.record(value, source, None, path)
+
+    def __call__(self, path: str) -> str:
+        path = re.sub(r"\[\d+\]", "", path)
+        while path:
+            if path in self._where:
+                return self._where[path]
+            path = path.rpartition(".")[0]
+        return ""
+
+
+# --------------------------------------------------------------------------- inheritance
+def _bases(data: dict[str, Any], path: Path) -> list[Path]:
+    base = data.pop("base", None)
+    if base is None:
+        return []
+    items = [base] if isinstance(base, str) else base
+    if not isinstance(items, list) or not all(isinstance(b, str) for b in items):
+        raise RecipeError("`base` must be a path or a list of paths", source=_display(path), key="base")
+    return [(path.parent / b).resolve() for b in items]
+
+
+def _load_tree(path: Path, prov: _Provenance, stack: tuple[Path, ...], sources: list[str]) -> dict[str, Any]:
+    if path in stack:
+        chain = " → ".join(_display(p) for p in (*stack, path))
+        raise RecipeError(f"`base` inheritance cycle: {chain}", source=_display(stack[-1]), key="base")
+    if not path.is_file():
+        where = _display(stack[-1]) if stack else ""
+        raise RecipeError(f"base recipe `{_display(path)}` does not exist", source=where, key="base")
+    data, lines = load_yaml_file(path)
+    merged: dict[str, Any] = {}
+    for base_path in _bases(data, path):
+        merged = deep_merge(merged, _load_tree(base_path, prov, (*stack, path), sources))
+    prov.record(data, _display(path), lines)
+    sources.append(_display(path))
+    return deep_merge(merged, data)
+
+
+# --------------------------------------------------------------------------- overrides
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` → (["a", "b"], 3)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _OVERRIDE_KEY.match(key):
+        raise RecipeError(f"override `{text}` is not of the form key.path=value", source=COMMAND_LINE)
+    return key.split("."), parse_value(value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], prov: _Provenance) -> dict[str, Any]:
+    """Set each ``a.b.c=value`` on a copy of ``data``; intermediate mappings are created."""
+    out = deep_merge({}, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        source = f"{COMMAND_LINE} ({text})"
+        node = out
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+                prov.mark(".".join(keys[: depth + 1]), child, source)
+            if not isinstance(child, dict):
+                parent = ".".join(keys[: depth + 1])
+                raise RecipeError(
+                    f"cannot set `{'.'.join(keys)}`: `{parent}` is `{child}`, not a mapping; "
+                    f"set it whole instead, e.g. {parent}='{{type: {child}, ...}}'",
+                    source=COMMAND_LINE, key=parent,
+                )
+            node = child
+        node[keys[-1]] = value
+        prov.mark(".".join(keys), value, source)
+    return out
+
+
+# --------------------------------------------------------------------------- shipped recipes
+def shipped_recipes_dir() -> Path:
+    """The folder of recipes that ship with vlkit (the checkout's ``recipes/`` or the installed copy)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "recipes", here / "_recipes"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "recipes"
+
+
+def shipped_recipe_names() -> list[str]:
+    """Shipped recipes as ``family/name`` (e.g. ``albef/tiny``)."""
+    root = shipped_recipes_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def find_recipe(ref: str | os.PathLike[str]) -> Path:
+    """A recipe file from a path, or from a shipped name such as ``albef/tiny``."""
+    path = Path(ref)
+    if path.is_file():
+        return path.resolve()
+    root = shipped_recipes_dir()
+    for candidate in (root / path, root / f"{ref}.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    names = shipped_recipe_names()
+    raise RecipeError(f"recipe `{ref}` not found (neither a file nor a shipped recipe)"
+                      f"{registry.did_you_mean(str(ref).removesuffix('.yaml').removeprefix('recipes/'), names)}")
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """(name, description) of every shipped recipe; the description is the file's own line."""
+    root = shipped_recipes_dir()
+    out = []
+    for name in shipped_recipe_names():
+        try:
+            data, _ = load_yaml_file(root / f"{name}.yaml")
+            description = str(data.get("description", "")).strip() or "(no description)"
+        except RecipeError as err:
+            description = f"(unreadable: {err.message})"
+        out.append((name, description))
+    return out
+
+
+# --------------------------------------------------------------------------- entry points
+def resolve_raw(ref: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[dict[str, Any], _Provenance, list[str]]:
+    """Load, inherit and override without validating: (mapping, provenance, source files)."""
+    path = find_recipe(ref)
+    prov = _Provenance()
+    sources: list[str] = []
+    data = _load_tree(path, prov, (), sources)
+    if overrides:
+        data = apply_overrides(data, overrides, prov)
+        sources.append(COMMAND_LINE)
+    return data, prov, sources
+
+
+def validate_recipe(data: dict[str, Any], origins: Any = None) -> Recipe:
+    """Import the recipe's plug-ins, then validate ``data`` against :class:`Recipe`."""
+    origins = origins or (lambda path: "")
+    imports = data.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
+        raise RecipeError("`imports` must be a list of module names", source=origins("imports"), key="imports")
+    try:
+        registry.import_plugins(imports)
+    except registry.RegistryError as err:
+        raise RecipeError(str(err), source=origins("imports"), key="imports") from None
+    return validate(Recipe, data, origins)
+
+
+def resolve(ref: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ResolvedRecipe:
+    """Resolve a recipe file or shipped name with overrides into a validated :class:`Recipe`."""
+    data, prov, sources = resolve_raw(ref, overrides)
+    return ResolvedRecipe(recipe=validate_recipe(data, prov), raw=data, sources=sources)
+
+
+def load_recipe(ref: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """Shorthand for ``resolve(ref, overrides).recipe``."""
+    return resolve(ref, overrides).recipe

@@ -1,0 +1,311 @@
+"""Typed recipe schemas: dataclasses in, validated instances out, errors that name the key.
+
+Every section of a recipe is a dataclass. :func:`validate` turns the merged YAML mapping into
+instances of those dataclasses and stops at the first problem with a :class:`RecipeError` that
+names the file the key came from, the dotted key path and the nearest valid keys or registry
+names. Three markers (used with ``typing.Annotated``) tie the schema to the registry:
+
+- ``Annotated[str, RegistryName("negatives")]``: a registered name.
+- ``Annotated[Any, Component("encoder")]``: a mapping with a ``type`` naming a registry entry,
+  whose remaining keys are validated against that entry's config dataclass (a string is shorthand
+  for ``{type: name}``).
+- ``Annotated[dict[str, Any], ComponentMap("objective")]``: name → component, the name doubling as
+  the type unless ``type`` says otherwise; a ``null`` entry removes a part inherited from a base.
+
+Config dataclasses of registered parts derive from :class:`ComponentConfig`. A config may declare
+``SIZES`` (a ``ClassVar`` mapping size name → nested defaults) so that ``size: base`` fills in
+everything the recipe does not set itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Union
+
+from vlkit import registry
+
+
+class RecipeError(ValueError):
+    """A recipe problem found before anything heavy starts.
+
+    Attributes:
+        source: the file (or ``command line``) the offending key came from.
+        key: the dotted key path, or ``""`` for the recipe as a whole.
+    """
+
+    def __init__(self, message: str, source: str = "", key: str = "") -> None:
+        self.message = message
+        self.source = source
+        self.key = key
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+class ConfigError(ValueError):
+    """Raised by a config's ``__post_init__`` for a cross-field rule; ``key`` names the field."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        self.key = key
+        super().__init__(message)
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with its key moved below ``prefix`` (for checks of nested sections)."""
+        return ConfigError(str(self), key=f"{prefix}.{self.key}" if self.key else prefix)
+
+
+@dataclass(frozen=True)
+class RegistryName:
+    """Marker: a string that must name an entry of registry ``kind``."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Component:
+    """Marker: a mapping ``{type: name, ...}`` validated against the entry's config."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class ComponentMap:
+    """Marker: ``{instance_name: {type?: name, ...}}``; ``type`` defaults to the instance name."""
+
+    kind: str
+
+
+@dataclass(kw_only=True)
+class ComponentConfig:
+    """Base of every registered part's config: ``type`` is the registry name that built it."""
+
+    type: str = ""
+
+    SIZES: ClassVar[dict[str, dict[str, Any]]] = {}
+
+
+Origins = Callable[[str], str]
+"""Maps a dotted key path to the file (or ``command line``) that set it."""
+
+
+def _no_origin(path: str) -> str:
+    return ""
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """A new mapping: ``top`` over ``base``, merging nested mappings key by key."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+class _Validator:
+    def __init__(self, origins: Origins) -> None:
+        self.origins = origins
+
+    def fail(self, path: str, message: str) -> RecipeError:
+        return RecipeError(message, source=self.origins(path), key=path)
+
+    # ---------------------------------------------------------------- dataclasses
+    def dataclass_(self, cls: type, data: Any, path: str) -> Any:
+        if not isinstance(data, dict):
+            where = f"`{path}`" if path else "the recipe"
+            return self._raise(path, f"{where} must be a mapping, got {_type_name(data)}")
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        for key in data:
+            if key not in fields:
+                self._raise(_join(path, key),
+                            f"unknown key `{_join(path, key)}`{registry.did_you_mean(str(key), tuple(fields))}")
+        kwargs: dict[str, Any] = {}
+        for name, field in fields.items():
+            if name in data:
+                kwargs[name] = self.value(hints[name], data[name], _join(path, name))
+            elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                self._raise(_join(path, name), f"missing required key `{_join(path, name)}`")
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            key = _join(path, err.key) if err.key else path
+            raise self.fail(key, f"`{key}`: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise self.fail(path, f"`{path or 'recipe'}`: {err}") from None
+
+    def _raise(self, path: str, message: str) -> Any:
+        raise self.fail(path, message)
+
+    # ---------------------------------------------------------------- values
+    def value(self, hint: Any, value: Any, path: str) -> Any:
+        origin = typing.get_origin(hint)
+        if origin is typing.Annotated:
+            base, *markers = typing.get_args(hint)
+            for marker in markers:
+                if isinstance(marker, RegistryName):
+                    return self.registry_name(marker.kind, value, path)
+                if isinstance(marker, Component):
+                    return self.component(marker.kind, value, path)
+                if isinstance(marker, ComponentMap):
+                    return self.component_map(marker.kind, value, path)
+            return self.value(base, value, path)
+        if hint is Any:
+            return value
+        if origin in (Union, types.UnionType):
+            arms = typing.get_args(hint)
+            if value is None:
+                if type(None) in arms:
+                    return None
+                return self._raise(path, f"`{path}` must not be null")
+            non_null = [a for a in arms if a is not type(None)]
+            if len(non_null) == 1:
+                return self.value(non_null[0], value, path)
+            for arm in non_null:
+                try:
+                    return self.value(arm, value, path)
+                except RecipeError:
+                    continue
+            return self._raise(path, f"`{path}` has the wrong type: {_type_name(value)}")
+        if value is None:
+            return self._raise(path, f"`{path}` must not be null (expected {self.describe(hint)})")
+        if origin is Literal:
+            choices = typing.get_args(hint)
+            if value not in choices:
+                names = [str(c) for c in choices]
+                return self._raise(path, f"`{path}` is `{value}`, not one of {', '.join(names)}"
+                                   f"{registry.did_you_mean(str(value), names)}")
+            return value
+        if origin in (list, tuple):
+            if not isinstance(value, list | tuple):
+                return self._raise(path, f"`{path}` must be a list, got {_type_name(value)}")
+            (item_hint, *_rest) = typing.get_args(hint) or (Any,)
+            items = [self.value(item_hint, v, _join(path, i)) for i, v in enumerate(value)]
+            return items if origin is list else tuple(items)
+        if origin is dict:
+            if not isinstance(value, dict):
+                return self._raise(path, f"`{path}` must be a mapping, got {_type_name(value)}")
+            _, value_hint = typing.get_args(hint) or (str, Any)
+            return {str(k): self.value(value_hint, v, _join(path, str(k))) for k, v in value.items()}
+        if dataclasses.is_dataclass(hint):
+            return self.dataclass_(hint, value, path)
+        if hint is bool:
+            if not isinstance(value, bool):
+                return self._raise(path, f"`{path}` must be true or false, got {_type_name(value)}")
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return self._raise(path, f"`{path}` must be an integer, got {_type_name(value)} `{value}`")
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return self._raise(path, f"`{path}` must be a number, got {_type_name(value)} `{value}`")
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                return self._raise(path, f"`{path}` must be a string, got {_type_name(value)}")
+            return value
+        raise TypeError(f"schema type {hint!r} at `{path}` is not supported")
+
+    @staticmethod
+    def describe(hint: Any) -> str:
+        return getattr(hint, "__name__", str(hint))
+
+    # ---------------------------------------------------------------- registry-backed
+    def registry_name(self, kind: str, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            return self._raise(path, f"`{path}` must name a registered {kind}, got {_type_name(value)}")
+        try:
+            registry.get(kind, value)
+        except registry.RegistryError as err:
+            raise self.fail(path, f"`{path}`: {err}") from None
+        return value
+
+    def component(self, kind: str, value: Any, path: str, default_type: str | None = None) -> Any:
+        if isinstance(value, str):
+            value = {"type": value}
+        if not isinstance(value, dict):
+            return self._raise(path, f"`{path}` must be a mapping with a `type`, got {_type_name(value)}")
+        name = value.get("type", default_type)
+        if name is None:
+            return self._raise(_join(path, "type"),
+                               f"`{path}` needs a `type`; registered {kind}s: {', '.join(registry.names(kind))}")
+        if not isinstance(name, str):
+            return self._raise(_join(path, "type"), f"`{_join(path, 'type')}` must be a string")
+        try:
+            entry = registry.get(kind, name)
+        except registry.RegistryError as err:
+            type_path = _join(path, "type") if "type" in value else path
+            raise self.fail(type_path, f"`{type_path}`: {err}") from None
+        cfg_cls = entry.config
+        settings = {k: v for k, v in value.items() if k != "type"}
+        if cfg_cls is None:
+            if settings:
+                first = next(iter(settings))
+                self._raise(_join(path, first), f"unknown key `{_join(path, first)}`: {kind} `{name}` takes no settings")
+            return ComponentConfig(type=name)
+        settings = self.apply_size(cfg_cls, settings, path)
+        instance = self.dataclass_(cfg_cls, settings, path)
+        instance.type = name
+        return instance
+
+    def apply_size(self, cfg_cls: type, settings: dict[str, Any], path: str) -> dict[str, Any]:
+        sizes: dict[str, dict[str, Any]] = getattr(cfg_cls, "SIZES", {})
+        if not sizes:
+            return settings
+        default = next((f.default for f in dataclasses.fields(cfg_cls) if f.name == "size"), None)
+        size = settings.get("size", default)
+        if size not in sizes:
+            self._raise(_join(path, "size"), f"`{_join(path, 'size')}` is `{size}`, not a known size"
+                        f"{registry.did_you_mean(str(size), tuple(sizes))}")
+        return deep_merge(sizes[size], settings)
+
+    def component_map(self, kind: str, value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            return self._raise(path, f"`{path}` must be a mapping of name → settings, got {_type_name(value)}")
+        out: dict[str, Any] = {}
+        for name, settings in value.items():
+            if settings is None:  # `objectives.mlm: null` removes an inherited part
+                continue
+            if settings is True or settings == {}:
+                settings = {}
+            out[str(name)] = self.component(kind, settings, _join(path, str(name)), default_type=str(name))
+        return out
+
+
+def validate(cls: type, data: Any, origins: Origins = _no_origin, path: str = "") -> Any:
+    """Validate ``data`` (plain YAML values) against dataclass ``cls``; raise :class:`RecipeError`."""
+    return _Validator(origins).dataclass_(cls, data, path)
+
+
+def validate_component(kind: str, data: Any, origins: Origins = _no_origin, path: str = "") -> Any:
+    """Validate one registry-backed section, e.g. ``validate_component("encoder", {...})``."""
+    return _Validator(origins).component(kind, data, path)
+
+
+def to_dict(instance: Any) -> Any:
+    """Plain YAML-ready values from validated instances (dataclasses, lists, dicts)."""
+    if dataclasses.is_dataclass(instance) and not isinstance(instance, type):
+        return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
+    if isinstance(instance, list | tuple):
+        return [to_dict(v) for v in instance]
+    if isinstance(instance, dict):
+        return {k: to_dict(v) for k, v in instance.items()}
+    return instance
