@@ -164,3 +164,12 @@ def test_missing_plugin_module_is_a_recipe_error(tmp_path):
     path = write(tmp_path, "r.yaml", "imports: [no_such_vlkit_plugin]\nencoder: albef\n")
     with pytest.raises(RecipeError, match="cannot import plug-in module `no_such_vlkit_plugin`"):
         resolve(path)
+
+
+def test_configs_from_dict_apply_presets_like_recipes():
+    from vlkit.encoders.albef import AlbefConfig
+
+    cfg = AlbefConfig.from_dict({"size": "tiny", "embed_dim": 16})
+    assert cfg.image.dim == 64 and cfg.embed_dim == 16 and cfg.fusion_layer == 2
+    with pytest.raises(RecipeError, match="unknown key `imag`"):
+        AlbefConfig.from_dict({"imag": {}})

@@ -59,7 +59,8 @@ def _cmd_recipes_show(args: argparse.Namespace) -> int:
 def _cmd_registry(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     if args.kind and args.kind not in registry.KINDS:
-        raise registry.RegistryError(f"unknown registry kind `{args.kind}`{registry.did_you_mean(args.kind, registry.KINDS)}")
+        suggestion = registry.did_you_mean(args.kind, registry.KINDS)
+        raise registry.RegistryError(f"unknown registry kind `{args.kind}`{suggestion}")
     entries = list(registry.entries())
     for kind in kinds:
         rows = [e for e in entries if e.kind == kind]

@@ -289,7 +289,8 @@ def list_recipes() -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- entry points
-def resolve_raw(ref: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[dict[str, Any], _Provenance, list[str]]:
+def resolve_raw(ref: str | os.PathLike[str],
+                overrides: Sequence[str] = ()) -> tuple[dict[str, Any], _Provenance, list[str]]:
     """Load, inherit and override without validating: (mapping, provenance, source files)."""
     path = find_recipe(ref)
     prov = _Provenance()

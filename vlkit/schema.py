@@ -86,6 +86,14 @@ class ComponentConfig:
 
     SIZES: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None = None) -> Any:
+        """A validated config built the way a recipe section is: ``size`` presets applied first, then
+        ``data`` on top, e.g. ``AlbefConfig.from_dict({"size": "tiny", "embed_dim": 16})``. Building the
+        dataclass directly skips the presets."""
+        validator = _Validator(_no_origin)
+        return validator.dataclass_(cls, validator.apply_size(cls, dict(data or {}), ""), "")
+
 
 Origins = Callable[[str], str]
 """Maps a dotted key path to the file (or ``command line``) that set it."""
@@ -259,7 +267,8 @@ class _Validator:
         if cfg_cls is None:
             if settings:
                 first = next(iter(settings))
-                self._raise(_join(path, first), f"unknown key `{_join(path, first)}`: {kind} `{name}` takes no settings")
+                key = _join(path, first)
+                self._raise(key, f"unknown key `{key}`: {kind} `{name}` takes no settings")
             return ComponentConfig(type=name)
         settings = self.apply_size(cfg_cls, settings, path)
         instance = self.dataclass_(cfg_cls, settings, path)

@@ -131,7 +131,7 @@ class AlbefEncoder(Encoder):
         out = self.text_encoder.run(hidden, mask, self.text_encoder.fusion_layers, kv)
         return FusedEncoding(text=out, cls=out[:, 0])
 
-    def parts(self) -> dict[str, list[nn.Module]]:
+    def parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
         layers = self.text_encoder.layers
         return {
             "vision": [self.visual_encoder],

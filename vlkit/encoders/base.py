@@ -158,6 +158,7 @@ class Encoder(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no fusion layers (a dual encoder); "
                                   "objectives that fuse (itm, mlm) need an albef or mome encoder")
 
-    def parts(self) -> dict[str, list[nn.Module]]:
-        """Named groups of sub-modules for parameter reports (e.g. vision, text, fusion)."""
+    def parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        """Named groups of sub-modules (or loose parameters) for parameter reports, e.g. vision,
+        text, fusion; together they should hold every parameter once."""
         return {"all": [self]}

@@ -131,7 +131,7 @@ class DualEncoder(Encoder):
         tokens = self.text_tower(input_ids, mask)
         return TextEncoding(embeds=tokens, mask=mask, feat=l2_normalize(self.text_proj(tokens[:, 0])))
 
-    def parts(self) -> dict[str, list[nn.Module]]:
+    def parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
         return {"vision": [self.image_tower], "text": [self.text_tower],
                 "projections": [self.vision_proj, self.text_proj]}
 

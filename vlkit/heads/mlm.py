@@ -62,7 +62,8 @@ class MLMHead(nn.Module):
     full ``[B, L, V]`` logits, at a fraction of the cost.
     """
 
-    def __init__(self, dim: int, vocab_size: int, *, eps: float = 1e-12, tied_weight: nn.Parameter | None = None) -> None:
+    def __init__(self, dim: int, vocab_size: int, *, eps: float = 1e-12,
+                 tied_weight: nn.Parameter | None = None) -> None:
         super().__init__()
         self.predictions = MLMPredictions(dim, vocab_size, eps, tied_weight)
 

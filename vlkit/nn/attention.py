@@ -127,7 +127,8 @@ def attention(
         ``[B, Nq, H, Dv]`` in the dtype of ``q``.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention expects [B, N, H, D] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        shapes = ", ".join(str(tuple(t.shape)) for t in (q, k, v))
+        raise ValueError(f"attention expects [B, N, H, D] tensors, got {shapes}")
     if packed is not None:
         if q.shape[0] != 1 or key_padding_mask is not None or bias is not None:
             raise ValueError("packed sequences need B == 1 and take no key_padding_mask or bias")
