@@ -1,0 +1,46 @@
+"""The batch a training step receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vlkit.data.masking import MaskedTokens
+
+
+@dataclass
+class Batch:
+    """One training batch.
+
+    Attributes:
+        images: ``[B, 3, H, W]`` normalized images.
+        input_ids: ``[B, L]`` token ids.
+        attention_mask: ``[B, L]`` (1 for real tokens).
+        idx: ``[B]`` image ids; captions of the same image share one (they are positives of each other).
+        mlm: masked copy of the text with the masked positions (when an MLM objective is on).
+        extras: anything a plug-in's batch transform added.
+        skipped: samples dropped from this batch because their image could not be read.
+    """
+
+    images: Tensor
+    input_ids: Tensor
+    attention_mask: Tensor
+    idx: Tensor
+    mlm: MaskedTokens | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(x: Any) -> Any:
+            return x.to(device, non_blocking=non_blocking) if hasattr(x, "to") else x
+
+        return Batch(move(self.images), move(self.input_ids), move(self.attention_mask), move(self.idx),
+                     None if self.mlm is None else self.mlm.to(device, non_blocking),
+                     {k: move(v) for k, v in self.extras.items()}, self.skipped)

@@ -1,0 +1,53 @@
+"""Collation for pre-training: stack images, tokenize captions, apply the objectives' batch
+transforms (e.g. MLM masking) — all in data-loader workers, on the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from vlkit.data.batch import Batch
+from vlkit.data.json_dataset import Sample
+from vlkit.data.tokenizer import TokenizedText, tokenize
+
+
+class BatchTransform(Protocol):
+    """Something an objective asks the loader to do to each batch (must be picklable)."""
+
+    def apply_to(self, batch: Batch, text: TokenizedText, rng: np.random.Generator) -> None: ...
+
+
+@dataclass
+class PretrainCollate:
+    """``list[Sample | None]`` → :class:`Batch`; ``None`` samples (unreadable images) are dropped and
+    counted in ``Batch.skipped``.
+
+    Attributes:
+        tokenizer: a fast BERT tokenizer.
+        max_length: token limit per caption.
+        drop_sep: remove the trailing [SEP] (ALBEF).
+        transforms: batch transforms, applied in order.
+        seed: run seed; each batch's randomness is drawn from ``(seed, sample keys)``.
+    """
+
+    tokenizer: Any
+    max_length: int
+    drop_sep: bool = False
+    transforms: list[BatchTransform] = field(default_factory=list)
+    seed: int = 0
+
+    def __call__(self, samples: list[Sample | None]) -> Batch:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
+        text = tokenize(self.tokenizer, [s.caption for s in kept], self.max_length, drop_sep=self.drop_sep)
+        batch = Batch(images=torch.stack([s.image for s in kept]), input_ids=text.input_ids,
+                      attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),
+                      skipped=len(samples) - len(kept))
+        rng = np.random.default_rng([self.seed, *(s.key for s in kept)])
+        for transform in self.transforms:
+            transform.apply_to(batch, text, rng)
+        return batch

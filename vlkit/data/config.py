@@ -1,0 +1,44 @@
+"""The recipe's ``data`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from vlkit.schema import Component, ConfigError
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where training and evaluation data come from and how text and images are prepared.
+
+    Attributes:
+        source: the dataset source (registry kind ``dataset``): ``synthetic`` or ``json_pairs``.
+        train_split: split used for training.
+        tokenizer: a BERT tokenizer folder or hub name; null uses the source's own (synthetic).
+        max_text_len: token limit per caption, [CLS] included (ALBEF pre-training: 25 / 30).
+        drop_sep: drop the trailing [SEP] of single sentences (ALBEF's tokenizer does; VLMo keeps it).
+        normalize: image normalization statistics: ``clip`` (ALBEF), ``inception`` (VLMo), ``imagenet``.
+        crop_scale: random-resized-crop scale range for training images; null: plain resize.
+        flip: random horizontal flips (they make 'left of' captions false; off by default).
+        num_workers: data-loader worker processes (0: load in the training process).
+    """
+
+    source: Annotated[Any, Component("dataset")]
+    train_split: str = "train"
+    tokenizer: str | None = None
+    max_text_len: int = 30
+    drop_sep: bool = False
+    normalize: Literal["clip", "inception", "imagenet"] = "clip"
+    crop_scale: list[float] | None = None
+    flip: bool = False
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_text_len < 2:
+            raise ConfigError("must be at least 2 ([CLS] and one word)", key="max_text_len")
+        scale = self.crop_scale
+        if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
+            raise ConfigError(f"must be [min, max] with 0 < min ≤ max ≤ 1, got {self.crop_scale}", key="crop_scale")
+        if self.num_workers < 0:
+            raise ConfigError("must be ≥ 0", key="num_workers")

@@ -1,0 +1,151 @@
+"""Dataset sources (registry kind ``dataset``): where a recipe's splits, images and tokenizer live.
+
+- ``synthetic``: vlkit's procedurally generated shapes world, generated on first use and cached
+  under ``root`` (default ``$VLKIT_DATA`` or ``~/.cache/vlkit/data``); it brings its own tokenizer.
+- ``json_pairs``: ALBEF-style JSON annotation files per split and an image root.
+
+A source answers three questions: :meth:`DataSource.prepare` (make the files exist),
+:meth:`DataSource.split_files` (annotation files of a split) and :attr:`DataSource.image_root`; plus
+the optional compositional-probe file of a split and a bundled tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlkit.data.synthetic import SynthConfig, ensure
+from vlkit.registry import register
+from vlkit.schema import ComponentConfig, ConfigError
+
+
+def default_data_root() -> Path:
+    """``$VLKIT_DATA`` or ``~/.cache/vlkit/data``."""
+    return Path(os.environ.get("VLKIT_DATA") or Path.home() / ".cache" / "vlkit" / "data")
+
+
+class DataSource:
+    """Base of dataset sources."""
+
+    def prepare(self) -> None:
+        """Make the data exist locally (generate, check files); may take a while, done once."""
+
+    @property
+    def image_root(self) -> Path:
+        raise NotImplementedError
+
+    def split_files(self, split: str) -> list[Path]:
+        """Annotation files of ``split`` (an error naming the valid splits if unknown)."""
+        raise NotImplementedError
+
+    def swap_file(self, split: str) -> Path | None:
+        """The compositional-probe annotations of ``split``, if the source has them."""
+        return None
+
+    @property
+    def tokenizer(self) -> Path | None:
+        """A tokenizer folder that comes with the data, if any."""
+        return None
+
+
+@dataclass(kw_only=True)
+class SyntheticSourceConfig(ComponentConfig, SynthConfig):
+    """The embedded shapes world (generation settings from :class:`SynthConfig`).
+
+    Attributes:
+        root: cache folder for generated datasets (null: ``$VLKIT_DATA`` or ``~/.cache/vlkit/data``).
+    """
+
+    root: str | None = None
+
+
+@register("dataset", "synthetic", config=SyntheticSourceConfig)
+class SyntheticSource(DataSource):
+    """vlkit's shapes world, generated on first use (ALBEF-format JSON + PNG + its own tokenizer)."""
+
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, cfg: SyntheticSourceConfig) -> None:
+        self.cfg = cfg
+        self._folder: Path | None = None
+
+    def synth_config(self) -> SynthConfig:
+        names = {f.name for f in dataclasses.fields(SynthConfig)}
+        return SynthConfig(**{k: v for k, v in dataclasses.asdict(self.cfg).items() if k in names})
+
+    def prepare(self) -> None:
+        if self._folder is None:
+            root = Path(self.cfg.root) if self.cfg.root else default_data_root()
+            self._folder = ensure(root, self.synth_config())
+
+    @property
+    def folder(self) -> Path:
+        self.prepare()
+        assert self._folder is not None
+        return self._folder
+
+    @property
+    def image_root(self) -> Path:
+        return self.folder
+
+    def split_files(self, split: str) -> list[Path]:
+        if split not in self.SPLITS:
+            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+        return [self.folder / f"{split}.json"]
+
+    def swap_file(self, split: str) -> Path | None:
+        path = self.folder / f"{split}_swaps.json"
+        return path if path.exists() else None
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.folder / "tokenizer"
+
+
+@dataclass(kw_only=True)
+class JsonPairsConfig(ComponentConfig):
+    """ALBEF-style annotations.
+
+    Attributes:
+        splits: split name → annotation files (``[{"image": path, "caption": str | [str]}]``),
+            relative to the recipe's working directory or absolute.
+        image_root: folder the ``image`` paths are relative to.
+        swaps: split name → compositional-probe file (``[{"image", "caption", "swapped"}]``), optional.
+    """
+
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    image_root: str = "."
+    swaps: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.splits:
+            raise ConfigError("name at least one split, e.g. {train: [coco.json, vg.json]}", key="splits")
+
+
+@register("dataset", "json_pairs", config=JsonPairsConfig)
+class JsonPairsSource(DataSource):
+    """Image-caption pairs from ALBEF-style JSON files (COCO, VG, SBU, CC as ALBEF distributes them)."""
+
+    def __init__(self, cfg: JsonPairsConfig) -> None:
+        self.cfg = cfg
+
+    def prepare(self) -> None:
+        missing = [f for files in self.cfg.splits.values() for f in files if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"annotation files not found: {', '.join(missing)}")
+        if not self.image_root.is_dir():
+            raise FileNotFoundError(f"image_root `{self.image_root}` is not a folder")
+
+    @property
+    def image_root(self) -> Path:
+        return Path(self.cfg.image_root)
+
+    def split_files(self, split: str) -> list[Path]:
+        if split not in self.cfg.splits:
+            raise ValueError(f"no split `{split}`; the recipe names {', '.join(self.cfg.splits)}")
+        return [Path(f) for f in self.cfg.splits[split]]
+
+    def swap_file(self, split: str) -> Path | None:
+        return Path(self.cfg.swaps[split]) if split in self.cfg.swaps else None

@@ -1,0 +1,72 @@
+"""Loading BERT WordPiece tokenizers and turning captions into padded id batches."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class TokenizerError(RuntimeError):
+    """The tokenizer could not be loaded; the message says how to provide one offline."""
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
+    """A ``transformers`` fast BERT tokenizer from a local folder (``vocab.txt`` / ``tokenizer.json``)
+    or a hub name. Offline, a hub name fails with instructions to use a local copy."""
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path)
+    try:
+        if path.exists():
+            return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        return AutoTokenizer.from_pretrained(str(name_or_path), use_fast=True)
+    except OSError as err:
+        raise TokenizerError(
+            f"cannot load tokenizer `{name_or_path}`: {err}\n"
+            "On a machine without network access, point the recipe at a local tokenizer folder instead, e.g. "
+            "save one where you have network with `AutoTokenizer.from_pretrained('bert-base-uncased')"
+            ".save_pretrained('tokenizers/bert-base-uncased')` and set `data.tokenizer: tokenizers/bert-base-uncased`."
+        ) from None
+
+
+@dataclass
+class TokenizedText:
+    """A tokenized batch.
+
+    Attributes:
+        input_ids: ``[B, L]`` (``L`` = longest caption in the batch, at most ``max_length``).
+        attention_mask: ``[B, L]`` long, 1 for real tokens.
+        word_ids: per row, the word index of each token (None for special tokens and padding),
+            for whole-word masking.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    word_ids: list[list[int | None]]
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: bool = False) -> TokenizedText:
+    """Tokenize ``texts`` padded to the longest, truncated to ``max_length`` tokens.
+
+    Args:
+        tokenizer: a fast BERT tokenizer.
+        texts: the captions.
+        max_length: at most this many tokens per caption, [CLS] (and [SEP]) included.
+        drop_sep: remove the trailing [SEP] of each single sentence (ALBEF's tokenizer does).
+    """
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    word_ids = [enc.word_ids(i) for i in range(len(texts))]
+    if drop_sep:
+        last = mask.sum(1) - 1  # index of [SEP] in each row (host tensors, in the loader)
+        rows = torch.arange(ids.shape[0])
+        ids[rows, last] = tokenizer.pad_token_id
+        mask[rows, last] = 0
+        ids, mask = ids[:, : max(int(mask.sum(1).max()), 1)], mask[:, : max(int(mask.sum(1).max()), 1)]
+        word_ids = [w[: ids.shape[1]] for w in word_ids]
+    return TokenizedText(ids, mask, word_ids)
