@@ -30,6 +30,8 @@ KINDS: tuple[str, ...] = ("encoder", "objective", "negatives", "head", "dataset"
 BUILTIN_MODULES: tuple[str, ...] = (
     "vlkit.encoders",
     "vlkit.heads",
+    "vlkit.objectives",
+    "vlkit.data.sources",
 )
 
 T = TypeVar("T")

@@ -92,7 +92,11 @@ class ComponentConfig:
         ``data`` on top, e.g. ``AlbefConfig.from_dict({"size": "tiny", "embed_dim": 16})``. Building the
         dataclass directly skips the presets."""
         validator = _Validator(_no_origin)
-        return validator.dataclass_(cls, validator.apply_size(cls, dict(data or {}), ""), "")
+        instance = validator.dataclass_(cls, validator.apply_size(cls, dict(data or {}), ""), "")
+        if not instance.type:  # the registry name of this config's part, when it is unambiguous
+            names = [e.name for e in registry.entries() if e.config is cls]
+            instance.type = names[0] if len(names) == 1 else ""
+        return instance
 
 
 Origins = Callable[[str], str]
@@ -104,14 +108,23 @@ def _no_origin(path: str) -> str:
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """A new mapping: ``top`` over ``base``, merging nested mappings key by key."""
+    """A new mapping: ``top`` over ``base``, merging nested mappings key by key.
+
+    A nested mapping that names a different ``type`` than the one it overrides replaces it whole:
+    the settings of one registered part (``json_pairs`` files) mean nothing to another (``synthetic``).
+    """
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        inherited = out.get(key)
+        if isinstance(value, dict) and isinstance(inherited, dict) and not _changes_type(inherited, value):
+            out[key] = deep_merge(inherited, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _changes_type(inherited: dict[str, Any], value: dict[str, Any]) -> bool:
+    return "type" in value and "type" in inherited and value["type"] != inherited["type"]
 
 
 def _join(path: str, key: str | int) -> str:

@@ -54,6 +54,14 @@ class AlbefConfig(EncoderConfig):
         "large": {"image": LARGE_VIT, "text": LARGE_BERT, "fusion_layer": 12, "embed_dim": 256},
     }
 
+    @property
+    def input_size(self) -> int:
+        return self.image.image_size
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.text.max_positions
+
     def __post_init__(self) -> None:
         try:
             self.image.check_patches()

@@ -32,6 +32,24 @@ class EncoderConfig(ComponentConfig):
     size: str = "base"
     attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
 
+    supports_fusion: ClassVar[bool] = True
+    """The encoder has a fusion path (ITM, MLM); a dual encoder does not."""
+
+    @property
+    def has_vl_path(self) -> bool:
+        """The encoder computes VLMo's second contrastive feature (``vl_feat``)."""
+        return False
+
+    @property
+    def input_size(self) -> int:
+        """Side in pixels of the square images the encoder takes."""
+        raise NotImplementedError
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Longest text (in tokens, [CLS] included) the encoder accepts."""
+        raise NotImplementedError
+
 
 def _select(x: Tensor | None, index: Tensor | None) -> Tensor | None:
     return x if x is None or index is None else x[index]

@@ -15,7 +15,7 @@ import timm
 from torch import Tensor, nn
 
 from vlkit.encoders.base import Encoder, EncoderConfig, ImageEncoding, TextEncoding, l2_normalize
-from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_VIT
+from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
 from vlkit.nn.bert import BertConfig, BertStack
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import did_you_mean, register
@@ -45,12 +45,21 @@ class DualConfig(EncoderConfig):
     embed_dim: int = 512
     proj_bias: bool = True
 
+    supports_fusion: ClassVar[bool] = False
+
     SIZES: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"image": TINY_VIT, "text": {"dim": 64, "layers": 2, "heads": 4, "intermediate": 256,
-                                             "max_positions": 64}, "embed_dim": 32},
+        "tiny": {"image": TINY_VIT, "text": {**TINY_BERT, "layers": 2}, "embed_dim": 32},
         "base": {"image": {**BASE_VIT, "image_size": 224}, "text": BASE_BERT, "embed_dim": 512},
         "large": {"image": {**LARGE_VIT, "image_size": 224}, "text": LARGE_BERT, "embed_dim": 768},
     }
+
+    @property
+    def input_size(self) -> int:
+        return self.image.image_size
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.text.max_positions
 
     def __post_init__(self) -> None:
         if self.image_backbone == "vit":

@@ -77,6 +77,8 @@ class MomeConfig(EncoderConfig):
         drop_path: stochastic depth of the last block, linear from 0 (VLMo pre-training: 0.1);
             also the dropout after the text embeddings, as in VLMo.
         eps: LayerNorm epsilon of the transformer (the text embeddings use BERT's 1e-12).
+        init_std: std of the weight initialization (VLMo: 0.02, tuned for width 768; narrow models
+            need ~0.02·√(768/dim) to keep activations at that scale).
     """
 
     image_size: int = 224
@@ -95,9 +97,10 @@ class MomeConfig(EncoderConfig):
     embed_dim: int = 768
     drop_path: float = 0.1
     eps: float = 1e-6
+    init_std: float = 0.02
 
     SIZES: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {**_SHAPES["tiny"], **_RELATIVE, "embed_dim": 64, "drop_path": 0.0},
+        "tiny": {**_SHAPES["tiny"], **_RELATIVE, "embed_dim": 64, "drop_path": 0.0, "init_std": 0.07},
         "base": {**_SHAPES["base"], **_RELATIVE, "embed_dim": 768},
         "large": {**_SHAPES["large"], **_RELATIVE, "embed_dim": 1024},
         "base_plus": {**_SHAPES["base_plus"], **_ABSOLUTE, "embed_dim": 544},
@@ -132,6 +135,18 @@ class MomeConfig(EncoderConfig):
     def grid(self) -> int:
         """Patches per image side ``W``."""
         return self.image_size // self.patch_size
+
+    @property
+    def has_vl_path(self) -> bool:
+        return self.vl_start < self.depth
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.max_text_len if self.position == "absolute" else self.max_text_len_of_initckpt
 
 
 class Pooler(nn.Module):
@@ -176,14 +191,15 @@ class MomeEncoder(Encoder):
         self.transformer = MultiwayTransformer(
             image_size=cfg.image_size, patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
             mlp_ratio=cfg.mlp_ratio, vl_start=cfg.vl_start, layer_scale=cfg.layer_scale,
-            absolute_positions=not relative, eps=cfg.eps, drop_path=cfg.drop_path, backend=cfg.attention)
+            absolute_positions=not relative, eps=cfg.eps, drop_path=cfg.drop_path, init_std=cfg.init_std,
+            backend=cfg.attention)
         self.relative_position_bias_table: nn.Parameter | None = None
         if relative:
             rows = num_buckets(cfg.grid, cfg.max_text_len_of_initckpt)
             self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, cfg.heads * cfg.depth))
         text = BertConfig(vocab_size=cfg.vocab_size, dim=cfg.dim, layers=cfg.depth, heads=cfg.heads,
                           intermediate=int(cfg.dim * cfg.mlp_ratio), max_positions=cfg.max_text_len,
-                          dropout=cfg.drop_path, attention_dropout=0.0)
+                          dropout=cfg.drop_path, attention_dropout=0.0, init_std=cfg.init_std)
         self.text_embeddings = BertEmbeddings(text, absolute_positions=not relative)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.dim)
         self.pooler = Pooler(cfg.dim)
@@ -199,7 +215,7 @@ class MomeEncoder(Encoder):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """VLMo's initialization outside the transformer: normal(0, 0.02) for embeddings and heads,
+        """VLMo's initialization outside the transformer: normal(0, ``init_std``) for embeddings and heads,
         zero biases, unit LayerNorms, a zero bias table; the [PAD] word row is zeroed as in BERT."""
         if self.relative_position_bias_table is not None:
             nn.init.zeros_(self.relative_position_bias_table)
@@ -207,7 +223,7 @@ class MomeEncoder(Encoder):
         for part in (self.text_embeddings, self.token_type_embeddings, *heads):
             for module in () if part is None else part.modules():
                 if isinstance(module, nn.Linear | nn.Embedding):
-                    nn.init.normal_(module.weight, std=0.02)
+                    nn.init.normal_(module.weight, std=self.cfg.init_std)
                     if isinstance(module, nn.Linear) and module.bias is not None:
                         nn.init.zeros_(module.bias)
                 elif isinstance(module, nn.LayerNorm):

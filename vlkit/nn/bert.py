@@ -42,6 +42,8 @@ class BertConfig:
         dropout: hidden dropout.
         attention_dropout: dropout on attention probabilities.
         pad_token_id: id of ``[PAD]`` (its embedding row is zero-initialized).
+        init_std: std of the normal initialization (BERT's ``initializer_range``: 0.02, tuned for
+            width 768; narrow models need ~0.02·√(768/dim) to keep activations at that scale).
     """
 
     vocab_size: int = 30522
@@ -55,6 +57,7 @@ class BertConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     pad_token_id: int = 0
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -248,10 +251,10 @@ class BertStack(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """BERT's initialization: normal(0, 0.02) weights, zero biases, unit LayerNorms, zero [PAD] row."""
+        """BERT's initialization: normal(0, ``init_std``) weights, zero biases, unit LayerNorms, zero [PAD] row."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=self.cfg.init_std)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):

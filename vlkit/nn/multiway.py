@@ -145,14 +145,16 @@ class MultiwayTransformer(nn.Module):
         absolute_positions: learn ``pos_embed [1, 1 + P, D]`` for image tokens (VLMo base_plus).
         eps: LayerNorm epsilon.
         drop_path: stochastic-depth rate of the last block (linear from 0).
+        init_std: std of the weight initialization.
         backend: attention backend.
     """
 
     def __init__(self, *, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, vl_start: int, layer_scale: float | None = 0.1,
                  absolute_positions: bool = False, eps: float = 1e-6, drop_path: float = 0.0,
-                 backend: str = "auto") -> None:
+                 init_std: float = 0.02, backend: str = "auto") -> None:
         super().__init__()
+        self.init_std = init_std
         self.grid = image_size // patch_size
         self.vl_start = vl_start
         self.patch_embed = PatchEmbed(patch_size, dim)
@@ -169,15 +171,16 @@ class MultiwayTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """VLMo's initialization: truncated normal (std 0.02) for Linear weights, [CLS] and positions;
+        """VLMo's initialization: truncated normal (std ``init_std``, 0.02 in VLMo) for Linear weights, [CLS] and positions;
         zero biases (``q_bias``, ``v_bias`` included); unit LayerNorms; layer scales at their initial
         value. The patch projection keeps PyTorch's default (as in VLMo)."""
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        std = self.init_std
+        nn.init.trunc_normal_(self.cls_token, std=std)
         if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.trunc_normal_(self.pos_embed, std=std)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.trunc_normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):

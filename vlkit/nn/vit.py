@@ -32,6 +32,8 @@ class ViTConfig:
         qkv_bias: bias on the fused qkv projection.
         eps: LayerNorm epsilon (1e-6 in ALBEF / DeiT).
         drop_path: stochastic-depth rate of the last block (linear from 0).
+        init_std: std of the truncated-normal initialization of weights and embeddings (timm: 0.02,
+            tuned for width 768; narrow models need ~0.02·√(768/dim) to keep activations at that scale).
     """
 
     image_size: int = 224
@@ -43,6 +45,7 @@ class ViTConfig:
     qkv_bias: bool = True
     eps: float = 1e-6
     drop_path: float = 0.0
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -113,12 +116,13 @@ class VisionTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """timm's ViT initialization: truncated normal (std 0.02) for weights and embeddings."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        """timm's ViT initialization: truncated normal (std ``init_std``) for weights and embeddings."""
+        std = self.cfg.init_std
+        nn.init.trunc_normal_(self.pos_embed, std=std)
+        nn.init.trunc_normal_(self.cls_token, std=std)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.trunc_normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
