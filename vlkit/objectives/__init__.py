@@ -1,5 +1,6 @@
 """Objectives (registry kind ``objective``) and negative samplers (kind ``negatives``)."""
 
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveOutput
+from vlkit.objectives import itc, itm, mlm, negatives
+from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
 
-__all__ = ["Objective", "ObjectiveConfig", "ObjectiveOutput"]
+__all__ = ["Objective", "ObjectiveConfig", "ObjectiveContext", "ObjectiveOutput", "itc", "itm", "mlm", "negatives"]

@@ -9,11 +9,15 @@ encodings it needs and never encodes anything itself; side effects (queue update
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
 from vlkit.schema import ComponentConfig
+
+if TYPE_CHECKING:
+    from vlkit.data.tokens import TextTokens
+    from vlkit.encoders.base import Encoder
 
 
 @dataclass(kw_only=True)
@@ -22,9 +26,42 @@ class ObjectiveConfig(ComponentConfig):
 
     Attributes:
         weight: multiplier of this objective's loss in the total loss.
+        warmup_steps: the weight ramps linearly from 0 to ``weight`` over the first steps (0: full
+            weight from the start); useful when training from scratch, where an objective that reads
+            fused features (ITM) would otherwise push the untrained towers towards a constant output.
     """
 
     weight: float = 1.0
+    warmup_steps: int = 0
+
+    def weight_at(self, step: int) -> float:
+        """The loss weight at 0-based step ``step`` (a Python float)."""
+        if self.warmup_steps <= 0:
+            return self.weight
+        return self.weight * min(1.0, step / self.warmup_steps)
+
+    requires_fusion: ClassVar[bool] = False
+    """The objective fuses images and text (needs an albef or mome encoder)."""
+    provides_similarity: ClassVar[bool] = False
+    """The objective defines in-batch contrastive logits that hard-negative samplers read."""
+
+    @property
+    def needs_teacher(self) -> bool:
+        """The objective reads the momentum teacher (the recipe's `momentum` section must be set)."""
+        return False
+
+
+@dataclass
+class ObjectiveContext:
+    """What an objective may need when it is built.
+
+    Attributes:
+        encoder: the online encoder (widths, vocabulary, word embeddings to tie heads to).
+        tokens: special-token ids and vocabulary size of the recipe's tokenizer.
+    """
+
+    encoder: Encoder
+    tokens: TextTokens | None = None
 
 
 @dataclass
@@ -46,14 +83,29 @@ class Objective(nn.Module):
     Args:
         cfg: the validated recipe section.
         name: the instance name in the recipe (``objectives.<name>``), used in log keys.
+        ctx: the encoder and tokenizer facts the objective may need to build its heads.
     """
 
     Config: type[ObjectiveConfig] = ObjectiveConfig
 
-    def __init__(self, cfg: ObjectiveConfig, name: str) -> None:
+    def __init__(self, cfg: ObjectiveConfig, name: str, ctx: ObjectiveContext | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.name = name
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.cfg.needs_teacher
+
+    def teacher_modules(self) -> dict[str, nn.Module]:
+        """Modules of this objective the momentum teacher must copy (e.g. the MLM head for MLM
+        distillation), by short name; the teacher exposes them as ``"<objective>.<name>"``."""
+        return {}
+
+    def batch_transform(self) -> Any:
+        """A picklable callable the data loader applies to each collated batch (e.g. MLM masking),
+        or None."""
+        return None
 
     @property
     def weight(self) -> float:

@@ -1,0 +1,1 @@
+"""Models: the pre-training model (encoder + objectives + momentum teacher)."""
