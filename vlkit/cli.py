@@ -2,6 +2,9 @@
 
 Commands::
 
+    vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   pre-train (exit 2: recipe error,
+                                               3: non-finite loss, 130/143: interrupted, checkpoint saved)
+    vlkit data synth --out DIR [KEY=VALUE ...] generate the embedded synthetic dataset
     vlkit recipes list                         shipped recipes, one line each
     vlkit recipes show RECIPE [KEY=VALUE ...]  the resolved recipe (exit 2 on a recipe error)
         [--params]                             ... and parameter counts per part
@@ -17,11 +20,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from vlkit import registry
 from vlkit.schema import RecipeError
 
 EXIT_RECIPE_ERROR = 2
+EXIT_NONFINITE = 3
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +61,53 @@ def _cmd_recipes_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vlkit.recipe import resolve
+    from vlkit.train import checkpoint as ckpt
+    from vlkit.train.pretrain import run_pretraining
+    from vlkit.train.trainer import Interrupted, NonFiniteLoss
+
+    recipe = resolve(args.recipe, args.overrides).recipe  # all recipe errors surface here, before any work
+    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).with_suffix("").as_posix().replace("/", "-")
+    resume: bool | str = args.resume if args.resume is not None else False
+    if not resume and ckpt.list_checkpoints(out / "checkpoints"):
+        print(f"error: {out} already holds checkpoints; pass --resume to continue that run, or another --out",
+              file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    try:
+        metrics = run_pretraining(recipe, out, resume=resume, progress=not args.no_progress)
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except Interrupted as err:
+        print(f"{err}; continue with: vlkit train {args.recipe} {' '.join(args.overrides)} --out {out} --resume",
+              file=sys.stderr)
+        return 128 + err.signum
+    print(f"\nfinished: {out}")
+    width = max((len(k) for k in metrics), default=0)
+    for key in sorted(metrics):
+        value = metrics[key]
+        print(f"  {key:<{width}}  {value:.2f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from vlkit.data.synthetic import SynthConfig, generate
+    from vlkit.recipe import parse_override
+    from vlkit.schema import validate
+
+    settings: dict = {}
+    for text in args.overrides:
+        keys, value = parse_override(text)
+        settings[".".join(keys)] = value
+    cfg = validate(SynthConfig, settings, lambda path: "command line")
+    summary = generate(args.out, cfg, workers=args.workers)
+    print(f"wrote {summary.out_dir} in {summary.seconds:.1f} s (vocabulary {summary.vocab_size})")
+    for name, count in sorted(summary.counts.items()):
+        print(f"  {name:<24} {count}")
+    return 0
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     if args.kind and args.kind not in registry.KINDS:
@@ -86,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(show)
     show.add_argument("--params", action="store_true", help="also report parameter counts per part")
     show.set_defaults(func=_cmd_recipes_show)
+
+    train = commands.add_parser("train", help="pre-train a recipe")
+    _add_recipe_args(train)
+    train.add_argument("--out", help="run folder (default: runs/<recipe>)")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                       help="continue from the newest checkpoint in --out (or from CKPT)")
+    train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    data = commands.add_parser("data", help="datasets: generate the synthetic data")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    synth = data_commands.add_parser("synth", help="generate the embedded shapes-world dataset")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--workers", type=int, default=1, help="rendering processes")
+    synth.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="generation settings, e.g. seed=1")
+    synth.set_defaults(func=_cmd_data_synth)
 
     reg = commands.add_parser("registry", help="list registered encoders, objectives, heads, ...")
     reg.add_argument("kind", nargs="?", help=f"one of {', '.join(registry.KINDS)}")

@@ -25,7 +25,11 @@ from typing import Annotated, Any
 import yaml
 
 from vlkit import registry
+from vlkit.data.config import DataConfig
+from vlkit.eval.config import EvalConfig
+from vlkit.models.momentum import MomentumConfig
 from vlkit.schema import Component, ComponentMap, RecipeError, deep_merge, to_dict, validate
+from vlkit.train.config import TrainConfig
 
 COMMAND_LINE = "command line"
 
@@ -41,6 +45,10 @@ class Recipe:
         seed: global random seed.
         encoder: the encoder section, an instance of the registered encoder's config.
         objectives: instance name → objective config; weights live in each config.
+        momentum: the momentum (EMA) teacher that queues and distillation read; null: none.
+        data: training data and text / image preparation; null for recipes that only build models.
+        train: optimization and bookkeeping.
+        eval: evaluation at the end of training.
     """
 
     description: str = ""
@@ -48,6 +56,10 @@ class Recipe:
     seed: int = 0
     encoder: Annotated[Any, Component("encoder")]
     objectives: Annotated[dict[str, Any], ComponentMap("objective")] = field(default_factory=dict)
+    momentum: MomentumConfig | None = None
+    data: DataConfig | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, ready for YAML."""
@@ -239,6 +251,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], prov: _Prove
                     source=COMMAND_LINE, key=parent,
                 )
             node = child
+        if keys[-1] == "type" and node.get("type") not in (None, value):
+            node.clear()  # another registered part: the old part's settings do not apply to it
         node[keys[-1]] = value
         prov.mark(".".join(keys), value, source)
     return out
@@ -312,7 +326,37 @@ def validate_recipe(data: dict[str, Any], origins: Any = None) -> Recipe:
         registry.import_plugins(imports)
     except registry.RegistryError as err:
         raise RecipeError(str(err), source=origins("imports"), key="imports") from None
-    return validate(Recipe, data, origins)
+    recipe = validate(Recipe, data, origins)
+    check_consistency(recipe, origins)
+    return recipe
+
+
+def check_consistency(recipe: Recipe, origins: Any) -> None:
+    """Rules that span sections: what the objectives need from the encoder and the teacher."""
+    encoder = recipe.encoder
+    if recipe.data is not None and recipe.data.max_text_len > encoder.max_text_tokens:
+        raise RecipeError(f"`data.max_text_len` is {recipe.data.max_text_len} but encoder `{encoder.type}` takes "
+                          f"at most {encoder.max_text_tokens} text tokens", source=origins("data.max_text_len"),
+                          key="data.max_text_len")
+    providers = [n for n, c in recipe.objectives.items() if getattr(c, "provides_similarity", False)]
+    for name, cfg in recipe.objectives.items():
+        key = f"objectives.{name}"
+        if getattr(cfg, "requires_fusion", False) and not getattr(encoder, "supports_fusion", True):
+            raise RecipeError(f"`{key}` ({cfg.type}) fuses images and text, but encoder `{encoder.type}` has no "
+                              "fusion layers; use an albef or mome encoder or remove the objective",
+                              source=origins(key), key=key)
+        if getattr(cfg, "needs_teacher", False) and recipe.momentum is None:
+            raise RecipeError(f"`{key}` ({cfg.type}) reads the momentum teacher (queue or distillation); "
+                              "add a `momentum:` section (e.g. momentum: {decay: 0.995})",
+                              source=origins(key), key=key)
+        negatives = getattr(cfg, "negatives", None)
+        if getattr(negatives, "type", "") in ("in_batch_hard", "global_hard") and not providers:
+            raise RecipeError(f"`{key}.negatives: {negatives.type}` samples by contrastive similarity; add an itc "
+                              "objective or use `negatives: random`", source=origins(f"{key}.negatives"),
+                              key=f"{key}.negatives")
+        if getattr(cfg, "vl_path", False) and not getattr(encoder, "has_vl_path", False):
+            raise RecipeError(f"`{key}.vl_path` needs vision-language experts (a mome encoder with vl_start < depth)",
+                              source=origins(f"{key}.vl_path"), key=f"{key}.vl_path")
 
 
 def resolve(ref: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ResolvedRecipe:

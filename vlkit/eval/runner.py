@@ -1,0 +1,77 @@
+"""Evaluation of a pre-trained model on a source's split: retrieval recalls and the swap probe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlkit.data.config import DataConfig
+from vlkit.data.json_dataset import Gallery, ImageFolderList, read_entries, read_json
+from vlkit.data.sources import DataSource
+from vlkit.data.tokenizer import tokenize
+from vlkit.data.transforms import eval_transform
+from vlkit.encoders.base import Encoder
+from vlkit.eval.config import EvalConfig
+from vlkit.eval.retrieval import concat_encodings, encode_gallery, evaluate_retrieval
+from vlkit.eval.swap import swap_accuracy
+
+
+@dataclass
+class PretrainEvaluator:
+    """Retrieval (ITC, then ITM re-ranking) and the swap probe on ``cfg.split`` of ``source``.
+
+    Attributes:
+        encoder: the online encoder.
+        itm_head: the ITM head (None: contrastive scores only).
+        source: the dataset source.
+        tokenizer: the recipe's tokenizer.
+        data: the recipe's data section (text length, [SEP] rule, normalization).
+        cfg: the recipe's eval section.
+        image_size: the encoder's input side.
+        device: where to run.
+    """
+
+    encoder: Encoder
+    itm_head: nn.Module | None
+    source: DataSource
+    tokenizer: Any
+    data: DataConfig
+    cfg: EvalConfig
+    image_size: int
+    device: torch.device
+
+    def _images(self, paths: list) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(ImageFolderList(paths, eval_transform(self.image_size, self.data.normalize)),
+                                           batch_size=self.cfg.batch_size, num_workers=0)
+
+    def _text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = tokenize(self.tokenizer, texts, self.data.max_text_len, drop_sep=self.data.drop_sep)
+        return tok.input_ids, tok.attention_mask
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        entries, _ = read_entries(self.source.split_files(self.cfg.split), self.source.image_root)
+        gallery = Gallery.from_entries(entries)
+        ids, mask = self._text(gallery.texts)
+        encoded = encode_gallery(self.encoder, self._images(gallery.images), ids, mask,
+                                 batch_size=self.cfg.batch_size, device=self.device)
+        metrics = evaluate_retrieval(self.encoder, encoded, gallery.img2txt, gallery.txt2img, itm_head=self.itm_head,
+                                     k_test=self.cfg.k_test, pair_batch=self.cfg.batch_size * 4)
+        metrics["chance_r1"] = 100.0 / len(gallery.images)
+        swap_file = self.source.swap_file(self.cfg.split)
+        if self.cfg.swap_probe and swap_file is not None:
+            metrics.update(self._swaps(read_json(swap_file)))
+        return metrics
+
+    def _swaps(self, items: list[dict[str, Any]]) -> dict[str, float]:
+        paths = sorted({item["image"] for item in items})
+        row = {p: i for i, p in enumerate(paths)}
+        loader = self._images([self.source.image_root / p for p in paths])
+        unique = concat_encodings([self.encoder.encode_image(batch.to(self.device)) for batch in loader])
+        images = unique.select(torch.tensor([row[item["image"]] for item in items], device=self.device))
+        return swap_accuracy(self.encoder, images, self._text([i["caption"] for i in items]),
+                             self._text([i["swapped"] for i in items]), [i.get("kind", "swap") for i in items],
+                             itm_head=self.itm_head, batch_size=self.cfg.batch_size)

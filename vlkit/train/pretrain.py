@@ -1,0 +1,154 @@
+"""Pre-training from a recipe: data source → tokenizer → model → loader → trainer → evaluation.
+
+``run_pretraining(recipe, out_dir)`` is what ``vlkit train`` calls. Output contract: ``out_dir`` gets
+``recipe.yaml`` (resolved), ``checkpoints/``, ``tb/`` (TensorBoard) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlkit import registry
+from vlkit.build import build_encoder
+from vlkit.data.batch import Batch
+from vlkit.data.collate import PretrainCollate
+from vlkit.data.json_dataset import EpochSampler, PairDataset, read_entries
+from vlkit.data.sources import DataSource
+from vlkit.data.tokenizer import load_tokenizer
+from vlkit.data.tokens import TextTokens
+from vlkit.data.transforms import train_transform
+from vlkit.eval.runner import PretrainEvaluator
+from vlkit.models.model import PretrainModel, build_pretrain_model
+from vlkit.objectives.base import ObjectiveContext
+from vlkit.recipe import Recipe
+from vlkit.train import checkpoint as ckpt
+from vlkit.train.trainer import RunPaths, Trainer
+
+log = logging.getLogger("vlkit.train")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_cpu_threads(requested: int | None, num_workers: int) -> int:
+    """Intra-op threads for CPU training: ``requested``, or the cores left after the loader workers."""
+    threads = requested if requested is not None else max(1, available_cores() - num_workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as ``torch.device`` reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is `{name}` but CUDA is not available; use `auto` or `cpu`")
+    return device
+
+
+class Pretraining:
+    """Everything a pre-training run is built from, assembled from a validated recipe.
+
+    Args:
+        recipe: the validated recipe (with a ``data`` section).
+        out_dir: the run folder.
+    """
+
+    def __init__(self, recipe: Recipe, out_dir: str | Path) -> None:
+        if recipe.data is None:
+            raise ValueError("the recipe has no `data` section; pre-training needs one "
+                             "(e.g. data: {source: synthetic})")
+        if not recipe.objectives:
+            raise ValueError("the recipe has no objectives; enable at least one (e.g. objectives: {itc: {}})")
+        self.recipe = recipe
+        self.paths = RunPaths(Path(out_dir))
+        self.device = resolve_device(recipe.train.device)
+        data = recipe.data
+        if self.device.type == "cpu":
+            threads = set_cpu_threads(recipe.train.cpu_threads, data.num_workers)
+            log.info("CPU training with %d intra-op thread(s) and %d loader worker(s)", threads, data.num_workers)
+        self.source: DataSource = registry.get("dataset", data.source.type).target(data.source)
+        log.info("preparing data (%s)", data.source.type)
+        self.source.prepare()
+        tokenizer_ref = data.tokenizer or self.source.tokenizer
+        if tokenizer_ref is None:
+            raise ValueError("set `data.tokenizer` to a BERT tokenizer folder; this data source brings none")
+        self.tokenizer = load_tokenizer(tokenizer_ref)
+        self.tokens = TextTokens.from_tokenizer(self.tokenizer)
+        torch.manual_seed(recipe.seed)
+        encoder = build_encoder(recipe.encoder)
+        vocab = encoder.word_embeddings().num_embeddings
+        if self.tokens.vocab_size > vocab:
+            raise ValueError(f"the tokenizer has {self.tokens.vocab_size} ids but the encoder's vocabulary has {vocab} "
+                             "rows; raise the encoder's vocab_size (e.g. encoder.text.vocab_size)")
+        self.model: PretrainModel = build_pretrain_model(encoder, recipe.objectives,
+                                                         ObjectiveContext(encoder, self.tokens), recipe.momentum)
+        self.model.to(self.device)
+        entries, skipped = read_entries(self.source.split_files(data.train_split), self.source.image_root)
+        if not entries:
+            raise ValueError(f"the `{data.train_split}` split has no usable entries")
+        self.annotations_skipped = skipped
+        crop = tuple(data.crop_scale) if data.crop_scale else None
+        self.dataset = PairDataset(entries, train_transform(recipe.encoder.input_size, data.normalize,
+                                                            crop_scale=crop, flip=data.flip), seed=recipe.seed)
+        self.collate = PretrainCollate(self.tokenizer, data.max_text_len, data.drop_sep,
+                                       self.model.batch_transforms(), seed=recipe.seed)
+
+    def batches(self, start: int) -> Iterator[Batch]:
+        """Micro-batches from sample ``start`` on (deterministic: keys, captions, crops, masks)."""
+        data, train = self.recipe.data, self.recipe.train
+        assert data is not None
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=train.batch_size // train.grad_accum,
+            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start), collate_fn=self.collate,
+            num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
+            generator=torch.Generator().manual_seed(self.recipe.seed),  # keeps the global RNG untouched
+            prefetch_factor=4 if data.num_workers else None, persistent_workers=False)
+        return iter(loader)
+
+    def evaluator(self) -> PretrainEvaluator:
+        itm = next((o for o in self.model.objectives.values() if o.cfg.type == "itm"), None)
+        assert self.recipe.data is not None
+        return PretrainEvaluator(self.model.encoder, getattr(itm, "head", None), self.source, self.tokenizer,
+                                 self.recipe.data, self.recipe.eval, self.recipe.encoder.input_size, self.device)
+
+    def trainer(self, progress: bool = True) -> Trainer:
+        return Trainer(self.model, self.recipe.train, self.batches, self.device, self.paths, self.recipe.to_yaml(),
+                       evaluate=self.evaluator(), progress=progress)
+
+
+def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path = False,
+                    progress: bool = True) -> dict[str, Any]:
+    """Train ``recipe`` into ``out_dir`` and write ``metrics.json``; returns the metrics.
+
+    Args:
+        resume: ``True`` continues from the newest checkpoint in ``out_dir/checkpoints`` (an error if
+            there is none), a path continues from that checkpoint, ``False`` starts fresh.
+    """
+    run = Pretraining(recipe, out_dir)
+    start = None
+    if resume is True:
+        start = ckpt.latest_checkpoint(run.paths.checkpoints)
+        if start is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {run.paths.checkpoints}")
+    elif resume:
+        start = Path(resume)
+    trainer = run.trainer(progress=progress)
+    metrics: dict[str, Any] = dict(trainer.fit(resume=start))
+    metrics.update(steps=trainer.step, samples=trainer.samples, images_skipped=trainer.skipped,
+                   annotations_skipped=run.annotations_skipped)
+    run.paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics

@@ -1,0 +1,287 @@
+"""The training loop: a thin driver over a model whose ``forward(batch, step)`` returns a
+:class:`~vlkit.models.model.StepResult` and whose ``after_step`` applies side effects.
+
+It owns the optimizer, the schedule, gradient accumulation and clipping, autocast, checkpoints
+(atomic, last ``k`` kept, exact resume), logging (progress bar, TensorBoard), a non-finite-loss guard
+and graceful SIGTERM / Ctrl-C handling (a checkpoint is written before exiting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vlkit.data.batch import Batch
+from vlkit.models.model import PretrainModel, StepResult
+from vlkit.train import checkpoint as ckpt
+from vlkit.train.config import TrainConfig
+from vlkit.train.optim import build_optimizer
+from vlkit.train.schedule import build_scheduler
+
+log = logging.getLogger("vlkit.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without writing a checkpoint of that state."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM / SIGINT arrived; a checkpoint was written. ``signum`` is the signal."""
+
+    def __init__(self, signum: int, path: Path) -> None:
+        self.signum = signum
+        self.path = path
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint written to {path}")
+
+
+@dataclass
+class RunPaths:
+    """Where a run writes: ``recipe.yaml``, ``checkpoints/``, ``tb/``, ``metrics.json``."""
+
+    out: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.out / "tb"
+
+    @property
+    def recipe(self) -> Path:
+        return self.out / "recipe.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.json"
+
+
+class _StopSignals:
+    """Turns SIGTERM / SIGINT into a flag checked between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signum = signum
+        log.warning("received %s: finishing this step, then writing a checkpoint", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class _Window:
+    """Accumulates scalars between two log steps (device tensors, synced only when logged)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    data_seconds: float = 0.0
+    samples: int = 0
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, values: dict[str, Tensor]) -> None:
+        self.count += 1
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = value if key not in self.sums else self.sums[key] + value
+
+
+class Trainer:
+    """Optimizes ``model`` for ``cfg.steps`` steps.
+
+    Args:
+        model: the model (already on ``device``).
+        cfg: the recipe's ``train`` section.
+        batches: ``start_sample → iterator of micro-batches`` beginning at that sample (for resume).
+        device: the training device.
+        paths: the run folder.
+        recipe_yaml: the resolved recipe, stored in every checkpoint.
+        evaluate: called at ``eval_every`` and at the end; returns metrics.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, model: PretrainModel, cfg: TrainConfig, batches: Callable[[int], Iterator[Batch]],
+                 device: torch.device, paths: RunPaths, recipe_yaml: str,
+                 evaluate: Callable[[], dict[str, float]] | None = None, progress: bool = True) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.batches = batches
+        self.device = device
+        self.paths = paths
+        self.recipe_yaml = recipe_yaml
+        self.evaluate = evaluate
+        self.progress = progress
+        self.optimizer = build_optimizer(model, cfg, device)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.step = 0
+        self.samples = 0
+        self.skipped = 0
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self._writer: Any = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Write a checkpoint of the current state (refusing a non-finite one) and prune old ones."""
+        self._check_finite()
+        path = ckpt.checkpoint_path(self.paths.checkpoints, self.step)
+        ckpt.save_atomic({
+            "step": self.step, "samples": self.samples, "skipped": self.skipped,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), "recipe": self.recipe_yaml,
+        }, path)
+        ckpt.prune(self.paths.checkpoints, self.cfg.keep_last)
+        return path
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint exactly where it was written."""
+        state = ckpt.load(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.samples, self.skipped = int(state["step"]), int(state["samples"]), int(state["skipped"])
+        rng = {k: v.cpu() if isinstance(v, Tensor) else [t.cpu() for t in v] for k, v in state["rng"].items()}
+        ckpt.restore_rng(rng)
+        log.info("resumed from %s at step %d (%d samples seen)", path, self.step, self.samples)
+
+    def _check_finite(self) -> None:
+        if bool(self._nonfinite):  # a host sync, only at log and checkpoint steps
+            last = ckpt.latest_checkpoint(self.paths.checkpoints)
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite before step {self.step}; no checkpoint of that state was "
+                f"written. Last good checkpoint: {last or 'none'}. Lower train.lr, enable "
+                "train.clip_grad_norm, or check the data.")
+
+    # ------------------------------------------------------------------ the loop
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _train_step(self, batches: Iterator[Batch], window: _Window) -> StepResult:
+        self.optimizer.zero_grad(set_to_none=True)
+        results = []
+        for _ in range(self.cfg.grad_accum):
+            waited = time.perf_counter()
+            batch = next(batches)
+            window.data_seconds += time.perf_counter() - waited
+            self.samples += batch.size + batch.skipped
+            self.skipped += batch.skipped
+            window.samples += batch.size
+            batch = batch.to(self.device, non_blocking=True)
+            with self._autocast():
+                result = self.model(batch, self.step)
+            (result.loss / self.cfg.grad_accum).backward()
+            self._nonfinite |= ~torch.isfinite(result.loss.detach())
+            results.append(result)
+            window.add({"loss/total": result.loss, **result.losses, **result.metrics})
+        if self.cfg.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            window.add({"grad_norm": norm})
+        self.optimizer.step()
+        self.scheduler.step()
+        self.model.after_step(results)
+        return results[-1]
+
+    def fit(self, resume: Path | None = None) -> dict[str, float]:
+        """Train to ``cfg.steps`` (from ``resume`` if given); returns the final evaluation's metrics."""
+        from tqdm.auto import tqdm
+
+        self.paths.out.mkdir(parents=True, exist_ok=True)
+        self.paths.recipe.write_text(self.recipe_yaml)
+        if resume is not None:
+            self.restore(resume)
+        self.model.train()
+        batches = self.batches(self.samples)
+        window = _Window()
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
+        try:
+            with _StopSignals() as stop:
+                while self.step < self.cfg.steps:
+                    self._train_step(batches, window)
+                    self.step += 1
+                    bar.update(1)
+                    last = self.step == self.cfg.steps
+                    if self.step % self.cfg.log_every == 0 or last:
+                        self._log(window, bar)
+                        window = _Window()
+                    if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and not last:
+                        self.save()
+                    if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not last:
+                        self._evaluate()
+                    if stop.signum is not None:
+                        raise Interrupted(stop.signum, self.save())
+            self.save()
+            return self._evaluate()
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.close()
+
+    # ------------------------------------------------------------------ logging
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.paths.tensorboard))
+        return self._writer
+
+    def _log(self, window: _Window, bar: Any) -> None:
+        self._check_finite()
+        seconds = max(time.perf_counter() - window.start, 1e-9)
+        scalars = {k: (v / window.count).item() for k, v in window.sums.items()}
+        scalars.update({
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": window.samples / seconds,
+            "time/data_s": window.data_seconds,
+            "time/compute_s": seconds - window.data_seconds,
+            "data/skipped_total": float(self.skipped),
+        })
+        teacher_start = self.model.teacher.cfg.warmup_steps if self.model.teacher is not None else 0
+        for name, objective in self.model.objectives.items():
+            distill = getattr(objective.cfg, "distill", None)
+            if distill is not None:
+                scalars[f"alpha/{name}"] = distill.alpha_at(self.step - 1 - teacher_start)
+        for key, value in scalars.items():
+            self.writer().add_scalar(key, value, self.step)
+        bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.2e}",
+                        sps=f"{scalars['samples_per_s']:.0f}", refresh=False)
+        if not self.progress:
+            log.info("step %d/%d  loss %.4f  lr %.2e  %.1f samples/s", self.step, self.cfg.steps,
+                     scalars["loss/total"], scalars["lr"], scalars["samples_per_s"])
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        self.model.eval()
+        try:
+            metrics = self.evaluate()
+        finally:
+            self.model.train()
+        for key, value in metrics.items():
+            self.writer().add_scalar(f"eval/{key}", value, self.step)
+        return metrics
