@@ -32,6 +32,10 @@ setup(
         "einops>=0.7",
         "pyyaml>=6.0",
         "tensorboard>=2.14",
+        "tokenizers>=0.15",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+        "pillow>=9.0",
     ],
     extras_require={
         "dev": [

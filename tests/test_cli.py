@@ -14,7 +14,7 @@ def test_recipes_show_prints_the_resolved_recipe(capsys):
     assert main(["recipes", "show", "recipes/albef/tiny.yaml"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# resolved from: ")
-    assert "fusion_layer: 2" in out and "image_size: 32" in out
+    assert "fusion_layer: 2" in out and "image_size: 64" in out
 
 
 @pytest.mark.parametrize("name", ["albef/tiny", "vlmo/tiny", "dual/tiny"])

@@ -28,10 +28,14 @@ def text_batch(b: int = 4, length: int = 9, vocab: int = 30522) -> tuple[torch.T
     return ids.masked_fill(mask == 0, 0), mask
 
 
+TEST_SHAPES = ["encoder.image.image_size=32",  # 4×4 patches keep these tests fast
+               "encoder.text.vocab_size=30522"]  # text_batch draws bert-base-uncased ids
+
+
 @pytest.fixture(scope="module")
 def albef() -> AlbefEncoder:
     torch.manual_seed(0)
-    return build_encoder(load_recipe("albef/tiny", ["encoder.attention=sdpa"]).encoder).eval()
+    return build_encoder(load_recipe("albef/tiny", ["encoder.attention=sdpa", *TEST_SHAPES]).encoder).eval()
 
 
 def test_albef_shapes_and_unit_features(albef):
@@ -81,7 +85,7 @@ def test_albef_fusion_reads_text_layers_then_cross_attends(albef):
 @pytest.mark.parametrize("recipe", ["albef/tiny", "dual/tiny"])
 def test_sdpa_equals_math_forward_and_gradients(recipe):
     torch.manual_seed(3)
-    encoder = build_encoder(load_recipe(recipe).encoder).eval()
+    encoder = build_encoder(load_recipe(recipe, TEST_SHAPES).encoder).eval()
     images, (ids, mask) = torch.randn(3, 3, 32, 32), text_batch(3)
     outputs = {}
     for backend in ("math", "sdpa"):
@@ -108,7 +112,7 @@ def test_sdpa_equals_math_forward_and_gradients(recipe):
 
 
 def test_dual_encoder_has_no_fusion_and_says_so():
-    encoder = build_encoder(load_recipe("dual/tiny").encoder)
+    encoder = build_encoder(load_recipe("dual/tiny", TEST_SHAPES).encoder)
     assert isinstance(encoder, DualEncoder) and not encoder.supports_fusion
     image = encoder.encode_image(torch.randn(2, 3, 32, 32))
     text = encoder.encode_text(*text_batch(2))
@@ -141,3 +145,34 @@ def test_albef_base_parameter_count_matches_the_paper_architecture():
     assert rows["text"] + rows["fusion"] == 123_075_072
     assert rows["projections"] == 2 * (768 * 256 + 256)
     assert rows["total"] == 209_313_536
+
+
+@pytest.mark.parametrize("patch_size", [2, 8, 16])
+def test_conv_stem_gives_the_patch_grid(patch_size):
+    """The convolutional stem (log2 p stride-2 convolutions) yields the same tokens as linear patches."""
+    from vlkit.nn.stem import ConvStem, PatchEmbed
+
+    images = torch.randn(2, 3, 32, 32)
+    conv, linear = ConvStem(patch_size, 24)(images), PatchEmbed(patch_size, 24)(images)
+    assert conv.shape == linear.shape == (2, (32 // patch_size) ** 2, 24)
+    convs = [m for m in ConvStem(patch_size, 24).stem if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == patch_size.bit_length() - 1
+
+
+def test_conv_stem_has_no_batch_statistics():
+    """A sample's encoding does not depend on the rest of its batch (LayerNorm, not BatchNorm)."""
+    torch.manual_seed(5)
+    encoder = build_encoder(load_recipe("albef/tiny", [*TEST_SHAPES, "encoder.image.stem=conv"]).encoder).train()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        whole = encoder.encode_image(images).embeds
+        first = encoder.encode_image(images[:1]).embeds
+    torch.testing.assert_close(whole[:1], first, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+    from vlkit.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="power of two"):
+        load_recipe("albef/tiny", ["encoder.image.patch_size=6", "encoder.image.image_size=36",
+                                   "encoder.image.stem=conv"])

@@ -173,3 +173,15 @@ def test_configs_from_dict_apply_presets_like_recipes():
     assert cfg.image.dim == 64 and cfg.embed_dim == 16 and cfg.fusion_layer == 2
     with pytest.raises(RecipeError, match="unknown key `imag`"):
         AlbefConfig.from_dict({"imag": {}})
+
+
+def test_changing_a_components_type_drops_the_inherited_settings(tmp_path):
+    """Settings of one registered part mean nothing to another: a child (or an override) that changes
+    `type` replaces the inherited mapping instead of merging into it."""
+    write(tmp_path, "base.yaml", "encoder: {type: albef, size: tiny, fusion_layer: 3}\n")
+    child = write(tmp_path, "child.yaml", "base: base.yaml\nencoder: {type: mome, size: tiny}\n")
+    assert load_recipe(child).encoder.type == "mome"
+    recipe = load_recipe(tmp_path / "base.yaml", ["encoder.type=dual", "encoder.size=tiny"])
+    assert recipe.encoder.type == "dual" and recipe.encoder.size == "tiny"
+    merged = load_recipe(tmp_path / "base.yaml", ["encoder.type=albef", "encoder.embed_dim=8"])
+    assert merged.encoder.fusion_layer == 3  # same type: settings merge as usual

@@ -22,6 +22,9 @@ class DataConfig:
         crop_scale: random-resized-crop scale range for training images; null: plain resize.
         flip: random horizontal flips (they make 'left of' captions false; off by default).
         num_workers: data-loader worker processes (0: load in the training process).
+        group_batches: keep annotation entries that share a ``group`` value next to each other in the
+            training order, so they share a batch (hard-negative batching; the synthetic data groups
+            each image with its compositional twin). Off: a plain shuffle, as the papers.
     """
 
     source: Annotated[Any, Component("dataset")]
@@ -33,6 +36,7 @@ class DataConfig:
     crop_scale: list[float] | None = None
     flip: bool = False
     num_workers: int = 1
+    group_batches: bool = False
 
     def __post_init__(self) -> None:
         if self.max_text_len < 2:

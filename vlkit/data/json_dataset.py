@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,18 +30,21 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One annotated image: path (absolute), captions, image id (``idx``)."""
+    """One annotated image: path (absolute), captions, image id (``idx``) and an optional ``group``
+    (entries sharing one, e.g. an image and its compositional twin, can be batched together)."""
 
     image: Path
     captions: tuple[str, ...]
     idx: int
+    group: int | str | None = None
 
 
 def read_entries(files: Sequence[str | Path], image_root: str | Path) -> tuple[list[Entry], int]:
     """Entries of every file, with paths resolved against ``image_root``.
 
     Malformed entries (no image, no caption) are skipped and counted, not fatal. ``idx`` is the
-    entry's ``image_id`` when present, else its position in the combined list.
+    entry's ``image_id`` when present, else its position in the combined list; ``group`` is the
+    entry's optional ``group`` (an int or a string).
 
     Returns:
         the entries and the number skipped.
@@ -65,7 +68,9 @@ def read_entries(files: Sequence[str | Path], image_root: str | Path) -> tuple[l
                 continue
             idx = item.get("image_id")
             idx = idx if isinstance(idx, int) else len(entries)
-            entries.append(Entry(root / item["image"], tuple(captions), idx))
+            group = item.get("group")
+            group = group if isinstance(group, (int, str)) and not isinstance(group, bool) else None
+            entries.append(Entry(root / item["image"], tuple(captions), idx, group))
     if skipped:
         log.warning("skipped %d malformed annotation entries in %s", skipped, ", ".join(map(str, files)))
     return entries, skipped
@@ -129,28 +134,51 @@ class PairDataset(Dataset):
 class EpochSampler(torch.utils.data.Sampler[int]):
     """Access keys ``epoch · N + i`` in a seeded permutation per epoch, endless, resumable.
 
+    With ``groups``, the permutation shuffles groups and keeps each group's members next to each
+    other, so they usually land in one batch (a group straddles a batch boundary only when the
+    boundary falls inside it). Batching an image with its compositional twin makes each the other's
+    in-batch hard negative: contrastive and matching losses then have to bind attributes to objects.
+
     Args:
         size: dataset length ``N``.
         seed: run seed.
         start: number of keys already consumed (resume point).
+        groups: optional ``[N]`` group label of each item (None: every item is its own group).
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+    def __init__(self, size: int, seed: int, start: int = 0, groups: Sequence[Hashable | None] | None = None) -> None:
+        if groups is not None and len(groups) != size:
+            raise ValueError(f"{len(groups)} group labels for {size} items")
         self.size = size
         self.seed = seed
         self.start = start
+        self.members = _group_members(groups) if groups is not None else None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """``[N]`` item order of ``epoch`` (a permutation of ``0..N-1``)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.members is None:
+            return rng.permutation(self.size)
+        return np.concatenate([self.members[g] for g in rng.permutation(len(self.members))])
 
     def __iter__(self):  # noqa: ANN204 - iterator of ints
         position = self.start
         while True:
             epoch, offset = divmod(position, self.size)
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-            for i in order[offset:]:
+            for i in self.order(epoch)[offset:]:
                 yield epoch * self.size + int(i)
             position = (epoch + 1) * self.size
 
     def __len__(self) -> int:
         return 2**62
+
+
+def _group_members(groups: Sequence[Hashable | None]) -> list[np.ndarray]:
+    """Item indices of each group, in order of first appearance (unlabelled items: singletons)."""
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(("item", i) if g is None else ("group", g), []).append(i)
+    return [np.asarray(m, dtype=np.int64) for m in members.values()]
 
 
 @dataclass

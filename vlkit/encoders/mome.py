@@ -35,6 +35,7 @@ from vlkit.nn.relative_position import (
     relative_position_bias,
     text_relative_position_index,
 )
+from vlkit.nn.stem import Stem, stem_problem
 from vlkit.registry import register
 from vlkit.schema import ConfigError
 
@@ -79,6 +80,8 @@ class MomeConfig(EncoderConfig):
         eps: LayerNorm epsilon of the transformer (the text embeddings use BERT's 1e-12).
         init_std: std of the weight initialization (VLMo: 0.02, tuned for width 768; narrow models
             need ~0.02·√(768/dim) to keep activations at that scale).
+        stem: patch embedding, ``patch`` (VLMo) or ``conv`` (for training small models from scratch;
+            see :mod:`vlkit.nn.stem`).
     """
 
     image_size: int = 224
@@ -98,6 +101,7 @@ class MomeConfig(EncoderConfig):
     drop_path: float = 0.1
     eps: float = 1e-6
     init_std: float = 0.02
+    stem: Stem = "patch"
 
     SIZES: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {**_SHAPES["tiny"], **_RELATIVE, "embed_dim": 64, "drop_path": 0.0, "init_std": 0.07},
@@ -116,6 +120,8 @@ class MomeConfig(EncoderConfig):
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}",
                               key="image_size")
+        if problem := stem_problem(self.stem, self.patch_size):
+            raise ConfigError(problem, key="stem")
         if not 0 <= self.vl_start <= self.depth:
             raise ConfigError(f"must be in [0, {self.depth}] (depth = {self.depth}; depth means no VL experts)",
                               key="vl_start")
@@ -192,7 +198,7 @@ class MomeEncoder(Encoder):
             image_size=cfg.image_size, patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
             mlp_ratio=cfg.mlp_ratio, vl_start=cfg.vl_start, layer_scale=cfg.layer_scale,
             absolute_positions=not relative, eps=cfg.eps, drop_path=cfg.drop_path, init_std=cfg.init_std,
-            backend=cfg.attention)
+            stem=cfg.stem, backend=cfg.attention)
         self.relative_position_bias_table: nn.Parameter | None = None
         if relative:
             rows = num_buckets(cfg.grid, cfg.max_text_len_of_initckpt)

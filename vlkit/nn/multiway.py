@@ -22,7 +22,8 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from vlkit.nn.self_attention import SelfAttention
-from vlkit.nn.vit import PatchEmbed, drop_path_rates
+from vlkit.nn.stem import Stem, build_stem
+from vlkit.nn.vit import drop_path_rates
 
 Expert = Literal["text", "image", "vl"]
 EXPERTS: tuple[Expert, ...] = ("text", "image", "vl")
@@ -146,18 +147,19 @@ class MultiwayTransformer(nn.Module):
         eps: LayerNorm epsilon.
         drop_path: stochastic-depth rate of the last block (linear from 0).
         init_std: std of the weight initialization.
+        stem: patch embedding, ``patch`` or ``conv`` (see :mod:`vlkit.nn.stem`).
         backend: attention backend.
     """
 
     def __init__(self, *, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, vl_start: int, layer_scale: float | None = 0.1,
                  absolute_positions: bool = False, eps: float = 1e-6, drop_path: float = 0.0,
-                 init_std: float = 0.02, backend: str = "auto") -> None:
+                 init_std: float = 0.02, stem: Stem = "patch", backend: str = "auto") -> None:
         super().__init__()
         self.init_std = init_std
         self.grid = image_size // patch_size
         self.vl_start = vl_start
-        self.patch_embed = PatchEmbed(patch_size, dim)
+        self.patch_embed = build_stem(stem, patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed: nn.Parameter | None = None
         if absolute_positions:
@@ -171,7 +173,8 @@ class MultiwayTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """VLMo's initialization: truncated normal (std ``init_std``, 0.02 in VLMo) for Linear weights, [CLS] and positions;
+        """VLMo's initialization: truncated normal (std ``init_std``, 0.02 in VLMo) for Linear weights,
+        [CLS] and positions;
         zero biases (``q_bias``, ``v_bias`` included); unit LayerNorms; layer scales at their initial
         value. The patch projection keeps PyTorch's default (as in VLMo)."""
         std = self.init_std

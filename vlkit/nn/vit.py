@@ -15,6 +15,7 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import Tensor, nn
 
 from vlkit.nn.self_attention import SelfAttention
+from vlkit.nn.stem import Stem, build_stem, stem_problem
 from vlkit.schema import ConfigError
 
 
@@ -34,6 +35,8 @@ class ViTConfig:
         drop_path: stochastic-depth rate of the last block (linear from 0).
         init_std: std of the truncated-normal initialization of weights and embeddings (timm: 0.02,
             tuned for width 768; narrow models need ~0.02·√(768/dim) to keep activations at that scale).
+        stem: patch embedding: ``patch`` (ViT's linear patches) or ``conv`` (a convolutional stem for
+            training small models from scratch; see :mod:`vlkit.nn.stem`).
     """
 
     image_size: int = 224
@@ -46,6 +49,7 @@ class ViTConfig:
     eps: float = 1e-6
     drop_path: float = 0.0
     init_std: float = 0.02
+    stem: Stem = "patch"
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -57,22 +61,12 @@ class ViTConfig:
         if self.image_size % self.patch_size:
             raise ConfigError(f"{self.image_size} is not a multiple of patch_size {self.patch_size}",
                               key="image_size")
+        if problem := stem_problem(self.stem, self.patch_size):
+            raise ConfigError(problem, key="stem")
 
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches → tokens: ``[B, 3, H, W]`` → ``[B, (H/p)·(W/p), D]``."""
-
-    def __init__(self, patch_size: int, dim: int, in_chans: int = 3) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.proj(images).flatten(2).transpose(1, 2)
 
 
 class ViTBlock(nn.Module):
@@ -96,14 +90,15 @@ class VisionTransformer(nn.Module):
     """ViT with a CLS token; returns every token after the final norm.
 
     State dict: ``cls_token [1,1,D]``, ``pos_embed [1,1+P,D]``, ``patch_embed.proj.*``,
-    ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*``, ``norm.*`` — timm's layout.
+    ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*``, ``norm.*`` — timm's layout
+    (the ``conv`` stem adds ``patch_embed.stem.*``; its ``patch_embed.proj`` is a 1×1 convolution).
     """
 
     def __init__(self, cfg: ViTConfig, backend: str = "auto") -> None:
         super().__init__()
         cfg.check_patches()
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.dim)
+        self.patch_embed = build_stem(cfg.stem, cfg.patch_size, cfg.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, cfg.dim))
         self.blocks = nn.ModuleList(

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from vlkit.objectives.step import Step
 from vlkit.registry import register
-from vlkit.schema import ComponentConfig
+from vlkit.schema import ComponentConfig, ConfigError
 
 
 @dataclass
@@ -82,17 +82,47 @@ def masked_softmax(logits: Tensor, allowed: Tensor) -> Tensor:
     return torch.nan_to_num(probs, nan=0.0)
 
 
+@dataclass(kw_only=True)
+class HardNegativesConfig(ComponentConfig):
+    """Settings of the similarity-weighted samplers.
+
+    Attributes:
+        ramp_steps: curriculum for training from scratch (a vlkit option; 0 = the papers). The
+            sampling weights are ``softmax(h · logits)`` with the hardness ``h`` rising linearly from 0
+            (uniform: random negatives) at step 0 to 1 (ALBEF's ``softmax(logits)``) at ``ramp_steps``.
+            From random initialization, hard negatives from the first step leave ITM at the constant
+            answer "no match": the fusion layers never find out which image tokens matter.
+    """
+
+    ramp_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ramp_steps < 0:
+            raise ConfigError(f"ramp_steps must be ≥ 0, got {self.ramp_steps}", key="ramp_steps")
+
+    def hardness(self, step: int) -> float:
+        """Multiplier of the contrastive logits at 0-based ``step``, in [0, 1]."""
+        return 1.0 if self.ramp_steps == 0 else min(1.0, step / self.ramp_steps)
+
+
 @register("negatives", "in_batch_hard")
 class InBatchHardNegatives(NegativeSampler):
     """ALBEF's hard negatives: candidates drawn with probability softmax(contrastive logits), within
     the batch, the positive and same-``idx`` pairs excluded."""
 
+    Config = HardNegativesConfig
+
+    def __init__(self, cfg: ComponentConfig | None = None) -> None:
+        super().__init__(cfg if isinstance(cfg, HardNegativesConfig) else HardNegativesConfig(type="in_batch_hard"))
+
     @torch.no_grad()
     def sample(self, step: Step) -> Negatives:
         sim = step.sim
         ok = admissible(step.batch.idx)
-        text_index, text_valid = draw(masked_softmax(sim.i2t, ok))  # hard negative text for each image
-        image_index, image_valid = draw(masked_softmax(sim.t2i, ok))  # hard negative image for each text
+        hardness = self.cfg.hardness(step.index)
+        # hard negative text for each image, hard negative image for each text
+        text_index, text_valid = draw(masked_softmax(sim.i2t * hardness, ok))
+        image_index, image_valid = draw(masked_softmax(sim.t2i * hardness, ok))
         return Negatives(image_index, text_index, image_valid, text_valid)
 
 

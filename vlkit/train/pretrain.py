@@ -111,9 +111,11 @@ class Pretraining:
         """Micro-batches from sample ``start`` on (deterministic: keys, captions, crops, masks)."""
         data, train = self.recipe.data, self.recipe.train
         assert data is not None
+        groups = [e.group for e in self.dataset.entries] if data.group_batches else None
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=train.batch_size // train.grad_accum,
-            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start), collate_fn=self.collate,
+            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start, groups=groups),
+            collate_fn=self.collate,
             num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
             generator=torch.Generator().manual_seed(self.recipe.seed),  # keeps the global RNG untouched
             prefetch_factor=4 if data.num_workers else None, persistent_workers=False)

@@ -3,7 +3,7 @@
 Layout of ``DIR``::
 
     images/{split}/{index:06d}.png        RGB images
-    {split}.json                          [{"image", "caption": [...], "image_id"}]  (retrieval / pre-training)
+    {split}.json                          [{"image", "caption": [...], "image_id", "group"}]  (retrieval / pre-training)
     scenes_{split}.json                   the scene behind every image (objects, background, twin links)
     {val,test}_swaps.json                 [{"image", "image_id", "caption", "swapped", "kind"}]
     vqa_{split}.json, answer_list.json    [{"question_id", "image", "question", "answer": [...]}]
@@ -98,7 +98,9 @@ def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, c
     records, swaps = [], []
     for scene in scenes:
         caps = captions_for(scene, cfg.captions_per_image)
-        records.append({"image": scene.image, "caption": [c.text for c in caps], "image_id": scene.image_id})
+        group = scene.twin_of if scene.twin_of is not None else scene.image_id  # twins share their original's
+        records.append({"image": scene.image, "caption": [c.text for c in caps], "image_id": scene.image_id,
+                        "group": group})
         texts.extend(c.text for c in caps)
         if split != "train" and len(scene.objects) >= 2:
             for caption, swapped, kind in swap_probes(scene, caps, cfg.swaps_per_image):
