@@ -33,6 +33,14 @@ def test_recipes_show_params_reports_parts(capsys):
     out = capsys.readouterr().out
     assert "vision" in out and "85,844,736" in out  # ViT-B/16 at 256 px
     assert "fusion" in out and "total" in out
+    rows = {" ".join(line.split()[:-2]): int(line.split()[-2].replace(",", ""))
+            for line in out.splitlines() if line.split() and line.split()[-1].endswith("M")}
+    assert rows["objective itm"] == 768 * 2 + 2  # Linear(768, 2)
+    # MLM transform (dense + LayerNorm) and vocabulary bias; the decoder is tied to the word embeddings
+    assert rows["objective mlm"] == 768 * 768 + 768 + 2 * 768 + 30522
+    assert rows["objective itc"] == 1  # the temperature
+    assert rows["total"] == sum(v for k, v in rows.items() if k != "total")
+    assert 209e6 < rows["total"] < 211e6  # ALBEF's ~210M online model
 
 
 def test_recipes_list_and_registry(capsys):

@@ -21,6 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vlkit import registry
 from vlkit.schema import RecipeError
@@ -53,12 +54,34 @@ def _cmd_recipes_show(args: argparse.Namespace) -> int:
     print(f"# resolved from: {' <- '.join(reversed(resolved.sources))}")
     print(resolved.recipe.to_yaml(), end="")
     if args.params:
-        from vlkit.build import build_encoder, format_report, parameter_report
+        from vlkit.build import format_report, parameter_report
 
-        encoder = build_encoder(resolved.recipe.encoder, device="meta")
         print()
-        print(format_report(parameter_report(encoder.parts())))
+        print(format_report(parameter_report(_online_parts(resolved.recipe))))
     return 0
+
+
+def _online_parts(recipe: Any) -> dict[str, list[Any]]:
+    """The online model's parameter groups: the encoder's parts, then each objective's own modules
+    (heads, temperature; weights tied to the encoder are counted once, with the encoder). Built on the
+    meta device, so nothing is allocated; the momentum teacher is a copy and is not counted."""
+    import torch
+
+    from vlkit.build import build_encoder
+    from vlkit.data.tokens import TextTokens
+    from vlkit.models.model import build_objectives
+    from vlkit.objectives.base import ObjectiveContext
+
+    encoder = build_encoder(recipe.encoder, device="meta")
+    # heads only need the vocabulary size and special ids; BERT's ids stand in for the recipe's tokenizer
+    tokens = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100,
+                        vocab_size=encoder.word_embeddings().num_embeddings)
+    with torch.device("meta"):
+        objectives = build_objectives(recipe.objectives, ObjectiveContext(encoder, tokens))
+    parts: dict[str, list[Any]] = dict(encoder.parts())
+    for name, objective in objectives.items():
+        parts[f"objective {name}"] = [objective]
+    return parts
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
