@@ -11,7 +11,8 @@ import torch
 
 from vlkit.data.batch import Batch
 from vlkit.data.json_dataset import Sample
-from vlkit.data.tokenizer import TokenizedText, tokenize
+from vlkit.data.text import CaptionCleaner
+from vlkit.data.tokenizer import Padding, TokenizedText, tokenize
 
 
 class BatchTransform(Protocol):
@@ -31,6 +32,8 @@ class PretrainCollate:
         drop_sep: remove the trailing [SEP] (ALBEF).
         transforms: batch transforms, applied in order.
         seed: run seed; each batch's randomness is drawn from ``(seed, sample keys)``.
+        clean: caption cleaning before tokenization (ALBEF's ``pre_caption`` when enabled).
+        padding: text batch width rule (see :func:`vlkit.data.tokenizer.padded_length`).
     """
 
     tokenizer: Any
@@ -38,12 +41,15 @@ class PretrainCollate:
     drop_sep: bool = False
     transforms: list[BatchTransform] = field(default_factory=list)
     seed: int = 0
+    clean: CaptionCleaner = field(default_factory=CaptionCleaner)
+    padding: Padding = "longest"
 
     def __call__(self, samples: list[Sample | None]) -> Batch:
         kept = [s for s in samples if s is not None]
         if not kept:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
-        text = tokenize(self.tokenizer, [s.caption for s in kept], self.max_length, drop_sep=self.drop_sep)
+        text = tokenize(self.tokenizer, [self.clean(s.caption) for s in kept], self.max_length,
+                        drop_sep=self.drop_sep, padding=self.padding)
         batch = Batch(images=torch.stack([s.image for s in kept]), input_ids=text.input_ids,
                       attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),
                       skipped=len(samples) - len(kept))

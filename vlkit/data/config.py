@@ -9,6 +9,21 @@ from vlkit.schema import Component, ConfigError
 
 
 @dataclass(kw_only=True)
+class RandAugmentConfig:
+    """ALBEF's RandAugment (:mod:`vlkit.data.randaugment`): ``num_ops`` operations drawn with
+    replacement, each applied with probability 0.5 at ``magnitude`` of 10 (ALBEF, VLMo: 2 and 7)."""
+
+    num_ops: int = 2
+    magnitude: float = 7.0
+
+    def __post_init__(self) -> None:
+        if self.num_ops < 0:
+            raise ConfigError("must be ≥ 0", key="num_ops")
+        if not 0 <= self.magnitude <= 10:
+            raise ConfigError(f"must be in [0, 10], got {self.magnitude}", key="magnitude")
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Where training and evaluation data come from and how text and images are prepared.
 
@@ -21,6 +36,14 @@ class DataConfig:
         normalize: image normalization statistics: ``clip`` (ALBEF), ``inception`` (VLMo), ``imagenet``.
         crop_scale: random-resized-crop scale range for training images; null: plain resize.
         flip: random horizontal flips (they make 'left of' captions false; off by default).
+        randaugment: ALBEF's RandAugment after crop and flip (ALBEF/VLMo: ``{num_ops: 2, magnitude: 7}``);
+            null: off.
+        pre_caption: clean captions as ALBEF does (lower-case, strip punctuation, first ``max_words``
+            words) before tokenizing, in training and evaluation.
+        max_words: word limit of ``pre_caption`` (ALBEF: 30).
+        padding: text batch width: ``longest`` (ALBEF), ``max_length`` (static shapes), ``multiple_of_8``.
+        draft_decode: decode large JPEGs at a reduced DCT scale that still covers the transform's
+            resolution (``Image.draft``; see :func:`vlkit.data.transforms.decode_size`).
         num_workers: data-loader worker processes (0: load in the training process).
         group_batches: keep annotation entries that share a ``group`` value next to each other in the
             training order, so they share a batch (hard-negative batching; the synthetic data groups
@@ -35,6 +58,11 @@ class DataConfig:
     normalize: Literal["clip", "inception", "imagenet"] = "clip"
     crop_scale: list[float] | None = None
     flip: bool = False
+    randaugment: RandAugmentConfig | None = None
+    pre_caption: bool = False
+    max_words: int = 30
+    padding: Literal["longest", "max_length", "multiple_of_8"] = "longest"
+    draft_decode: bool = True
     num_workers: int = 1
     group_batches: bool = False
 
@@ -44,5 +72,7 @@ class DataConfig:
         scale = self.crop_scale
         if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
             raise ConfigError(f"must be [min, max] with 0 < min ≤ max ≤ 1, got {self.crop_scale}", key="crop_scale")
+        if self.max_words < 1:
+            raise ConfigError("must be ≥ 1", key="max_words")
         if self.num_workers < 0:
             raise ConfigError("must be ≥ 0", key="num_workers")

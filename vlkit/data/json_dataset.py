@@ -76,10 +76,17 @@ def read_entries(files: Sequence[str | Path], image_root: str | Path) -> tuple[l
     return entries, skipped
 
 
-def load_image(path: Path) -> Image.Image | None:
-    """The image as RGB, or None when it is missing or corrupt."""
+def load_image(path: Path, draft_size: int | None = None) -> Image.Image | None:
+    """The image as RGB, or None when it is missing or corrupt.
+
+    Args:
+        draft_size: for JPEGs, decode at the smallest DCT scale (1/2, 1/4, 1/8) whose sides stay
+            ≥ ``draft_size`` (``Image.draft``; much faster for large photos); None: full size.
+    """
     try:
         with Image.open(path) as img:
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
@@ -107,19 +114,22 @@ class PairDataset(Dataset):
         entries: annotated images.
         transform: PIL image → ``[3, H, W]`` tensor (may be random).
         seed: run seed; caption choice and augmentation draw from ``(seed, key)``.
+        draft_size: decode JPEGs reduced while their sides stay ≥ this (see :func:`load_image`).
     """
 
-    def __init__(self, entries: list[Entry], transform: Callable[[Image.Image], Tensor], seed: int = 0) -> None:
+    def __init__(self, entries: list[Entry], transform: Callable[[Image.Image], Tensor], seed: int = 0,
+                 draft_size: int | None = None) -> None:
         self.entries = entries
         self.transform = transform
         self.seed = seed
+        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, key: int) -> Sample | None:
         entry = self.entries[key % len(self.entries)]
-        image = load_image(entry.image)
+        image = load_image(entry.image, self.draft_size)
         if image is None:
             return None  # counted and reported by the collate function
         seed = sample_seed(self.seed, key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -50,14 +50,36 @@ class TokenizedText:
     word_ids: list[list[int | None]]
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: bool = False) -> TokenizedText:
-    """Tokenize ``texts`` padded to the longest, truncated to ``max_length`` tokens.
+Padding = Literal["longest", "max_length", "multiple_of_8"]
+PADDINGS: tuple[str, ...] = ("longest", "max_length", "multiple_of_8")
+
+
+def padded_length(longest: int, max_length: int, padding: Padding) -> int:
+    """Columns of a batch whose longest caption has ``longest`` tokens: ``longest``, ``max_length``
+    (static shapes, e.g. for ``torch.compile`` or CUDA graphs), or ``longest`` rounded up to a multiple
+    of 8 (tensor-core friendly; may exceed ``max_length`` by up to 7 padding columns)."""
+    if padding == "longest":
+        return longest
+    if padding == "max_length":
+        return max_length
+    if padding == "multiple_of_8":
+        return -(-longest // 8) * 8
+    raise ValueError(f"unknown padding `{padding}`; choose one of {', '.join(PADDINGS)}")
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: bool = False,
+             padding: Padding = "longest") -> TokenizedText:
+    """Tokenize ``texts``, truncated to ``max_length`` tokens and padded as ``padding`` says.
 
     Args:
         tokenizer: a fast BERT tokenizer.
         texts: the captions.
         max_length: at most this many tokens per caption, [CLS] (and [SEP]) included.
         drop_sep: remove the trailing [SEP] of each single sentence (ALBEF's tokenizer does).
+        padding: see :func:`padded_length`.
+
+    Returns:
+        ``input_ids`` / ``attention_mask`` ``[B, L]`` and per-row word ids (``L`` from ``padding``).
     """
     enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -67,6 +89,15 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: boo
         rows = torch.arange(ids.shape[0])
         ids[rows, last] = tokenizer.pad_token_id
         mask[rows, last] = 0
-        ids, mask = ids[:, : max(int(mask.sum(1).max()), 1)], mask[:, : max(int(mask.sum(1).max()), 1)]
-        word_ids = [w[: ids.shape[1]] for w in word_ids]
+        word_ids = [[w if k < int(n) else None for k, w in enumerate(row)]
+                    for row, n in zip(word_ids, last, strict=True)]
+    longest = max(int(mask.sum(1).max()), 1) if len(texts) else 1
+    width = padded_length(longest, max_length, padding)
+    if width <= ids.shape[1]:
+        ids, mask = ids[:, :width], mask[:, :width]
+    else:
+        extra = width - ids.shape[1]
+        ids = torch.nn.functional.pad(ids, (0, extra), value=tokenizer.pad_token_id)
+        mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+    word_ids = [(list(w) + [None] * width)[:width] for w in word_ids]
     return TokenizedText(ids, mask, word_ids)

@@ -1,11 +1,25 @@
-"""Image transforms: resize / augment, then normalize with the recipe's statistics."""
+"""Image transforms: resize / augment, then normalize with the recipe's statistics.
+
+- :func:`train_transform`: ALBEF pre-training is ``RandomResizedCrop(256, scale=(0.2, 1), bicubic)`` →
+  horizontal flip → :class:`~vlkit.data.randaugment.RandomAugment` (2 ops, magnitude 7) → normalize
+  (CLIP statistics); fine-tuning the same with ``scale=(0.5, 1)``; VLMo ``scale=(0.5, 1)`` with
+  inception statistics. Every step is a recipe option (``data.crop_scale``, ``data.flip``,
+  ``data.randaugment``, ``data.normalize``).
+- :func:`eval_transform`: bicubic resize to the square input size, normalize.
+- :func:`decode_size`: how small a JPEG may be decoded (``Image.draft``) without losing pixels the
+  transform would keep.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
+import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.functional import InterpolationMode
+
+from vlkit.data.randaugment import ALBEF_OPS, RandomAugment
 
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # ALBEF
@@ -15,22 +29,39 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 Normalization = Literal["clip", "inception", "imagenet"]
 
 
-def _to_tensor(normalization: Normalization) -> list:
-    import torch
-
+def _to_tensor(normalization: Normalization | None) -> list:
+    """PIL → float ``[3, H, W]`` normalized, or (``None``) uint8 ``[3, H, W]`` left for the GPU."""
+    if normalization is None:
+        return [T.ToImage()]
     mean, std = NORMALIZATION[normalization]
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
 
 
-def eval_transform(size: int, normalization: Normalization = "clip") -> T.Compose:
+def normalize_on_device(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` (e.g. just copied to the GPU) → normalized float32 ``[B, 3, H, W]``."""
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in NORMALIZATION[normalization])
+    return (images.float() / 255.0 - mean) / std
+
+
+def eval_transform(size: int, normalization: Normalization | None = "clip") -> T.Compose:
     """Resize to ``size × size`` (bicubic) and normalize: PIL image → ``[3, size, size]``."""
     return T.Compose([T.Resize((size, size), interpolation=InterpolationMode.BICUBIC), *_to_tensor(normalization)])
 
 
-def train_transform(size: int, normalization: Normalization = "clip", *, crop_scale: tuple[float, float] | None = None,
-                    flip: bool = False) -> T.Compose:
-    """Training transform: random resized crop (``crop_scale``; None: plain resize), optional
-    horizontal flip (off by default: it turns 'left of' captions false), normalize."""
+def train_transform(size: int, normalization: Normalization | None = "clip", *,
+                    crop_scale: tuple[float, float] | None = None, flip: bool = False,
+                    randaugment: tuple[int, float] | None = None,
+                    randaugment_ops: tuple[str, ...] = ALBEF_OPS) -> T.Compose:
+    """Training transform: PIL image → ``[3, size, size]``.
+
+    Args:
+        size: output side.
+        normalization: statistics, or None to return uint8 (normalize later with :func:`normalize_on_device`).
+        crop_scale: random-resized-crop area range (bicubic); None: plain bicubic resize.
+        flip: random horizontal flips (they turn "left of" captions false; ALBEF uses them anyway).
+        randaugment: ``(num_ops, magnitude)`` of ALBEF's RandAugment (ALBEF: ``(2, 7)``); None: off.
+        randaugment_ops: its operation set (default ALBEF's ten).
+    """
     steps: list = []
     if crop_scale is None:
         steps.append(T.Resize((size, size), interpolation=InterpolationMode.BICUBIC))
@@ -38,4 +69,17 @@ def train_transform(size: int, normalization: Normalization = "clip", *, crop_sc
         steps.append(T.RandomResizedCrop(size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC))
     if flip:
         steps.append(T.RandomHorizontalFlip())
+    if randaugment is not None:
+        steps.append(RandomAugment(randaugment[0], randaugment[1], ops=randaugment_ops))
     return T.Compose([*steps, *_to_tensor(normalization)])
+
+
+def decode_size(size: int, crop_scale: tuple[float, float] | None = None) -> int:
+    """The smallest short side that still gives the transform full resolution: ``size`` for a resize;
+    for a random-resized crop, ``size / sqrt(min_scale · 3/4)`` (its narrowest crop, area ``min_scale``
+    at aspect 3/4, spans ``sqrt(min_scale · 3/4)`` of a square image's side). ``Image.draft`` decodes
+    JPEGs at 1/2, 1/4 or 1/8 scale only while both sides stay at least this large, so drafting to it
+    loses nothing the crop would resolve (ALBEF at 256 px, scale 0.2: 661 px)."""
+    if crop_scale is None:
+        return size
+    return math.ceil(size / math.sqrt(crop_scale[0] * 0.75))

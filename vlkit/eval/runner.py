@@ -11,6 +11,7 @@ from torch import nn
 from vlkit.data.config import DataConfig
 from vlkit.data.json_dataset import Gallery, ImageFolderList, read_entries, read_json
 from vlkit.data.sources import DataSource
+from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import tokenize
 from vlkit.data.transforms import eval_transform
 from vlkit.encoders.base import Encoder
@@ -48,7 +49,9 @@ class PretrainEvaluator:
                                            batch_size=self.cfg.batch_size, num_workers=0)
 
     def _text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = tokenize(self.tokenizer, texts, self.data.max_text_len, drop_sep=self.data.drop_sep)
+        clean = CaptionCleaner(self.data.pre_caption, self.data.max_words)
+        tok = tokenize(self.tokenizer, [clean(t) for t in texts], self.data.max_text_len, drop_sep=self.data.drop_sep,
+                       padding=self.data.padding)
         return tok.input_ids, tok.attention_mask
 
     @torch.no_grad()

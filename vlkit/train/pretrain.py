@@ -21,9 +21,10 @@ from vlkit.data.batch import Batch
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.json_dataset import EpochSampler, PairDataset, read_entries
 from vlkit.data.sources import DataSource
+from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tokens import TextTokens
-from vlkit.data.transforms import train_transform
+from vlkit.data.transforms import decode_size, train_transform
 from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel, build_pretrain_model
 from vlkit.objectives.base import ObjectiveContext
@@ -101,11 +102,15 @@ class Pretraining:
         if not entries:
             raise ValueError(f"the `{data.train_split}` split has no usable entries")
         self.annotations_skipped = skipped
-        crop = tuple(data.crop_scale) if data.crop_scale else None
-        self.dataset = PairDataset(entries, train_transform(recipe.encoder.input_size, data.normalize,
-                                                            crop_scale=crop, flip=data.flip), seed=recipe.seed)
+        crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
+        size = recipe.encoder.input_size
+        augment = (data.randaugment.num_ops, data.randaugment.magnitude) if data.randaugment else None
+        transform = train_transform(size, data.normalize, crop_scale=crop, flip=data.flip, randaugment=augment)
+        self.dataset = PairDataset(entries, transform, seed=recipe.seed,
+                                   draft_size=decode_size(size, crop) if data.draft_decode else None)
         self.collate = PretrainCollate(self.tokenizer, data.max_text_len, data.drop_sep,
-                                       self.model.batch_transforms(), seed=recipe.seed)
+                                       self.model.batch_transforms(), seed=recipe.seed,
+                                       clean=CaptionCleaner(data.pre_caption, data.max_words), padding=data.padding)
 
     def batches(self, start: int) -> Iterator[Batch]:
         """Micro-batches from sample ``start`` on (deterministic: keys, captions, crops, masks)."""
