@@ -28,6 +28,7 @@ from vlkit.schema import RecipeError
 
 EXIT_RECIPE_ERROR = 2
 EXIT_NONFINITE = 3
+EXIT_DATA_ERROR = 4  # malformed annotations or too many unreadable images (data.max_bad_fraction)
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -85,10 +86,11 @@ def _online_parts(recipe: Any) -> dict[str, list[Any]]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from vlkit.data.json_dataset import AnnotationError
     from vlkit.recipe import resolve
     from vlkit.train import checkpoint as ckpt
     from vlkit.train.pretrain import run_pretraining
-    from vlkit.train.trainer import Interrupted, NonFiniteLoss
+    from vlkit.train.trainer import Interrupted, NonFiniteLoss, TooManyBadSamples
 
     recipe = resolve(args.recipe, args.overrides).recipe  # all recipe errors surface here, before any work
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).with_suffix("").as_posix().replace("/", "-")
@@ -102,6 +104,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
+    except (AnnotationError, TooManyBadSamples) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DATA_ERROR
     except Interrupted as err:
         print(f"{err}; continue with: vlkit train {args.recipe} {' '.join(args.overrides)} --out {out} --resume",
               file=sys.stderr)

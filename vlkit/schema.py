@@ -199,12 +199,16 @@ class _Validator:
             non_null = [a for a in arms if a is not type(None)]
             if len(non_null) == 1:
                 return self.value(non_null[0], value, path)
+            mapping_arms = [a for a in non_null if dataclasses.is_dataclass(a) or typing.get_origin(a) is dict]
+            if isinstance(value, dict) and len(mapping_arms) == 1:
+                return self.value(mapping_arms[0], value, path)  # its own errors name the bad key
             for arm in non_null:
                 try:
                     return self.value(arm, value, path)
                 except RecipeError:
                     continue
-            return self._raise(path, f"`{path}` has the wrong type: {_type_name(value)}")
+            expected = " or ".join(self.describe(a) for a in non_null)
+            return self._raise(path, f"`{path}` has the wrong type: {_type_name(value)} (expected {expected})")
         if value is None:
             return self._raise(path, f"`{path}` must not be null (expected {self.describe(hint)})")
         if origin is Literal:

@@ -44,6 +44,9 @@ class DataConfig:
         padding: text batch width: ``longest`` (ALBEF), ``max_length`` (static shapes), ``multiple_of_8``.
         draft_decode: decode large JPEGs at a reduced DCT scale that still covers the transform's
             resolution (``Image.draft``; see :func:`vlkit.data.transforms.decode_size`).
+        max_bad_fraction: tolerated fraction of malformed annotation entries (per file, checked before
+            training; beyond it the file is rejected as having the wrong schema) and of unreadable
+            images (checked as training goes; beyond it the run saves a checkpoint and stops).
         num_workers: data-loader worker processes (0: load in the training process).
         group_batches: keep annotation entries that share a ``group`` value next to each other in the
             training order, so they share a batch (hard-negative batching; the synthetic data groups
@@ -63,6 +66,7 @@ class DataConfig:
     max_words: int = 30
     padding: Literal["longest", "max_length", "multiple_of_8"] = "longest"
     draft_decode: bool = True
+    max_bad_fraction: float = 0.01
     num_workers: int = 1
     group_batches: bool = False
 
@@ -72,6 +76,8 @@ class DataConfig:
         scale = self.crop_scale
         if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
             raise ConfigError(f"must be [min, max] with 0 < min ≤ max ≤ 1, got {self.crop_scale}", key="crop_scale")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"must be in [0, 1], got {self.max_bad_fraction}", key="max_bad_fraction")
         if self.max_words < 1:
             raise ConfigError("must be ≥ 1", key="max_words")
         if self.num_workers < 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,41 +40,100 @@ class Entry:
     group: int | str | None = None
 
 
-def read_entries(files: Sequence[str | Path], image_root: str | Path) -> tuple[list[Entry], int]:
-    """Entries of every file, with paths resolved against ``image_root``.
+@dataclass(frozen=True)
+class AnnotationPart:
+    """One annotation file of a split: where its image paths are relative to and how often an epoch
+    draws its entries (``ratio`` 2: every entry twice; 0.5: a random half, drawn anew each epoch)."""
 
-    Malformed entries (no image, no caption) are skipped and counted, not fatal. ``idx`` is the
-    entry's ``image_id`` when present, else its position in the combined list; ``group`` is the
-    entry's optional ``group`` (an int or a string).
+    file: Path
+    image_root: Path
+    ratio: float = 1.0
 
-    Returns:
-        the entries and the number skipped.
+
+@dataclass
+class EntryList:
+    """Entries read from a split's annotation parts.
+
+    Attributes:
+        entries: usable entries, in file order.
+        part_of: ``[len(entries)]`` index of the part each entry came from.
+        ratios: per part, its sampling ratio.
+        skipped: malformed entries skipped (all parts).
+    """
+
+    entries: list[Entry]
+    part_of: list[int]
+    ratios: list[float]
+    skipped: int
+
+
+MAX_LOGGED = 5  # malformed entries / unreadable images named in the log, per file or process
+
+
+def _entry_problem(item: Any) -> str | None:
+    """Why an annotation item is unusable, or None."""
+    if not isinstance(item, dict):
+        return f"not a mapping but {type(item).__name__}"
+    if not isinstance(item.get("image"), str) or not item["image"]:
+        return "no `image` path"
+    captions = item.get("caption")
+    captions = [captions] if isinstance(captions, str) else captions
+    if not isinstance(captions, list) or not captions:
+        return "no `caption` (a string or a list of strings)"
+    if not all(isinstance(c, str) and c.strip() for c in captions):
+        return "an empty or non-string caption"
+    return None
+
+
+def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0) -> EntryList:
+    """Entries of every part, image paths resolved against each part's ``image_root``.
+
+    Malformed entries (see :func:`_entry_problem`) are skipped, counted and the first few named with
+    file and index in the log. A file whose malformed fraction exceeds ``max_bad_fraction`` — most
+    likely a different schema — is an :class:`AnnotationError` naming the file and the first bad
+    entries, raised before anything is trained. ``idx`` is the entry's ``image_id`` when present, else
+    its position in the combined list; ``group`` its optional ``group`` (an int or a string).
     """
     entries: list[Entry] = []
+    part_of: list[int] = []
     skipped = 0
-    root = Path(image_root)
-    for file in files:
+    for p, part in enumerate(parts):
         try:
-            items = json.loads(Path(file).read_text(encoding="utf-8"))
+            items = json.loads(Path(part.file).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
-            raise AnnotationError(f"{file}: cannot read annotations: {err}") from None
+            raise AnnotationError(f"{part.file}: cannot read annotations: {err}") from None
         if not isinstance(items, list):
-            raise AnnotationError(f"{file}: expected a JSON list of {{image, caption}} entries")
-        for item in items:
-            captions = item.get("caption") if isinstance(item, dict) else None
-            captions = [captions] if isinstance(captions, str) else captions
-            if not isinstance(item, dict) or not isinstance(item.get("image"), str) or not captions \
-                    or not all(isinstance(c, str) and c.strip() for c in captions):
-                skipped += 1
+            raise AnnotationError(f"{part.file}: expected a JSON list of {{image, caption}} entries")
+        bad: list[str] = []
+        for index, item in enumerate(items):
+            problem = _entry_problem(item)
+            if problem is not None:
+                bad.append(f"entry {index}: {problem}")
                 continue
+            captions = [item["caption"]] if isinstance(item["caption"], str) else item["caption"]
             idx = item.get("image_id")
-            idx = idx if isinstance(idx, int) else len(entries)
+            idx = idx if isinstance(idx, int) and not isinstance(idx, bool) else len(entries)
             group = item.get("group")
             group = group if isinstance(group, (int, str)) and not isinstance(group, bool) else None
-            entries.append(Entry(root / item["image"], tuple(captions), idx, group))
-    if skipped:
-        log.warning("skipped %d malformed annotation entries in %s", skipped, ", ".join(map(str, files)))
-    return entries, skipped
+            entries.append(Entry(Path(part.image_root) / item["image"], tuple(captions), idx, group))
+            part_of.append(p)
+        if bad:
+            skipped += len(bad)
+            log.warning("%s: skipped %d of %d annotation entries (%s%s)", part.file, len(bad), len(items),
+                        "; ".join(bad[:MAX_LOGGED]), "; ..." if len(bad) > MAX_LOGGED else "")
+            if len(bad) > max_bad_fraction * len(items):
+                raise AnnotationError(
+                    f"{part.file}: {len(bad)} of {len(items)} entries are malformed (limit "
+                    f"data.max_bad_fraction={max_bad_fraction:g}); expected ALBEF-style "
+                    f'{{"image": path, "caption": str | [str, ...]}}: ' + "; ".join(bad[:MAX_LOGGED]))
+    return EntryList(entries, part_of, [part.ratio for part in parts], skipped)
+
+
+def read_entries(files: Sequence[str | Path], image_root: str | Path,
+                 max_bad_fraction: float = 1.0) -> tuple[list[Entry], int]:
+    """Entries of ``files`` (all relative to ``image_root``) and the number skipped; see :func:`read_parts`."""
+    result = read_parts([AnnotationPart(Path(f), Path(image_root)) for f in files], max_bad_fraction=max_bad_fraction)
+    return result.entries, result.skipped
 
 
 def load_image(path: Path, draft_size: int | None = None) -> Image.Image | None:
@@ -123,6 +183,7 @@ class PairDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.draft_size = draft_size
+        self.failures = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -131,7 +192,10 @@ class PairDataset(Dataset):
         entry = self.entries[key % len(self.entries)]
         image = load_image(entry.image, self.draft_size)
         if image is None:
-            return None  # counted and reported by the collate function
+            self.failures += 1
+            if self.failures <= MAX_LOGGED:  # per process: each loader worker names its first few
+                log.warning("cannot read image %s (missing or corrupt); sample skipped", entry.image)
+            return None  # counted by the collate function, reported by the trainer
         seed = sample_seed(self.seed, key)
         rng = np.random.default_rng(seed)
         caption = entry.captions[int(rng.integers(len(entry.captions)))]
@@ -142,42 +206,86 @@ class PairDataset(Dataset):
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """Access keys ``epoch · N + i`` in a seeded permutation per epoch, endless, resumable.
+    """Access keys in a seeded permutation per epoch, endless, resumable. ``key % N`` is the item.
+
+    Plain: epoch ``e`` yields keys ``e · N + i`` for a permutation of the items ``i``.
 
     With ``groups``, the permutation shuffles groups and keeps each group's members next to each
     other, so they usually land in one batch (a group straddles a batch boundary only when the
     boundary falls inside it). Batching an image with its compositional twin makes each the other's
     in-batch hard negative: contrastive and matching losses then have to bind attributes to objects.
 
+    With ``parts`` and ``ratios`` (per-source sampling ratios), each epoch takes every item of part
+    ``p`` ``floor(r_p)`` times plus a random ``round(frac(r_p) · n_p)`` of them (drawn anew each
+    epoch), all shuffled together; the epoch length is constant, so resuming stays exact. Copy ``c``
+    of item ``i`` in epoch ``e`` has key ``(e · C + c) · N + i`` (``C`` = the largest ``ceil(r_p)``),
+    so every access has its own key (own caption draw and augmentation).
+
     Args:
         size: dataset length ``N``.
         seed: run seed.
         start: number of keys already consumed (resume point).
         groups: optional ``[N]`` group label of each item (None: every item is its own group).
+        parts: optional ``[N]`` part (annotation file) index of each item.
+        ratios: per part, its sampling ratio (≥ 0); needs ``parts``.
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0, groups: Sequence[Hashable | None] | None = None) -> None:
+    def __init__(self, size: int, seed: int, start: int = 0, groups: Sequence[Hashable | None] | None = None,
+                 parts: Sequence[int] | None = None, ratios: Sequence[float] | None = None) -> None:
         if groups is not None and len(groups) != size:
             raise ValueError(f"{len(groups)} group labels for {size} items")
         self.size = size
         self.seed = seed
         self.start = start
         self.members = _group_members(groups) if groups is not None else None
+        self.mix: list[tuple[np.ndarray, float]] | None = None
+        self.copies = 1
+        self.epoch_length = size
+        if ratios is not None and any(r != 1.0 for r in ratios):
+            if parts is None or len(parts) != size:
+                raise ValueError("sampling ratios need the part index of every item")
+            if groups is not None:
+                raise ValueError("sampling ratios and group batching cannot be combined")
+            if any(r < 0 for r in ratios):
+                raise ValueError(f"sampling ratios must be ≥ 0, got {list(ratios)}")
+            index = np.asarray(parts, dtype=np.int64)
+            self.mix = [(np.nonzero(index == p)[0], float(r)) for p, r in enumerate(ratios)]
+            self.copies = max(1, *(math.ceil(r) for r in ratios))
+            self.epoch_length = sum(math.floor(r) * len(m) + round((r - math.floor(r)) * len(m)) for m, r in self.mix)
+            if self.epoch_length == 0:
+                raise ValueError("the sampling ratios leave no sample in an epoch")
 
     def order(self, epoch: int) -> np.ndarray:
-        """``[N]`` item order of ``epoch`` (a permutation of ``0..N-1``)."""
+        """``[N]`` item order of ``epoch`` (a permutation of ``0..N-1``; plain and grouped modes)."""
         rng = np.random.default_rng([self.seed, epoch])
         if self.members is None:
             return rng.permutation(self.size)
         return np.concatenate([self.members[g] for g in rng.permutation(len(self.members))])
 
+    def epoch_keys(self, epoch: int) -> np.ndarray:
+        """``[epoch_length]`` access keys of ``epoch``, in order."""
+        if self.mix is None:
+            return epoch * self.size + self.order(epoch)
+        rng = np.random.default_rng([self.seed, epoch])
+        keys = []
+        for members, ratio in self.mix:
+            whole = math.floor(ratio)
+            for copy in range(whole):
+                keys.append((epoch * self.copies + copy) * self.size + members)
+            extra = round((ratio - whole) * len(members))
+            if extra:
+                chosen = rng.choice(members, size=extra, replace=False)
+                keys.append((epoch * self.copies + whole) * self.size + chosen)
+        all_keys = np.concatenate(keys)
+        return all_keys[rng.permutation(len(all_keys))]
+
     def __iter__(self):  # noqa: ANN204 - iterator of ints
         position = self.start
         while True:
-            epoch, offset = divmod(position, self.size)
-            for i in self.order(epoch)[offset:]:
-                yield epoch * self.size + int(i)
-            position = (epoch + 1) * self.size
+            epoch, offset = divmod(position, self.epoch_length)
+            for key in self.epoch_keys(epoch)[offset:]:
+                yield int(key)
+            position = (epoch + 1) * self.epoch_length
 
     def __len__(self) -> int:
         return 2**62

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlkit.data.json_dataset import AnnotationPart
 from vlkit.data.synthetic import SynthConfig, ensure
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
@@ -39,6 +40,11 @@ class DataSource:
     def split_files(self, split: str) -> list[Path]:
         """Annotation files of ``split`` (an error naming the valid splits if unknown)."""
         raise NotImplementedError
+
+    def split_parts(self, split: str) -> list[AnnotationPart]:
+        """Annotation files of ``split`` with their image roots and sampling ratios (default: every
+        file relative to :attr:`image_root`, ratio 1)."""
+        return [AnnotationPart(Path(f), self.image_root) for f in self.split_files(split)]
 
     def swap_file(self, split: str) -> Path | None:
         """The compositional-probe annotations of ``split``, if the source has them."""
@@ -105,17 +111,38 @@ class SyntheticSource(DataSource):
 
 
 @dataclass(kw_only=True)
+class AnnotationFileConfig:
+    """One annotation file of a split, in the long form.
+
+    Attributes:
+        file: the JSON list.
+        image_root: folder its ``image`` paths are relative to (null: the source's ``image_root``).
+        ratio: sampling ratio per epoch (2: every entry twice; 0.5: a random half each epoch).
+    """
+
+    file: str
+    image_root: str | None = None
+    ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.ratio < 0:
+            raise ConfigError(f"must be ≥ 0, got {self.ratio}", key="ratio")
+
+
+@dataclass(kw_only=True)
 class JsonPairsConfig(ComponentConfig):
     """ALBEF-style annotations.
 
     Attributes:
-        splits: split name → annotation files (``[{"image": path, "caption": str | [str]}]``),
-            relative to the recipe's working directory or absolute.
-        image_root: folder the ``image`` paths are relative to.
+        splits: split name → annotation files (``[{"image": path, "caption": str | [str]}]``), each a
+            path (relative to the working directory, or absolute) or ``{file, image_root, ratio}`` to
+            give it its own image folder and sampling ratio, e.g.
+            ``train: [coco.json, {file: cc3m.json, image_root: /data/cc3m, ratio: 0.5}]``.
+        image_root: folder the ``image`` paths are relative to (unless a file names its own).
         swaps: split name → compositional-probe file (``[{"image", "caption", "swapped"}]``), optional.
     """
 
-    splits: dict[str, list[str]] = field(default_factory=dict)
+    splits: dict[str, list[str | AnnotationFileConfig]] = field(default_factory=dict)
     image_root: str = "."
     swaps: dict[str, str] = field(default_factory=dict)
 
@@ -131,21 +158,31 @@ class JsonPairsSource(DataSource):
     def __init__(self, cfg: JsonPairsConfig) -> None:
         self.cfg = cfg
 
+    def _parts(self, files: list[str | AnnotationFileConfig]) -> list[AnnotationPart]:
+        return [AnnotationPart(Path(f), self.image_root) if isinstance(f, str)
+                else AnnotationPart(Path(f.file), Path(f.image_root) if f.image_root else self.image_root, f.ratio)
+                for f in files]
+
     def prepare(self) -> None:
-        missing = [f for files in self.cfg.splits.values() for f in files if not Path(f).is_file()]
+        parts = [p for files in self.cfg.splits.values() for p in self._parts(files)]
+        missing = [str(p.file) for p in parts if not p.file.is_file()]
         if missing:
             raise FileNotFoundError(f"annotation files not found: {', '.join(missing)}")
-        if not self.image_root.is_dir():
-            raise FileNotFoundError(f"image_root `{self.image_root}` is not a folder")
+        roots = sorted({str(p.image_root) for p in parts if not p.image_root.is_dir()})
+        if roots:
+            raise FileNotFoundError(f"image folders not found: {', '.join(roots)}")
 
     @property
     def image_root(self) -> Path:
         return Path(self.cfg.image_root)
 
-    def split_files(self, split: str) -> list[Path]:
+    def split_parts(self, split: str) -> list[AnnotationPart]:
         if split not in self.cfg.splits:
             raise ValueError(f"no split `{split}`; the recipe names {', '.join(self.cfg.splits)}")
-        return [Path(f) for f in self.cfg.splits[split]]
+        return self._parts(self.cfg.splits[split])
+
+    def split_files(self, split: str) -> list[Path]:
+        return [p.file for p in self.split_parts(split)]
 
     def swap_file(self, split: str) -> Path | None:
         return Path(self.cfg.swaps[split]) if split in self.cfg.swaps else None

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vlkit.data.config import DataConfig
-from vlkit.data.json_dataset import Gallery, ImageFolderList, read_entries, read_json
+from vlkit.data.json_dataset import Gallery, ImageFolderList, read_json, read_parts
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import tokenize
@@ -56,7 +56,8 @@ class PretrainEvaluator:
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
-        entries, _ = read_entries(self.source.split_files(self.cfg.split), self.source.image_root)
+        parts = self.source.split_parts(self.cfg.split)
+        entries = read_parts(parts, max_bad_fraction=self.data.max_bad_fraction).entries
         gallery = Gallery.from_entries(entries)
         ids, mask = self._text(gallery.texts)
         encoded = encode_gallery(self.encoder, self._images(gallery.images), ids, mask,

@@ -19,7 +19,7 @@ from vlkit import registry
 from vlkit.build import build_encoder
 from vlkit.data.batch import Batch
 from vlkit.data.collate import PretrainCollate
-from vlkit.data.json_dataset import EpochSampler, PairDataset, read_entries
+from vlkit.data.json_dataset import EpochSampler, PairDataset, read_parts
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
@@ -98,10 +98,12 @@ class Pretraining:
         self.model: PretrainModel = build_pretrain_model(encoder, recipe.objectives,
                                                          ObjectiveContext(encoder, self.tokens), recipe.momentum)
         self.model.to(self.device)
-        entries, skipped = read_entries(self.source.split_files(data.train_split), self.source.image_root)
+        parts = self.source.split_parts(data.train_split)
+        self.train_entries = read_parts(parts, max_bad_fraction=data.max_bad_fraction)
+        entries = self.train_entries.entries
         if not entries:
             raise ValueError(f"the `{data.train_split}` split has no usable entries")
-        self.annotations_skipped = skipped
+        self.annotations_skipped = self.train_entries.skipped
         crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
         size = recipe.encoder.input_size
         augment = (data.randaugment.num_ops, data.randaugment.magnitude) if data.randaugment else None
@@ -119,7 +121,8 @@ class Pretraining:
         groups = [e.group for e in self.dataset.entries] if data.group_batches else None
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=train.batch_size // train.grad_accum,
-            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start, groups=groups),
+            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start, groups=groups,
+                                 parts=self.train_entries.part_of, ratios=self.train_entries.ratios),
             collate_fn=self.collate,
             num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
             generator=torch.Generator().manual_seed(self.recipe.seed),  # keeps the global RNG untouched
@@ -133,8 +136,9 @@ class Pretraining:
                                  self.recipe.data, self.recipe.eval, self.recipe.encoder.input_size, self.device)
 
     def trainer(self, progress: bool = True) -> Trainer:
+        assert self.recipe.data is not None
         return Trainer(self.model, self.recipe.train, self.batches, self.device, self.paths, self.recipe.to_yaml(),
-                       evaluate=self.evaluator(), progress=progress)
+                       evaluate=self.evaluator(), progress=progress, max_bad_fraction=self.recipe.data.max_bad_fraction)
 
 
 def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path = False,

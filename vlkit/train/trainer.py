@@ -44,6 +44,19 @@ class Interrupted(RuntimeError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint written to {path}")
 
 
+class TooManyBadSamples(RuntimeError):
+    """More unreadable samples than ``data.max_bad_fraction`` allows; a checkpoint was written."""
+
+    def __init__(self, skipped: int, samples: int, limit: float, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{skipped} of {samples} samples so far could not be read (limit data.max_bad_fraction="
+                         f"{limit:g}); the log names the first ones. Checkpoint written to {path}; fix the data or "
+                         "raise the limit, then resume")
+
+
+MIN_BAD_SAMPLES = 16  # the bad-sample limit applies once at least this many samples were skipped
+
+
 @dataclass
 class RunPaths:
     """Where a run writes: ``recipe.yaml``, ``checkpoints/``, ``tb/``, ``metrics.json``."""
@@ -120,12 +133,16 @@ class Trainer:
         recipe_yaml: the resolved recipe, stored in every checkpoint.
         evaluate: called at ``eval_every`` and at the end; returns metrics.
         progress: show a progress bar.
+        max_bad_fraction: stop (after a checkpoint) once more than this fraction of the samples read
+            so far could not be loaded, and at least :data:`MIN_BAD_SAMPLES` of them.
     """
 
     def __init__(self, model: PretrainModel, cfg: TrainConfig, batches: Callable[[int], Iterator[Batch]],
                  device: torch.device, paths: RunPaths, recipe_yaml: str,
-                 evaluate: Callable[[], dict[str, float]] | None = None, progress: bool = True) -> None:
+                 evaluate: Callable[[], dict[str, float]] | None = None, progress: bool = True,
+                 max_bad_fraction: float = 1.0) -> None:
         self.model = model
+        self.max_bad_fraction = max_bad_fraction
         self.cfg = cfg
         self.batches = batches
         self.device = device
@@ -235,6 +252,8 @@ class Trainer:
                         self._evaluate()
                     if stop.signum is not None:
                         raise Interrupted(stop.signum, self.save())
+                    if self.skipped >= MIN_BAD_SAMPLES and self.skipped > self.max_bad_fraction * self.samples:
+                        raise TooManyBadSamples(self.skipped, self.samples, self.max_bad_fraction, self.save())
             self.save()
             return self._evaluate()
         finally:
