@@ -36,7 +36,7 @@ setup(
         "tqdm>=4.60",
         "numpy>=1.24",
         "pillow>=9.0",
-        "webdataset>=0.2.86",
+        "webdataset>=1.0",
         "torchvision>=0.19",
     ],
     extras_require={

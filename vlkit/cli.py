@@ -5,6 +5,7 @@ Commands::
     vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   pre-train (exit 2: recipe error,
                                                3: non-finite loss, 130/143: interrupted, checkpoint saved)
     vlkit data synth --out DIR [KEY=VALUE ...] generate the embedded synthetic dataset
+    vlkit data pack ANN.json... --image-root R --out DIR [--resize-short S]   JSON → webdataset shards
     vlkit recipes list                         shipped recipes, one line each
     vlkit recipes show RECIPE [KEY=VALUE ...]  the resolved recipe (exit 2 on a recipe error)
         [--params]                             ... and parameter counts per part
@@ -136,6 +137,23 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from vlkit.data.pack import pack_json_dataset
+
+    missing = [f for f in args.annotations if not Path(f).is_file()]
+    if missing:
+        print(f"error: annotation files not found: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    report = pack_json_dataset([Path(f) for f in args.annotations], Path(args.image_root), Path(args.out),
+                               shard_size=args.shard_size, resize_short=args.resize_short, quality=args.quality,
+                               prefix=args.prefix)
+    print(f"wrote {report.samples} samples in {len(report.shards)} shards: {report.pattern}")
+    if report.skipped:
+        print(f"skipped {report.skipped} (first: {', '.join(map(str, report.skipped_paths[:5]))}); "
+              f"see {Path(args.out) / 'pack_report.json'}")
+    return 0
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     if args.kind and args.kind not in registry.KINDS:
@@ -175,13 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(func=_cmd_train)
 
-    data = commands.add_parser("data", help="datasets: generate the synthetic data")
+    data = commands.add_parser("data", help="datasets: generate the synthetic data, pack shards")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     synth = data_commands.add_parser("synth", help="generate the embedded shapes-world dataset")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--workers", type=int, default=1, help="rendering processes")
     synth.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="generation settings, e.g. seed=1")
     synth.set_defaults(func=_cmd_data_synth)
+    pack = data_commands.add_parser("pack", help="convert ALBEF-style JSON + images into webdataset tar shards")
+    pack.add_argument("annotations", nargs="+", help="ALBEF-style JSON annotation files")
+    pack.add_argument("--image-root", required=True, help="folder the annotations' image paths are relative to")
+    pack.add_argument("--out", required=True, help="output folder for the shards")
+    pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    pack.add_argument("--resize-short", type=int, default=None, metavar="S",
+                      help="downscale so the short side is at most S (never upscales); the cheap-loading default")
+    pack.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
+    pack.add_argument("--prefix", default="shard", help="shard file prefix")
+    pack.set_defaults(func=_cmd_data_pack)
 
     reg = commands.add_parser("registry", help="list registered encoders, objectives, heads, ...")
     reg.add_argument("kind", nargs="?", help=f"one of {', '.join(registry.KINDS)}")

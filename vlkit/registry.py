@@ -32,6 +32,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "vlkit.heads",
     "vlkit.objectives",
     "vlkit.data.sources",
+    "vlkit.data.webdataset_source",
 )
 
 T = TypeVar("T")

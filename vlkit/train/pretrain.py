@@ -25,6 +25,7 @@ from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tokens import TextTokens
 from vlkit.data.transforms import decode_size, train_transform
+from vlkit.data.webdataset_source import ShardStream, WebDatasetSource
 from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel, build_pretrain_model
 from vlkit.objectives.base import ObjectiveContext
@@ -98,24 +99,46 @@ class Pretraining:
         self.model: PretrainModel = build_pretrain_model(encoder, recipe.objectives,
                                                          ObjectiveContext(encoder, self.tokens), recipe.momentum)
         self.model.to(self.device)
-        parts = self.source.split_parts(data.train_split)
-        self.train_entries = read_parts(parts, max_bad_fraction=data.max_bad_fraction)
-        entries = self.train_entries.entries
-        if not entries:
-            raise ValueError(f"the `{data.train_split}` split has no usable entries")
-        self.annotations_skipped = self.train_entries.skipped
         crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
         size = recipe.encoder.input_size
         augment = (data.randaugment.num_ops, data.randaugment.magnitude) if data.randaugment else None
         transform = train_transform(size, data.normalize, crop_scale=crop, flip=data.flip, randaugment=augment)
-        self.dataset = PairDataset(entries, transform, seed=recipe.seed,
-                                   draft_size=decode_size(size, crop) if data.draft_decode else None)
+        draft_size = decode_size(size, crop) if data.draft_decode else None
         self.collate = PretrainCollate(self.tokenizer, data.max_text_len, data.drop_sep,
                                        self.model.batch_transforms(), seed=recipe.seed,
                                        clean=CaptionCleaner(data.pre_caption, data.max_words), padding=data.padding)
+        self.stream: ShardStream | None = None
+        self.annotations_skipped = 0
+        if isinstance(self.source, WebDatasetSource):  # streamed shards: no annotation lists to read
+            if data.group_batches:
+                raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
+            self.stream = self.source.stream(transform, seed=recipe.seed, draft_size=draft_size)
+            return
+        parts = self.source.split_parts(data.train_split)
+        self.train_entries = read_parts(parts, max_bad_fraction=data.max_bad_fraction)
+        if not self.train_entries.entries:
+            raise ValueError(f"the `{data.train_split}` split has no usable entries")
+        self.annotations_skipped = self.train_entries.skipped
+        self.dataset = PairDataset(self.train_entries.entries, transform, seed=recipe.seed, draft_size=draft_size)
+
+    def _stream_batches(self, start: int) -> Iterator[Batch]:
+        """Endless micro-batches from the shard stream, epoch after epoch (epochs of
+        ``epoch_samples``); a resume continues at ``start``'s epoch with fresh draws, not a replay."""
+        data, train = self.recipe.data, self.recipe.train
+        assert data is not None and self.stream is not None and isinstance(self.source, WebDatasetSource)
+        epoch = start // self.source.cfg.epoch_samples
+        while True:
+            self.stream.set_epoch(epoch)
+            yield from torch.utils.data.DataLoader(
+                self.stream, batch_size=train.batch_size // train.grad_accum, collate_fn=self.collate,
+                num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
+                prefetch_factor=4 if data.num_workers else None)
+            epoch += 1
 
     def batches(self, start: int) -> Iterator[Batch]:
         """Micro-batches from sample ``start`` on (deterministic: keys, captions, crops, masks)."""
+        if self.stream is not None:
+            return self._stream_batches(start)
         data, train = self.recipe.data, self.recipe.train
         assert data is not None
         groups = [e.group for e in self.dataset.entries] if data.group_batches else None
@@ -129,7 +152,13 @@ class Pretraining:
             prefetch_factor=4 if data.num_workers else None, persistent_workers=False)
         return iter(loader)
 
-    def evaluator(self) -> PretrainEvaluator:
+    def evaluator(self) -> PretrainEvaluator | None:
+        """The end-of-training evaluation, or None when the source has no ``eval.split``."""
+        try:
+            self.source.split_files(self.recipe.eval.split)
+        except ValueError as err:
+            log.warning("no evaluation: %s", err)
+            return None
         itm = next((o for o in self.model.objectives.values() if o.cfg.type == "itm"), None)
         assert self.recipe.data is not None
         return PretrainEvaluator(self.model.encoder, getattr(itm, "head", None), self.source, self.tokenizer,
