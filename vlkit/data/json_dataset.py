@@ -8,6 +8,7 @@ loads it and whether or not the run was resumed.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -136,19 +137,20 @@ def read_entries(files: Sequence[str | Path], image_root: str | Path,
     return result.entries, result.skipped
 
 
-def load_image(path: Path, draft_size: int | None = None) -> Image.Image | None:
-    """The image as RGB, or None when it is missing or corrupt.
+def load_image(source: Path | bytes, draft_size: int | None = None) -> Image.Image | None:
+    """An image file (or its encoded bytes, e.g. a tar member) as RGB, or None when it is missing or
+    cannot be decoded.
 
     Args:
         draft_size: for JPEGs, decode at the smallest DCT scale (1/2, 1/4, 1/8) whose sides stay
             ≥ ``draft_size`` (``Image.draft``; much faster for large photos); None: full size.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
 
 

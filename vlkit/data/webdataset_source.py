@@ -19,7 +19,6 @@ the shards runs out.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -38,7 +37,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vlkit.data.json_dataset import MAX_LOGGED, Sample, sample_seed
+from vlkit.data.json_dataset import MAX_LOGGED, Sample, load_image, sample_seed
 from vlkit.data.sources import DataSource
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
@@ -100,21 +99,6 @@ def local_path(url: str) -> Path | None:
 def key_id(key: str) -> int:
     """A stable non-negative 63-bit id of a sample key (the same in every process, worker and run)."""
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") >> 1
-
-
-def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image | None:
-    """The encoded image as RGB, or None when it cannot be decoded.
-
-    Args:
-        draft_size: for JPEGs, decode at the smallest DCT scale whose sides stay ≥ ``draft_size``.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return None
 
 
 def image_member(raw: dict[str, Any]) -> bytes | None:
@@ -288,7 +272,7 @@ class ShardStream(IterableDataset):
         """Decode one tar sample; None (counted) when its image or caption is unusable."""
         captions = read_captions(raw, self.caption_key)
         data = image_member(raw)
-        image = decode_image(data, self.draft_size) if data is not None and captions else None
+        image = load_image(data, self.draft_size) if data is not None and captions else None
         if image is None:
             self.skipped += 1
             if self.skipped <= MAX_LOGGED:
