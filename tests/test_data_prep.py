@@ -200,3 +200,27 @@ def test_data_preparation_keys_are_validated():
         load_recipe("recipes/albef/base.yaml", ["data.randaugment.magnitude=11"])
     with pytest.raises(RecipeError, match="padding"):
         load_recipe("recipes/albef/base.yaml", ["data.padding=shortest"])
+
+
+def test_normalize_on_device_matches_loader_normalization(tmp_path: Path):
+    """``data.normalize_on_device``: the loader yields uint8 images; the trainer's on-device step turns
+    them into the very images (and so the very loss) the loader would have normalized itself."""
+    from tests.test_train import small_recipe
+    from vlkit.train.pretrain import Pretraining
+
+    batches, runs = {}, {}
+    for flag in (False, True):
+        runs[flag] = Pretraining(small_recipe(tmp_path, "albef/tiny", f"data.normalize_on_device={str(flag).lower()}"),
+                                 tmp_path / f"run-{flag}")
+        batches[flag] = next(runs[flag].batches(0))
+    assert batches[True].images.dtype == torch.uint8 and batches[False].images.dtype == torch.float32
+    on_device = runs[True].trainer(progress=False).on_device
+    assert on_device is not None and runs[False].trainer(progress=False).on_device is None
+    normalized = on_device(batches[True])
+    torch.testing.assert_close(normalized.images, batches[False].images, rtol=0, atol=1e-6)
+    model = runs[False].model
+    losses = []
+    for batch in (batches[False], normalized):
+        torch.manual_seed(0)  # the step's own draws (hard negatives) alike
+        losses.append(model(batch, 0).loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)

@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.functional import InterpolationMode
 
+from vlkit.data.batch import Batch
 from vlkit.data.randaugment import ALBEF_OPS, RandomAugment
 
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -41,6 +43,19 @@ def normalize_on_device(images: torch.Tensor, normalization: Normalization) -> t
     """uint8 ``[B, 3, H, W]`` (e.g. just copied to the GPU) → normalized float32 ``[B, 3, H, W]``."""
     mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in NORMALIZATION[normalization])
     return (images.float() / 255.0 - mean) / std
+
+
+@dataclass(frozen=True)
+class DeviceNormalize:
+    """The training step's half of ``data.normalize_on_device``: a batch whose images arrived as uint8
+    ``[B, 3, H, W]`` leaves with float32 normalized images (on the batch's device)."""
+
+    normalization: Normalization
+
+    def __call__(self, batch: Batch) -> Batch:
+        if batch.images.dtype == torch.uint8:
+            batch.images = normalize_on_device(batch.images, self.normalization)
+        return batch
 
 
 def eval_transform(size: int, normalization: Normalization | None = "clip") -> T.Compose:

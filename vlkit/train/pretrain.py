@@ -24,7 +24,7 @@ from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tokens import TextTokens
-from vlkit.data.transforms import decode_size, train_transform
+from vlkit.data.transforms import DeviceNormalize, decode_size, train_transform
 from vlkit.data.webdataset_source import ShardStream, WebDatasetSource
 from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel, build_pretrain_model
@@ -102,7 +102,8 @@ class Pretraining:
         crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
         size = recipe.encoder.input_size
         augment = (data.randaugment.num_ops, data.randaugment.magnitude) if data.randaugment else None
-        transform = train_transform(size, data.normalize, crop_scale=crop, flip=data.flip, randaugment=augment)
+        transform = train_transform(size, None if data.normalize_on_device else data.normalize, crop_scale=crop,
+                                    flip=data.flip, randaugment=augment)
         draft_size = decode_size(size, crop) if data.draft_decode else None
         self.collate = PretrainCollate(self.tokenizer, data.max_text_len, data.drop_sep,
                                        self.model.batch_transforms(), seed=recipe.seed,
@@ -167,7 +168,9 @@ class Pretraining:
     def trainer(self, progress: bool = True) -> Trainer:
         assert self.recipe.data is not None
         return Trainer(self.model, self.recipe.train, self.batches, self.device, self.paths, self.recipe.to_yaml(),
-                       evaluate=self.evaluator(), progress=progress, max_bad_fraction=self.recipe.data.max_bad_fraction)
+                       evaluate=self.evaluator(), progress=progress, max_bad_fraction=self.recipe.data.max_bad_fraction,
+                       on_device=DeviceNormalize(self.recipe.data.normalize) if self.recipe.data.normalize_on_device
+                       else None)
 
 
 def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path = False,

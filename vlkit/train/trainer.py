@@ -135,13 +135,15 @@ class Trainer:
         progress: show a progress bar.
         max_bad_fraction: stop (after a checkpoint) once more than this fraction of the samples read
             so far could not be loaded, and at least :data:`MIN_BAD_SAMPLES` of them.
+        on_device: applied to each micro-batch once it is on ``device`` (e.g. uint8 → normalized images).
     """
 
     def __init__(self, model: PretrainModel, cfg: TrainConfig, batches: Callable[[int], Iterator[Batch]],
                  device: torch.device, paths: RunPaths, recipe_yaml: str,
                  evaluate: Callable[[], dict[str, float]] | None = None, progress: bool = True,
-                 max_bad_fraction: float = 1.0) -> None:
+                 max_bad_fraction: float = 1.0, on_device: Callable[[Batch], Batch] | None = None) -> None:
         self.model = model
+        self.on_device = on_device
         self.max_bad_fraction = max_bad_fraction
         self.cfg = cfg
         self.batches = batches
@@ -209,6 +211,8 @@ class Trainer:
             self.skipped += batch.skipped
             window.samples += batch.size
             batch = batch.to(self.device, non_blocking=True)
+            if self.on_device is not None:
+                batch = self.on_device(batch)
             with self._autocast():
                 result = self.model(batch, self.step)
             (result.loss / self.cfg.grad_accum).backward()
