@@ -38,6 +38,7 @@ setup(
         "pillow>=9.0",
         "webdataset>=1.0",
         "torchvision>=0.19",
+        "imagehash>=4.3",  # perceptual hashes for `vlkit data filter` (near-duplicates of eval images)
     ],
     extras_require={
         "dev": [

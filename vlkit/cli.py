@@ -6,6 +6,8 @@ Commands::
                                                3: non-finite loss, 130/143: interrupted, checkpoint saved)
     vlkit data synth --out DIR [KEY=VALUE ...] generate the embedded synthetic dataset
     vlkit data pack ANN.json... --image-root R --out DIR [--resize-short S]   JSON → webdataset shards
+    vlkit data filter ANN.json... --image-root R --out DIR [--eval EVAL.json...]   ALIGN's noisy-data
+                                               filters → filtered JSON lists + filter_report.json
     vlkit recipes list                         shipped recipes, one line each
     vlkit recipes show RECIPE [KEY=VALUE ...]  the resolved recipe (exit 2 on a recipe error)
         [--params]                             ... and parameter counts per part
@@ -154,6 +156,30 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_filter(args: argparse.Namespace) -> int:
+    from vlkit.data.filtering import FilterRules, filter_json_dataset
+    from vlkit.data.json_dataset import AnnotationError
+
+    missing = [f for f in [*args.annotations, *args.eval] if not Path(f).is_file()]
+    if missing:
+        print(f"error: annotation files not found: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    try:
+        rules = FilterRules(min_short_side=args.min_short_side, max_aspect=args.max_aspect,
+                            max_images_per_text=args.max_images_per_text, min_words=args.min_words,
+                            max_words=args.max_words, dup_distance=args.dup_distance)
+        report = filter_json_dataset([Path(f) for f in args.annotations], Path(args.image_root), Path(args.out),
+                                     rules, eval_files=[Path(f) for f in args.eval],
+                                     eval_image_root=Path(args.eval_image_root) if args.eval_image_root else None,
+                                     workers=args.workers)
+    except (AnnotationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    print(report.summary())
+    print(f"wrote {', '.join(f['output'] for f in report.files)} and {Path(args.out) / 'filter_report.json'}")
+    return 0
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     if args.kind and args.kind not in registry.KINDS:
@@ -193,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(func=_cmd_train)
 
-    data = commands.add_parser("data", help="datasets: generate the synthetic data, pack shards")
+    data = commands.add_parser("data", help="datasets: generate the synthetic data, pack shards, filter web data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     synth = data_commands.add_parser("synth", help="generate the embedded shapes-world dataset")
     synth.add_argument("--out", required=True, help="output folder")
@@ -210,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
     pack.add_argument("--prefix", default="shard", help="shard file prefix")
     pack.set_defaults(func=_cmd_data_pack)
+    filt = data_commands.add_parser("filter", help="ALIGN's noisy web-data filters on ALBEF-style JSON + images")
+    filt.add_argument("annotations", nargs="+", help="ALBEF-style JSON annotation files")
+    filt.add_argument("--image-root", required=True, help="folder the annotations' image paths are relative to")
+    filt.add_argument("--out", required=True, help="output folder: filtered lists (same names) and the report")
+    filt.add_argument("--min-short-side", type=int, default=200, help="drop images whose short side is smaller")
+    filt.add_argument("--max-aspect", type=float, default=3.0, help="drop images with a larger long/short ratio")
+    filt.add_argument("--max-images-per-text", type=int, default=10,
+                      help="drop captions shared by more distinct images")
+    filt.add_argument("--min-words", type=int, default=3, help="drop captions with fewer words")
+    filt.add_argument("--max-words", type=int, default=20, help="drop captions with more words")
+    filt.add_argument("--eval", nargs="*", default=[], metavar="EVAL.json",
+                      help="evaluation annotations: drop near-duplicates of their images")
+    filt.add_argument("--eval-image-root", default=None, help="image folder of --eval (default: --image-root)")
+    filt.add_argument("--dup-distance", type=int, default=4,
+                      help="pHash Hamming distance (of 64 bits) that counts as a near-duplicate")
+    filt.add_argument("--workers", type=int, default=8, help="image-decoding threads")
+    filt.set_defaults(func=_cmd_data_filter)
 
     reg = commands.add_parser("registry", help="list registered encoders, objectives, heads, ...")
     reg.add_argument("kind", nargs="?", help=f"one of {', '.join(registry.KINDS)}")

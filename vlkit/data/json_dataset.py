@@ -71,7 +71,7 @@ class EntryList:
 MAX_LOGGED = 5  # malformed entries / unreadable images named in the log, per file or process
 
 
-def _entry_problem(item: Any) -> str | None:
+def entry_problem(item: Any) -> str | None:
     """Why an annotation item is unusable, or None."""
     if not isinstance(item, dict):
         return f"not a mapping but {type(item).__name__}"
@@ -89,7 +89,7 @@ def _entry_problem(item: Any) -> str | None:
 def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0) -> EntryList:
     """Entries of every part, image paths resolved against each part's ``image_root``.
 
-    Malformed entries (see :func:`_entry_problem`) are skipped, counted and the first few named with
+    Malformed entries (see :func:`entry_problem`) are skipped, counted and the first few named with
     file and index in the log. A file whose malformed fraction exceeds ``max_bad_fraction`` — most
     likely a different schema — is an :class:`AnnotationError` naming the file and the first bad
     entries, raised before anything is trained. ``idx`` is the entry's ``image_id`` when present, else
@@ -107,7 +107,7 @@ def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0
             raise AnnotationError(f"{part.file}: expected a JSON list of {{image, caption}} entries")
         bad: list[str] = []
         for index, item in enumerate(items):
-            problem = _entry_problem(item)
+            problem = entry_problem(item)
             if problem is not None:
                 bad.append(f"entry {index}: {problem}")
                 continue
