@@ -33,6 +33,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "vlkit.objectives",
     "vlkit.data.sources",
     "vlkit.data.webdataset_source",
+    "vlkit.data.corpora",
 )
 
 T = TypeVar("T")

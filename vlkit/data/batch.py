@@ -16,18 +16,19 @@ class Batch:
     """One training batch.
 
     Attributes:
-        images: ``[B, 3, H, W]`` normalized images.
-        input_ids: ``[B, L]`` token ids.
-        attention_mask: ``[B, L]`` (1 for real tokens).
+        images: ``[B, 3, H, W]`` normalized images (uint8 until normalized on the device, with
+            ``data.normalize_on_device``); None in a text-only batch.
+        input_ids: ``[B, L]`` token ids; None in an image-only batch.
+        attention_mask: ``[B, L]`` (1 for real tokens); None in an image-only batch.
         idx: ``[B]`` image ids; captions of the same image share one (they are positives of each other).
         mlm: masked copy of the text with the masked positions (when an MLM objective is on).
         extras: anything a plug-in's batch transform added.
         skipped: samples dropped from this batch because their image could not be read.
     """
 
-    images: Tensor
-    input_ids: Tensor
-    attention_mask: Tensor
+    images: Tensor | None
+    input_ids: Tensor | None
+    attention_mask: Tensor | None
     idx: Tensor
     mlm: MaskedTokens | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -35,7 +36,7 @@ class Batch:
 
     @property
     def size(self) -> int:
-        return self.input_ids.shape[0]
+        return self.idx.shape[0]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         def move(x: Any) -> Any:

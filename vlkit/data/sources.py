@@ -28,7 +28,10 @@ def default_data_root() -> Path:
 
 
 class DataSource:
-    """Base of dataset sources."""
+    """Base of dataset sources. ``modality``: what a training sample holds — ``pair`` (image and
+    caption), ``image`` or ``text`` (single-modality corpora, :mod:`vlkit.data.corpora`)."""
+
+    modality: str = "pair"
 
     def prepare(self) -> None:
         """Make the data exist locally (generate, check files); may take a while, done once."""

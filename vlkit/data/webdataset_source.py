@@ -184,13 +184,14 @@ class ShardStream(IterableDataset):
     whose image cannot be decoded or that has no usable caption is yielded as None (the collate
     function drops and counts it) and counted in :attr:`skipped`; unreadable shards and tar members are
     logged, counted in :attr:`read_errors` and passed over. Both counters are per process (seen in the
-    main process only with ``num_workers=0``).
+    main process only with ``num_workers=0``). With ``with_text=False`` (image-only corpora) text
+    members are ignored and every sample's caption is ``""``.
     """
 
     def __init__(self, shards: Sequence[str], transform: Callable[[Image.Image], Tensor], *, seed: int,
                  epoch_samples: int, start: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 0, resampled: bool = False, caption_key: str = "caption",
-                 draft_size: int | None = None) -> None:
+                 draft_size: int | None = None, with_text: bool = True) -> None:
         super().__init__()
         if not shards:
             raise ValueError("a shard stream needs at least one shard")
@@ -207,6 +208,7 @@ class ShardStream(IterableDataset):
         self.resampled = resampled
         self.caption_key = caption_key
         self.draft_size = draft_size
+        self.with_text = with_text
         self.epoch = 0
         self.skipped = 0
         self.read_errors = 0
@@ -270,7 +272,7 @@ class ShardStream(IterableDataset):
 
     def to_sample(self, raw: dict[str, Any], key: int) -> Sample | None:
         """Decode one tar sample; None (counted) when its image or caption is unusable."""
-        captions = read_captions(raw, self.caption_key)
+        captions = read_captions(raw, self.caption_key) if self.with_text else [""]
         data = image_member(raw)
         image = load_image(data, self.draft_size) if data is not None and captions else None
         if image is None:

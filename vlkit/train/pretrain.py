@@ -83,6 +83,11 @@ class Pretraining:
             threads = set_cpu_threads(recipe.train.cpu_threads, data.num_workers)
             log.info("CPU training with %d intra-op thread(s) and %d loader worker(s)", threads, data.num_workers)
         self.source: DataSource = registry.get("dataset", data.source.type).target(data.source)
+        if self.source.modality != "pair":
+            raise ValueError(
+                f"data.source `{data.source.type}` holds {self.source.modality}s only, but image-text pre-training "
+                f"(objectives {', '.join(recipe.objectives)}) needs image-caption pairs; use json_pairs, webdataset "
+                "or synthetic (single-modality corpora feed stage-wise objectives such as masked image modelling)")
         log.info("preparing data (%s)", data.source.type)
         self.source.prepare()
         tokenizer_ref = data.tokenizer or self.source.tokenizer

@@ -1,0 +1,366 @@
+"""Single-modality corpora for stage-wise pre-training (VLMo: images for masked image modelling, then
+text for masked language modelling) — registry kind ``dataset``:
+
+- ``image_only``: image folders (searched recursively) or webdataset shards (text members ignored).
+- ``text_only``: plain text files (one text per non-blank line) and JSON-lines files (a ``text_key``
+  field per line; ``.jsonl`` / ``.json`` / ``.ndjson``).
+
+Both index with access keys from :class:`~vlkit.data.json_dataset.EpochSampler` (``key % N`` is the
+item, augmentation and masking draw from ``(seed, key)``), so multi-worker loading and resuming are
+exact as for image-text pairs. Batches come from :class:`ImageOnlyCollate` (``Batch.images`` only) and
+:class:`TextOnlyCollate` (``Batch.input_ids`` / ``attention_mask`` and the objectives' batch
+transforms, e.g. MLM masking; ``Batch.images`` is None).
+
+Text files are not loaded into memory: indexing records the byte offset of each usable line (8 bytes
+per text) and a sample seeks to it, so corpora of billions of characters are fine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vlkit.data.batch import Batch
+from vlkit.data.collate import BatchTransform
+from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed
+from vlkit.data.sources import DataSource
+from vlkit.data.text import CaptionCleaner
+from vlkit.data.tokenizer import Padding, tokenize
+from vlkit.data.webdataset_source import IMAGE_EXTENSIONS, ShardStream, expand_shards, local_path
+from vlkit.registry import register
+from vlkit.schema import ComponentConfig, ConfigError
+
+log = logging.getLogger("vlkit.data")
+
+JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+@dataclass
+class ImageSample:
+    """One image-only sample: image ``[3, H, W]``, image id (file index), access key."""
+
+    image: Tensor
+    idx: int
+    key: int
+
+
+@dataclass
+class TextSample:
+    """One text-only sample: the text, its id (line index over all files), access key."""
+
+    text: str
+    idx: int
+    key: int
+
+
+# ---------------------------------------------------------------------------------------------- images
+def list_images(folders: Sequence[str | Path], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under ``folders`` (recursively; by extension, case-insensitive), sorted per folder."""
+    suffixes = {f".{e.lower().lstrip('.')}" for e in extensions}
+    found: list[Path] = []
+    for folder in folders:
+        files = [Path(d) / name for d, _, names in os.walk(folder, followlinks=True) for name in names
+                 if Path(name).suffix.lower() in suffixes]
+        found.extend(sorted(files))
+    return found
+
+
+class ImageFileDataset(Dataset):
+    """Images from files; index with an access key. An unreadable image yields None (logged, counted
+    in :attr:`failures`; the collate function drops and counts it).
+
+    Args:
+        files: image paths.
+        transform: PIL image → ``[3, H, W]`` (may be random; seeded per key).
+        seed: run seed.
+        draft_size: decode JPEGs reduced while their sides stay ≥ this (None: full size).
+    """
+
+    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Tensor], seed: int = 0,
+                 draft_size: int | None = None) -> None:
+        self.files = list(files)
+        self.transform = transform
+        self.seed = seed
+        self.draft_size = draft_size
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: int) -> ImageSample | None:
+        index = key % len(self.files)
+        image = load_image(self.files[index], self.draft_size)
+        if image is None:
+            self.failures += 1
+            if self.failures <= MAX_LOGGED:
+                log.warning("cannot read image %s (missing or corrupt); sample skipped", self.files[index])
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, key))
+            pixels = self.transform(image)
+        return ImageSample(pixels, index, key)
+
+
+@dataclass
+class ImageOnlyCollate:
+    """``list[ImageSample | Sample | None]`` → :class:`Batch` with ``images [B, 3, H, W]`` and ``idx [B]``;
+    no text (None samples are dropped and counted in ``Batch.skipped``)."""
+
+    def __call__(self, samples: Sequence[Any]) -> Batch:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
+        return Batch(images=torch.stack([s.image for s in kept]), input_ids=None, attention_mask=None,
+                     idx=torch.tensor([s.idx for s in kept]), skipped=len(samples) - len(kept))
+
+
+# ---------------------------------------------------------------------------------------------- text
+def _text_of_line(line: bytes, json_lines: bool, text_key: str) -> str | None:
+    """The text of one line, or None when it has none (blank, undecodable, or a bad JSON line)."""
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not json_lines:
+        return decoded.strip() or None
+    if not decoded.strip():
+        return None
+    try:
+        value = json.loads(decoded)
+    except json.JSONDecodeError:
+        return None
+    text = value.get(text_key) if isinstance(value, dict) else None
+    return (text.strip() or None) if isinstance(text, str) else None
+
+
+@dataclass
+class TextFileIndex:
+    """Byte offsets of the usable lines of one file (blank lines are skipped silently; bad JSON lines
+    and lines without a text are counted in ``bad``)."""
+
+    path: Path
+    json_lines: bool
+    offsets: np.ndarray
+    bad: int
+    lines: int
+
+    @classmethod
+    def build(cls, path: Path, text_key: str = "text") -> TextFileIndex:
+        json_lines = path.suffix.lower() in JSON_LINES_SUFFIXES
+        offsets: list[int] = []
+        bad = lines = 0
+        position = 0
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    lines += 1
+                    if _text_of_line(line, json_lines, text_key) is None:
+                        bad += 1
+                    else:
+                        offsets.append(position)
+                position += len(line)
+        return cls(path, json_lines, np.asarray(offsets, dtype=np.int64), bad, lines)
+
+
+class TextCorpus(Dataset):
+    """Texts from line-oriented files; index with an access key (item ``key % N``).
+
+    Args:
+        files: ``.txt`` (one text per non-blank line) or JSON-lines files (``text_key`` per line).
+        text_key: the text field of JSON lines.
+        max_bad_fraction: a file with more unusable non-blank lines than this fraction is an
+            :class:`AnnotationError` (most likely the wrong format or ``text_key``), raised while indexing.
+    """
+
+    def __init__(self, files: Sequence[str | Path], text_key: str = "text", max_bad_fraction: float = 1.0) -> None:
+        self.text_key = text_key
+        self.indexes: list[TextFileIndex] = []
+        for file in files:
+            index = TextFileIndex.build(Path(file), text_key)
+            if index.bad:
+                log.warning("%s: skipped %d of %d lines without a usable text", file, index.bad, index.lines)
+                if index.bad > max_bad_fraction * index.lines:
+                    what = f'JSON lines with a "{text_key}" string' if index.json_lines else "UTF-8 text lines"
+                    raise AnnotationError(f"{file}: {index.bad} of {index.lines} lines are unusable (limit "
+                                          f"data.max_bad_fraction={max_bad_fraction:g}); expected {what}")
+            self.indexes.append(index)
+        self.skipped = sum(i.bad for i in self.indexes)
+        self.starts = np.cumsum([0, *(len(i.offsets) for i in self.indexes)])
+        self._handles: dict[int, IO[bytes]] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _handle(self, file: int) -> IO[bytes]:
+        if self._pid != os.getpid():  # a forked loader worker opens its own files
+            self._handles, self._pid = {}, os.getpid()
+        if file not in self._handles:
+            self._handles[file] = open(self.indexes[file].path, "rb")  # noqa: SIM115 - kept open for reuse
+        return self._handles[file]
+
+    def text(self, item: int) -> str:
+        """The text of item ``item`` (``0 ≤ item < len(self)``)."""
+        file = int(np.searchsorted(self.starts, item, side="right")) - 1
+        index = self.indexes[file]
+        handle = self._handle(file)
+        handle.seek(int(index.offsets[item - self.starts[file]]))
+        text = _text_of_line(handle.readline(), index.json_lines, self.text_key)
+        if text is None:
+            raise AnnotationError(f"{index.path} changed after it was indexed")
+        return text
+
+    def __getitem__(self, key: int) -> TextSample:
+        item = key % len(self)
+        return TextSample(self.text(item), item, key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": {}, "_pid": -1}
+
+
+@dataclass
+class TextOnlyCollate:
+    """``list[TextSample]`` → :class:`Batch` with ``input_ids`` / ``attention_mask [B, L]``, ``idx [B]`` and
+    whatever the batch transforms add (e.g. MLM masking); ``images`` is None. Same options as
+    :class:`~vlkit.data.collate.PretrainCollate`."""
+
+    tokenizer: Any
+    max_length: int
+    drop_sep: bool = False
+    transforms: list[BatchTransform] = field(default_factory=list)
+    seed: int = 0
+    clean: CaptionCleaner = field(default_factory=CaptionCleaner)
+    padding: Padding = "longest"
+
+    def __call__(self, samples: Sequence[TextSample]) -> Batch:
+        text = tokenize(self.tokenizer, [self.clean(s.text) for s in samples], self.max_length,
+                        drop_sep=self.drop_sep, padding=self.padding)
+        batch = Batch(images=None, input_ids=text.input_ids, attention_mask=text.attention_mask,
+                      idx=torch.tensor([s.idx for s in samples]))
+        rng = np.random.default_rng([self.seed, *(s.key for s in samples)])
+        for transform in self.transforms:
+            transform.apply_to(batch, text, rng)
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------- sources
+class CorpusSource(DataSource):
+    """A single-modality source: no evaluation splits, no image-text pairs."""
+
+    def split_files(self, split: str) -> list[Path]:
+        raise ValueError(f"a `{self.modality}`-only corpus has no evaluation split `{split}`")
+
+    @property
+    def image_root(self) -> Path:
+        return Path(".")
+
+
+@dataclass(kw_only=True)
+class ImageOnlyConfig(ComponentConfig):
+    """Images without text.
+
+    Attributes:
+        folders: image folders, searched recursively (files with ``extensions``).
+        shards: or webdataset shards (brace patterns; only the image member of each sample is read).
+        epoch_samples: samples per epoch with ``shards`` (default with folders: one pass).
+        shuffle_buffer: shard samples in each worker's shuffle buffer.
+        resampled: draw shards with replacement, endlessly.
+        extensions: image file extensions in ``folders``.
+    """
+
+    folders: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    epoch_samples: int | None = None
+    shuffle_buffer: int = 1000
+    resampled: bool = True
+    extensions: list[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+
+    def __post_init__(self) -> None:
+        if bool(self.folders) == bool(self.shards):
+            raise ConfigError("name image `folders` or webdataset `shards` (exactly one of them)", key="folders")
+        if self.shards and (self.epoch_samples is None or self.epoch_samples <= 0):
+            raise ConfigError("a positive sample count is needed with shards", key="epoch_samples")
+
+
+@register("dataset", "image_only", config=ImageOnlyConfig)
+class ImageOnlySource(CorpusSource):
+    """Images without text (folders or shards), e.g. for masked image modelling."""
+
+    modality = "image"
+
+    def __init__(self, cfg: ImageOnlyConfig) -> None:
+        self.cfg = cfg
+        self._files: list[Path] | None = None
+
+    def prepare(self) -> None:
+        missing = [f for f in self.cfg.folders if not Path(f).is_dir()]
+        missing += [u for u in expand_shards(self.cfg.shards) if (p := local_path(u)) is not None and not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"image corpus not found: {', '.join(missing[:10])}")
+        if self.cfg.folders and not self.files():
+            raise FileNotFoundError(f"no images ({', '.join(self.cfg.extensions)}) under {', '.join(self.cfg.folders)}")
+
+    def files(self) -> list[Path]:
+        """The image files of ``folders`` (listed once)."""
+        if self._files is None:
+            self._files = list_images(self.cfg.folders, self.cfg.extensions)
+        return self._files
+
+    def dataset(self, transform: Callable[[Image.Image], Tensor], *, seed: int, start: int = 0, rank: int = 0,
+                world_size: int = 1, draft_size: int | None = None) -> ImageFileDataset | ShardStream:
+        """Folders: a keyed :class:`ImageFileDataset` (pair it with an ``EpochSampler``); shards: a
+        :class:`ShardStream` of rank ``rank`` of ``world_size`` that ignores text members."""
+        if self.cfg.folders:
+            return ImageFileDataset(self.files(), transform, seed=seed, draft_size=draft_size)
+        assert self.cfg.epoch_samples is not None
+        return ShardStream(expand_shards(self.cfg.shards), transform, seed=seed, epoch_samples=self.cfg.epoch_samples,
+                           start=start, rank=rank, world_size=world_size, shuffle_buffer=self.cfg.shuffle_buffer,
+                           resampled=self.cfg.resampled, draft_size=draft_size, with_text=False)
+
+
+@dataclass(kw_only=True)
+class TextOnlyConfig(ComponentConfig):
+    """Text without images.
+
+    Attributes:
+        files: ``.txt`` files (one text per non-blank line) and JSON-lines files (``.jsonl``, ``.json``,
+            ``.ndjson``: one object per line with a ``text_key`` string).
+        text_key: the text field of JSON lines.
+    """
+
+    files: list[str]
+    text_key: str = "text"
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise ConfigError("name at least one text file", key="files")
+
+
+@register("dataset", "text_only", config=TextOnlyConfig)
+class TextOnlySource(CorpusSource):
+    """Texts without images (e.g. Wikipedia / BookCorpus lines), e.g. for text-only MLM."""
+
+    modality = "text"
+
+    def __init__(self, cfg: TextOnlyConfig) -> None:
+        self.cfg = cfg
+
+    def prepare(self) -> None:
+        missing = [f for f in self.cfg.files if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"text files not found: {', '.join(missing)}")
+
+    def dataset(self, max_bad_fraction: float = 1.0) -> TextCorpus:
+        """The indexed corpus (reads every file once)."""
+        return TextCorpus(self.cfg.files, self.cfg.text_key, max_bad_fraction)
