@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2 as T
 
 from vlkit.data.json_dataset import load_image
 from vlkit.data.randaugment import ALBEF_OPS, RandomAugment, apply_op, enhance_factor
 from vlkit.data.text import CaptionCleaner, pre_caption
 from vlkit.data.tokenizer import padded_length, tokenize
-from vlkit.data.transforms import decode_size, eval_transform, normalize_on_device, train_transform
+from vlkit.data.transforms import (
+    NORMALIZATION,
+    NormalizeUint8,
+    decode_size,
+    eval_transform,
+    normalize_on_device,
+    train_transform,
+)
 from vlkit.recipe import RecipeError, load_recipe
 
 GREY = (100, 100, 100)
@@ -143,6 +151,9 @@ def test_albef_train_transform_shapes_and_uint8_path_matches_cpu_normalization()
     assert a.shape == (3, 24, 24) and a.dtype == torch.float32
     assert b.dtype == torch.uint8
     assert torch.allclose(normalize_on_device(b[None], "clip")[0], a, atol=1e-6)
+    for name, (mean, std) in NORMALIZATION.items():  # the fused normalization against torchvision's two steps
+        reference = T.Normalize(mean, std)(T.ToDtype(torch.float32, scale=True)(b))
+        torch.testing.assert_close(NormalizeUint8(name)(b), reference, rtol=0, atol=2e-6, msg=name)
     assert eval_transform(24)(image).shape == (3, 24, 24)
 
 

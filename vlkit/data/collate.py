@@ -15,6 +15,12 @@ from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import Padding, TokenizedText, tokenize
 
 
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """``B × [3, H, W]`` → ``[B, 3, H, W]``; in a loader worker, stacked straight into shared memory
+    (``default_collate`` does), which saves the copy the worker → main-process hand-over would make."""
+    return torch.utils.data.default_collate(images)
+
+
 class BatchTransform(Protocol):
     """Something an objective asks the loader to do to each batch (must be picklable)."""
 
@@ -50,7 +56,7 @@ class PretrainCollate:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
         text = tokenize(self.tokenizer, [self.clean(s.caption) for s in kept], self.max_length,
                         drop_sep=self.drop_sep, padding=self.padding)
-        batch = Batch(images=torch.stack([s.image for s in kept]), input_ids=text.input_ids,
+        batch = Batch(images=stack_images([s.image for s in kept]), input_ids=text.input_ids,
                       attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),
                       skipped=len(samples) - len(kept))
         rng = np.random.default_rng([self.seed, *(s.key for s in kept)])

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vlkit.data.batch import Batch
-from vlkit.data.collate import BatchTransform
+from vlkit.data.collate import BatchTransform, stack_images
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
@@ -121,7 +121,7 @@ class ImageOnlyCollate:
         kept = [s for s in samples if s is not None]
         if not kept:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
-        return Batch(images=torch.stack([s.image for s in kept]), input_ids=None, attention_mask=None,
+        return Batch(images=stack_images([s.image for s in kept]), input_ids=None, attention_mask=None,
                      idx=torch.tensor([s.idx for s in kept]), skipped=len(samples) - len(kept))
 
 

@@ -118,7 +118,7 @@ class _ShardSink:
 
     def write(self, sample: dict[str, Any]) -> None:
         if self.writer is None:
-            self.writer = wds.TarWriter(str(self._tmp()), encoder=False, mtime=0.0)
+            self.writer = wds.TarWriter(str(self._tmp()), encoder=False, mtime=0)  # an int: no PAX header per member
             self.in_shard = 0
         self.writer.write(sample)
         self.in_shard += 1

@@ -31,18 +31,32 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 Normalization = Literal["clip", "inception", "imagenet"]
 
 
+class NormalizeUint8(torch.nn.Module):
+    """uint8 ``[..., 3, H, W]`` → float32 ``(x / 255 − mean) / std``, computed as one scale and one shift
+    per channel (``x · 1/(255·std) − mean/std``: two in-place passes instead of torchvision's
+    ``ToDtype`` + ``Normalize`` allocations; equal to them within float32 rounding)."""
+
+    def __init__(self, normalization: Normalization) -> None:
+        super().__init__()
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in NORMALIZATION[normalization])
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(3, 1, 1), persistent=False)
+        self.register_buffer("shift", (mean / std).view(3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale.to(images.device), self.shift.to(images.device)
+        return images.to(torch.float32, copy=True).mul_(scale).sub_(shift)
+
+
 def _to_tensor(normalization: Normalization | None) -> list:
     """PIL → float ``[3, H, W]`` normalized, or (``None``) uint8 ``[3, H, W]`` left for the GPU."""
     if normalization is None:
         return [T.ToImage()]
-    mean, std = NORMALIZATION[normalization]
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+    return [T.ToImage(), NormalizeUint8(normalization)]
 
 
 def normalize_on_device(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` (e.g. just copied to the GPU) → normalized float32 ``[B, 3, H, W]``."""
-    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in NORMALIZATION[normalization])
-    return (images.float() / 255.0 - mean) / std
+    return NormalizeUint8(normalization)(images)
 
 
 @dataclass(frozen=True)
