@@ -57,3 +57,39 @@ def test_read_entries_skips_and_counts_malformed_items(tmp_path: Path):
     assert skipped == 4 and len(entries) == 2
     assert entries[0].idx == 7 and entries[0].group == 1 and entries[0].captions == ("a red square",)
     assert entries[1].image == tmp_path / "images" / "b.png" and entries[1].group is None
+
+
+def test_ranks_split_each_epoch_disjointly_and_resume_exactly():
+    for size, world in ((12, 2), (11, 2), (10, 3)):
+        samplers = [EpochSampler(size, seed=4, rank=r, world_size=world) for r in range(world)]
+        per_rank = size // world
+        for epoch in range(3):
+            keys = [take(s, per_rank * 3)[epoch * per_rank:(epoch + 1) * per_rank] for s in samplers]
+            union = [k for part in keys for k in part]
+            assert len(union) == len(set(union)) == per_rank * world  # disjoint; ≤ world − 1 left out
+            assert all(k // size == epoch for k in union)
+        full = take(samplers[1], 20)
+        assert take(EpochSampler(size, seed=4, start=7, rank=1, world_size=world), 13) == full[7:]
+    with pytest.raises(ValueError, match="rank 2"):
+        EpochSampler(10, seed=0, rank=2, world_size=2)
+
+
+def test_two_ranks_with_two_workers_each_see_every_json_sample_once_per_epoch(tmp_path: Path):
+    """ALBEF-style JSON from the synthetic generator, two ranks × two loader workers, two epochs."""
+    import torch
+
+    from vlkit.data.json_dataset import PairDataset
+    from vlkit.data.synthetic import SynthConfig, ensure
+    from vlkit.data.transforms import eval_transform
+
+    folder = ensure(tmp_path, SynthConfig(image_size=32, train_images=24, val_images=2, test_images=2))
+    entries, _ = read_entries([folder / "train.json"], folder)
+    dataset = PairDataset(entries, eval_transform(16), seed=0)
+    seen: list[list[int]] = []
+    for rank in range(2):
+        sampler = EpochSampler(len(dataset), seed=0, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=list, num_workers=2)
+        seen.append([s.key for batch in itertools.islice(loader, 6) for s in batch])  # 2 epochs of 12 per rank
+    for epoch in range(2):
+        keys = [k for part in seen for k in part[epoch * 12:(epoch + 1) * 12]]
+        assert sorted(keys) == [epoch * 24 + i for i in range(24)]

@@ -223,19 +223,30 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     of item ``i`` in epoch ``e`` has key ``(e · C + c) · N + i`` (``C`` = the largest ``ceil(r_p)``),
     so every access has its own key (own caption draw and augmentation).
 
+    With ``world_size`` > 1 every rank computes the same epoch keys and takes every ``world_size``-th
+    from position ``rank``, each rank ``epoch_length // world_size`` of them: the ranks' keys are
+    disjoint and together cover the epoch (up to ``world_size − 1`` keys left out, as
+    ``DistributedSampler(drop_last=True)``; different ones each epoch).
+
     Args:
         size: dataset length ``N``.
         seed: run seed.
-        start: number of keys already consumed (resume point).
+        start: number of keys this rank already consumed (resume point).
         groups: optional ``[N]`` group label of each item (None: every item is its own group).
         parts: optional ``[N]`` part (annotation file) index of each item.
         ratios: per part, its sampling ratio (≥ 0); needs ``parts``.
+        rank, world_size: this process's place among the training processes.
     """
 
     def __init__(self, size: int, seed: int, start: int = 0, groups: Sequence[Hashable | None] | None = None,
-                 parts: Sequence[int] | None = None, ratios: Sequence[float] | None = None) -> None:
+                 parts: Sequence[int] | None = None, ratios: Sequence[float] | None = None, *,
+                 rank: int = 0, world_size: int = 1) -> None:
         if groups is not None and len(groups) != size:
             raise ValueError(f"{len(groups)} group labels for {size} items")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.rank = rank
+        self.world_size = world_size
         self.size = size
         self.seed = seed
         self.start = start
@@ -256,6 +267,9 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             self.epoch_length = sum(math.floor(r) * len(m) + round((r - math.floor(r)) * len(m)) for m, r in self.mix)
             if self.epoch_length == 0:
                 raise ValueError("the sampling ratios leave no sample in an epoch")
+        self.rank_length = self.epoch_length // world_size
+        if self.rank_length == 0:
+            raise ValueError(f"an epoch of {self.epoch_length} samples cannot feed {world_size} ranks")
 
     def order(self, epoch: int) -> np.ndarray:
         """``[N]`` item order of ``epoch`` (a permutation of ``0..N-1``; plain and grouped modes)."""
@@ -281,13 +295,18 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         all_keys = np.concatenate(keys)
         return all_keys[rng.permutation(len(all_keys))]
 
+    def rank_keys(self, epoch: int) -> np.ndarray:
+        """``[rank_length]`` access keys of this rank in ``epoch``, in order."""
+        keys = self.epoch_keys(epoch)
+        return keys[self.rank::self.world_size][:self.rank_length] if self.world_size > 1 else keys
+
     def __iter__(self):  # noqa: ANN204 - iterator of ints
         position = self.start
         while True:
-            epoch, offset = divmod(position, self.epoch_length)
-            for key in self.epoch_keys(epoch)[offset:]:
+            epoch, offset = divmod(position, self.rank_length)
+            for key in self.rank_keys(epoch)[offset:]:
                 yield int(key)
-            position = (epoch + 1) * self.epoch_length
+            position = (epoch + 1) * self.rank_length
 
     def __len__(self) -> int:
         return 2**62
