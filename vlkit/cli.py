@@ -4,6 +4,9 @@ Commands::
 
     vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   pre-train (exit 2: recipe error,
                                                3: non-finite loss, 130/143: interrupted, checkpoint saved)
+    vlkit eval RECIPE [KEY=VALUE ...] --checkpoint CKPT|RUN_DIR --out DIR
+                                               the recipe's evaluation of a checkpoint → DIR/metrics.json
+                                               (exit 2: recipe error or checkpoint that does not fit it)
     vlkit data synth --out DIR [KEY=VALUE ...] generate the embedded synthetic dataset
     vlkit data pack ANN.json... --image-root R --out DIR [--resize-short S]   JSON → webdataset shards
     vlkit data filter ANN.json... --image-root R --out DIR [--eval EVAL.json...]   ALIGN's noisy-data
@@ -115,10 +118,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 128 + err.signum
     print(f"\nfinished: {out}")
+    _print_metrics(metrics)
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
     width = max((len(k) for k in metrics), default=0)
     for key in sorted(metrics):
         value = metrics[key]
         print(f"  {key:<{width}}  {value:.2f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vlkit.data.json_dataset import AnnotationError
+    from vlkit.recipe import resolve
+    from vlkit.train.evaluate import CheckpointMismatch, run_evaluation
+
+    recipe = resolve(args.recipe, args.overrides).recipe
+    try:
+        metrics = run_evaluation(recipe, args.checkpoint, args.out)
+    except (CheckpointMismatch, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    except AnnotationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    print(f"\nevaluated {metrics['checkpoint']} → {Path(args.out) / 'metrics.json'}")
+    _print_metrics(metrics)
     return 0
 
 
@@ -218,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest checkpoint in --out (or from CKPT)")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint with a recipe's evaluation")
+    _add_recipe_args(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, metavar="CKPT",
+                          help="a checkpoint file, or a run folder (its newest checkpoint)")
+    evaluate.add_argument("--out", required=True, help="folder for metrics.json and the resolved recipe")
+    evaluate.set_defaults(func=_cmd_eval)
 
     data = commands.add_parser("data", help="datasets: generate the synthetic data, pack shards, filter web data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")

@@ -85,7 +85,7 @@ def recall_metrics(score_i2t: Tensor, score_t2i: Tensor, img2txt: list[list[int]
     image_ranks = position_t2i[torch.arange(len(txt2img)), torch.tensor(txt2img)]
 
     def recall(ranks: Tensor, k: int) -> float:
-        return 100.0 * (ranks < k).float().mean().item()
+        return 100.0 * (ranks < k).double().mean().item()
 
     out = {f"txt_r{k}": recall(text_ranks, k) for k in (1, 5, 10)}
     out.update({f"img_r{k}": recall(image_ranks, k) for k in (1, 5, 10)})

@@ -67,9 +67,10 @@ class Pretraining:
     Args:
         recipe: the validated recipe (with a ``data`` section).
         out_dir: the run folder.
+        train_data: also read the training split and build its loader parts (off for evaluation only).
     """
 
-    def __init__(self, recipe: Recipe, out_dir: str | Path) -> None:
+    def __init__(self, recipe: Recipe, out_dir: str | Path, *, train_data: bool = True) -> None:
         if recipe.data is None:
             raise ValueError("the recipe has no `data` section; pre-training needs one "
                              "(e.g. data: {source: synthetic})")
@@ -115,6 +116,8 @@ class Pretraining:
                                        clean=CaptionCleaner(data.pre_caption, data.max_words), padding=data.padding)
         self.stream: ShardStream | None = None
         self.annotations_skipped = 0
+        if not train_data:
+            return
         if isinstance(self.source, WebDatasetSource):  # streamed shards: no annotation lists to read
             if data.group_batches:
                 raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
