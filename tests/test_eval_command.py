@@ -33,6 +33,12 @@ def test_eval_reproduces_the_final_metrics_of_training(tmp_path: Path, capsys: p
     assert (tmp_path / "ev" / "recipe.yaml").is_file()
     assert "txt_r1" in capsys.readouterr().out
 
+    zero_shot = ["eval", "albef/tiny", *_args(tmp_path), "task={type: zeroshot, attribute: shape}",
+                 "--checkpoint", str(run), "--out", str(tmp_path / "zs")]
+    assert main(zero_shot) == 0
+    zs = json.loads((tmp_path / "zs" / "metrics.json").read_text())
+    assert zs["n_classes"] == 5 and 0 < zs["n_images"] <= 8 and 0 <= zs["top1"] <= 100 and zs["step"] == 3
+
     other = ["eval", "vlmo/tiny", *_args(tmp_path), "--checkpoint", str(run), "--out", str(tmp_path / "bad")]
     assert main(other) == EXIT_RECIPE_ERROR
     assert "does not fit the recipe's model" in capsys.readouterr().err

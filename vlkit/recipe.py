@@ -49,6 +49,8 @@ class Recipe:
         data: training data and text / image preparation; null for recipes that only build models.
         train: optimization and bookkeeping.
         eval: evaluation at the end of training.
+        task: a downstream task (registry kind ``task``) that ``vlkit eval`` runs instead of the
+            pre-training evaluation; null: none.
     """
 
     description: str = ""
@@ -60,6 +62,7 @@ class Recipe:
     data: DataConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    task: Annotated[Any, Component("task")] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, ready for YAML."""

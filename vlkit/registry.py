@@ -34,6 +34,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "vlkit.data.sources",
     "vlkit.data.webdataset_source",
     "vlkit.data.corpora",
+    "vlkit.tasks.zeroshot",
 )
 
 T = TypeVar("T")

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from vlkit.data.batch import Batch
 from vlkit.data.collate import BatchTransform, stack_images
+from vlkit.data.image_files import list_images
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
@@ -65,17 +66,6 @@ class TextSample:
 
 
 # ---------------------------------------------------------------------------------------------- images
-def list_images(folders: Sequence[str | Path], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under ``folders`` (recursively; by extension, case-insensitive), sorted per folder."""
-    suffixes = {f".{e.lower().lstrip('.')}" for e in extensions}
-    found: list[Path] = []
-    for folder in folders:
-        files = [Path(d) / name for d, _, names in os.walk(folder, followlinks=True) for name in names
-                 if Path(name).suffix.lower() in suffixes]
-        found.extend(sorted(files))
-    return found
-
-
 class ImageFileDataset(Dataset):
     """Images from files; index with an access key. An unreadable image yields None (logged, counted
     in :attr:`failures`; the collate function drops and counts it).

@@ -16,8 +16,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlkit.data.classification import Classification
 from vlkit.data.json_dataset import AnnotationPart
 from vlkit.data.synthetic import SynthConfig, ensure
+from vlkit.data.synthetic.classification import largest_object_classes
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
 
@@ -57,6 +59,11 @@ class DataSource:
     def tokenizer(self) -> Path | None:
         """A tokenizer folder that comes with the data, if any."""
         return None
+
+    def classification(self, split: str, attribute: str) -> Classification:
+        """A single-label classification of ``split`` by ``attribute``, for sources that have one."""
+        raise ValueError(f"the `{type(self).__name__}` source has no classification split; point the task at "
+                         "an image folder (`image_folder`) or a JSON list of {image, label} (`annotations`)")
 
 
 @dataclass(kw_only=True)
@@ -111,6 +118,14 @@ class SyntheticSource(DataSource):
     @property
     def tokenizer(self) -> Path:
         return self.folder / "tokenizer"
+
+    def classification(self, split: str, attribute: str) -> Classification:
+        """The colour or shape of each image's largest object (see :mod:`vlkit.data.synthetic.classification`)."""
+        if split not in self.SPLITS:
+            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+        if attribute not in ("color", "shape"):
+            raise ValueError(f"synthetic classes are `color` or `shape`, not `{attribute}`")
+        return largest_object_classes(self.folder, split, attribute)  # type: ignore[arg-type]
 
 
 @dataclass(kw_only=True)

@@ -2,8 +2,9 @@
 
 ``run_evaluation(recipe, checkpoint, out_dir)`` builds the recipe's encoder and heads, loads the
 checkpoint's online weights (the momentum teacher is not used, as in ALBEF's evaluation), runs the
-recipe's ``eval`` section on its data source (retrieval recalls with ITM re-ranking, the swap probe)
-and writes ``out_dir/metrics.json`` and ``out_dir/recipe.yaml``.
+recipe's ``eval`` section on its data source (retrieval recalls with ITM re-ranking, the swap probe),
+or its ``task`` when it has one (e.g. zero-shot classification), and writes ``out_dir/metrics.json``
+and ``out_dir/recipe.yaml``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 import torch
 
+from vlkit import registry
 from vlkit.recipe import Recipe
+from vlkit.tasks.base import TaskContext
 from vlkit.train import checkpoint as ckpt
 from vlkit.train.pretrain import Pretraining
 
@@ -65,6 +68,16 @@ def load_online_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
     return unused
 
 
+def task_metrics(run: Pretraining, recipe: Recipe) -> dict[str, float]:
+    """Run ``recipe.task``'s evaluation on the built model."""
+    assert recipe.task is not None and recipe.data is not None
+    task = registry.get("task", recipe.task.type).target(recipe.task)
+    heads = {name: objective.head for name, objective in run.model.objectives.items() if hasattr(objective, "head")}
+    ctx = TaskContext(run.model.encoder, heads, run.source, run.tokenizer, recipe.data, recipe.eval,
+                      recipe.encoder.input_size, run.device)
+    return task.evaluate(ctx)
+
+
 def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a file or a run folder) with ``recipe``'s evaluation into ``out_dir``.
 
@@ -76,13 +89,17 @@ def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) 
     run = Pretraining(recipe, out, train_data=False)
     state = ckpt.load(path)
     load_online_weights(run.model, state["model"])
-    evaluator = run.evaluator()
-    if evaluator is None:
-        raise ValueError(f"the recipe's data source has no evaluation split `{recipe.eval.split}`; "
-                         "set eval.split to one it has")
     run.model.eval()
-    log.info("evaluating %s (step %d) on the `%s` split", path, int(state["step"]), recipe.eval.split)
-    metrics: dict[str, Any] = dict(evaluator())
+    if recipe.task is not None:
+        log.info("evaluating %s (step %d): task `%s`", path, int(state["step"]), recipe.task.type)
+        metrics: dict[str, Any] = dict(task_metrics(run, recipe))
+    else:
+        evaluator = run.evaluator()
+        if evaluator is None:
+            raise ValueError(f"the recipe's data source has no evaluation split `{recipe.eval.split}`; "
+                             "set eval.split to one it has")
+        log.info("evaluating %s (step %d) on the `%s` split", path, int(state["step"]), recipe.eval.split)
+        metrics = dict(evaluator())
     metrics.update(step=int(state["step"]), checkpoint=str(path))
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(recipe.to_yaml())

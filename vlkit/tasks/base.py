@@ -1,0 +1,56 @@
+"""What a downstream task receives: the trained model's parts and the recipe's data settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vlkit.data.config import DataConfig
+from vlkit.data.sources import DataSource
+from vlkit.data.text import CaptionCleaner
+from vlkit.data.tokenizer import tokenize
+from vlkit.encoders.base import Encoder
+from vlkit.eval.config import EvalConfig
+
+
+@dataclass
+class TaskContext:
+    """Everything a task's evaluation needs.
+
+    Attributes:
+        encoder: the online encoder (in eval mode).
+        heads: the model's heads by objective name (e.g. ``itm``), for tasks that use them.
+        source: the recipe's data source.
+        tokenizer: the recipe's tokenizer.
+        data: the recipe's data section (text length, [SEP] rule, normalization, caption cleaning).
+        eval: the recipe's eval section (batch size).
+        image_size: the encoder's input side.
+        device: where to run.
+    """
+
+    encoder: Encoder
+    heads: dict[str, nn.Module]
+    source: DataSource
+    tokenizer: Any
+    data: DataConfig
+    eval: EvalConfig
+    image_size: int
+    device: torch.device
+
+    def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Texts prepared as in training → ``input_ids``, ``attention_mask`` ``[N, L]`` (on the CPU)."""
+        clean = CaptionCleaner(self.data.pre_caption, self.data.max_words)
+        tok = tokenize(self.tokenizer, [clean(t) for t in texts], self.data.max_text_len, drop_sep=self.data.drop_sep,
+                       padding=self.data.padding)
+        return tok.input_ids, tok.attention_mask
+
+
+class Task:
+    """Base of downstream tasks: :meth:`evaluate` returns the task's metrics (ALBEF's / the papers'
+    names)."""
+
+    def evaluate(self, ctx: TaskContext) -> dict[str, float]:
+        raise NotImplementedError
