@@ -4,6 +4,8 @@ Commands::
 
     vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   pre-train (exit 2: recipe error,
                                                3: non-finite loss, 130/143: interrupted, checkpoint saved)
+    vlkit finetune RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   fine-tune a downstream task
+                                               (the recipe's `task`, usually with `init_from`)
     vlkit eval RECIPE [KEY=VALUE ...] --checkpoint CKPT|RUN_DIR --out DIR
                                                the recipe's evaluation of a checkpoint → DIR/metrics.json
                                                (exit 2: recipe error or checkpoint that does not fit it)
@@ -99,6 +101,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vlkit.train.trainer import Interrupted, NonFiniteLoss, TooManyBadSamples
 
     recipe = resolve(args.recipe, args.overrides).recipe  # all recipe errors surface here, before any work
+    if args.command == "finetune":
+        if recipe.task is None:
+            print("error: `vlkit finetune` needs a recipe with a `task` section (e.g. task: {type: ve}); "
+                  "shipped ones are under recipes/finetune/", file=sys.stderr)
+            return EXIT_RECIPE_ERROR
+        if recipe.init_from is None:
+            logging.getLogger("vlkit").warning("init_from is not set: fine-tuning starts from random weights "
+                                               "(pass init_from=RUN_DIR to start from a pre-trained run)")
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).with_suffix("").as_posix().replace("/", "-")
     resume: bool | str = args.resume if args.resume is not None else False
     if not resume and ckpt.list_checkpoints(out / "checkpoints"):
@@ -114,8 +124,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DATA_ERROR
     except Interrupted as err:
-        print(f"{err}; continue with: vlkit train {args.recipe} {' '.join(args.overrides)} --out {out} --resume",
-              file=sys.stderr)
+        again = f"vlkit {args.command} {args.recipe} {' '.join(args.overrides)} --out {out} --resume"
+        print(f"{err}; continue with: {again}", file=sys.stderr)
         return 128 + err.signum
     print(f"\nfinished: {out}")
     _print_metrics(metrics)
@@ -244,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest checkpoint in --out (or from CKPT)")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(func=_cmd_train)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a downstream task (a recipe with `task`)")
+    _add_recipe_args(finetune)
+    finetune.add_argument("--out", help="run folder (default: runs/<recipe>)")
+    finetune.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                          help="continue from the newest checkpoint in --out (or from CKPT)")
+    finetune.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    finetune.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint with a recipe's evaluation")
     _add_recipe_args(evaluate)

@@ -49,8 +49,12 @@ class Recipe:
         data: training data and text / image preparation; null for recipes that only build models.
         train: optimization and bookkeeping.
         eval: evaluation at the end of training.
-        task: a downstream task (registry kind ``task``) that ``vlkit eval`` runs instead of the
-            pre-training evaluation; null: none.
+        task: a downstream task (registry kind ``task``): ``vlkit finetune`` trains it (its own heads
+            and data, or the recipe's objectives for retrieval) and ``vlkit eval`` evaluates it instead
+            of the pre-training evaluation; null: none.
+        init_from: a checkpoint file or run folder whose weights initialize the model before training
+            (every weight with the same name and shape: encoder, heads, momentum teacher, queues);
+            null: random initialization.
     """
 
     description: str = ""
@@ -63,6 +67,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     task: Annotated[Any, Component("task")] | None = None
+    init_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, ready for YAML."""

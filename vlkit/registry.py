@@ -35,6 +35,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "vlkit.data.webdataset_source",
     "vlkit.data.corpora",
     "vlkit.tasks.zeroshot",
+    "vlkit.tasks.classification",
+    "vlkit.tasks.retrieval",
 )
 
 T = TypeVar("T")

@@ -60,6 +60,12 @@ class DataSource:
         """A tokenizer folder that comes with the data, if any."""
         return None
 
+    def task_files(self, task: str, split: str) -> list[Path]:
+        """Annotation files of downstream ``task`` (``ve``, ``nlvr2``, ``vqa``) for ``split``, for
+        sources that ship them."""
+        raise ValueError(f"the `{type(self).__name__}` source ships no {task} annotations; name them in the "
+                         f"recipe's task.splits, e.g. {{train: [{task}_train.json], test: [{task}_test.json]}}")
+
     def classification(self, split: str, attribute: str) -> Classification:
         """A single-label classification of ``split`` by ``attribute``, for sources that have one."""
         raise ValueError(f"the `{type(self).__name__}` source has no classification split; point the task at "
@@ -118,6 +124,15 @@ class SyntheticSource(DataSource):
     @property
     def tokenizer(self) -> Path:
         return self.folder / "tokenizer"
+
+    TASK_PREFIXES = {"ve": "ve", "nlvr2": "nlvr", "vqa": "vqa"}
+
+    def task_files(self, task: str, split: str) -> list[Path]:
+        if task not in self.TASK_PREFIXES:
+            return super().task_files(task, split)
+        if split not in self.SPLITS:
+            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+        return [self.folder / f"{self.TASK_PREFIXES[task]}_{split}.json"]
 
     def classification(self, split: str, attribute: str) -> Classification:
         """The colour or shape of each image's largest object (see :mod:`vlkit.data.synthetic.classification`)."""

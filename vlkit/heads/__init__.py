@@ -1,6 +1,7 @@
 """Heads (registry kind ``head``) that objectives and tasks put on top of an encoder."""
 
+from vlkit.heads.classifier import ClassifierHead, VLMoClassifierHead
 from vlkit.heads.itm import ITMHead
 from vlkit.heads.mlm import MLMHead, MLMHeadConfig
 
-__all__ = ["ITMHead", "MLMHead", "MLMHeadConfig"]
+__all__ = ["ClassifierHead", "ITMHead", "MLMHead", "MLMHeadConfig", "VLMoClassifierHead"]

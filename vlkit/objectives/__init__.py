@@ -1,6 +1,8 @@
 """Objectives (registry kind ``objective``) and negative samplers (kind ``negatives``)."""
 
-from vlkit.objectives import itc, itm, mlm, negatives
+from vlkit.objectives import classify, itc, itm, mlm, negatives
 from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
 
-__all__ = ["Objective", "ObjectiveConfig", "ObjectiveContext", "ObjectiveOutput", "itc", "itm", "mlm", "negatives"]
+__all__ = [
+    "Objective", "ObjectiveConfig", "ObjectiveContext", "ObjectiveOutput", "classify", "itc", "itm", "mlm", "negatives",
+]

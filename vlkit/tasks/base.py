@@ -50,7 +50,21 @@ class TaskContext:
 
 class Task:
     """Base of downstream tasks: :meth:`evaluate` returns the task's metrics (ALBEF's / the papers'
-    names)."""
+    names). A task that trains its own heads (``trains_own_objectives``) also provides the objective
+    configurations, the training dataset and its collate function; otherwise fine-tuning trains the
+    recipe's objectives on the data source's pairs (retrieval)."""
+
+    trains_own_objectives: bool = False
+
+    def objective_configs(self, source: DataSource, data: DataConfig) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} trains the recipe's objectives")
+
+    def train_dataset(self, source: DataSource, data: DataConfig, transform: Any, *, seed: int,
+                      draft_size: int | None) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} trains on the data source's pairs")
+
+    def collate(self, tokenizer: Any, source: DataSource, data: DataConfig) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} trains on the data source's pairs")
 
     def evaluate(self, ctx: TaskContext) -> dict[str, float]:
         raise NotImplementedError

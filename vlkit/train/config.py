@@ -22,6 +22,8 @@ class TrainConfig:
         schedule: ``cosine``, ``linear`` or ``constant`` after warm-up.
         weight_decay: AdamW decoupled weight decay; never applied to biases, norms, scalars,
             embeddings of positions / tokens types / [CLS], or relative-position tables.
+        head_lr_mult: learning-rate multiplier of the objectives' heads (e.g. a new task classifier;
+            VLMo fine-tunes its VQA head at 20× the encoder's rate).
         betas: AdamW betas (ALBEF: [0.9, 0.999]; VLMo: [0.9, 0.98]).
         eps: AdamW epsilon.
         clip_grad_norm: clip the global gradient norm; null: no clipping.
@@ -44,6 +46,7 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = 0.02
+    head_lr_mult: float = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     clip_grad_norm: float | None = None
@@ -66,5 +69,7 @@ class TrainConfig:
             raise ConfigError("needs 0 ≤ min_lr ≤ lr and lr > 0", key="lr")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"must be two numbers in [0, 1), got {self.betas}", key="betas")
+        if self.head_lr_mult <= 0:
+            raise ConfigError(f"must be > 0, got {self.head_lr_mult}", key="head_lr_mult")
         if self.warmup_steps < 0 or self.ckpt_every < 0 or self.eval_every < 0:
             raise ConfigError("warmup_steps, ckpt_every and eval_every must be ≥ 0", key="warmup_steps")

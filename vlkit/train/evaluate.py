@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from vlkit import registry
 from vlkit.recipe import Recipe
-from vlkit.tasks.base import TaskContext
 from vlkit.train import checkpoint as ckpt
+from vlkit.train.init import find_checkpoint
 from vlkit.train.pretrain import Pretraining
 
 log = logging.getLogger("vlkit.eval")
@@ -30,17 +29,6 @@ IGNORED_PREFIXES = ("teacher.",)  # evaluation runs the online model
 
 class CheckpointMismatch(ValueError):
     """The checkpoint's weights do not fit the recipe's model."""
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a file; for a run folder (or its ``checkpoints/``), the newest checkpoint."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for folder in (path / "checkpoints", path):
-        if folder.is_dir() and (found := ckpt.latest_checkpoint(folder)) is not None:
-            return found
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt file or a run folder with checkpoints/)")
 
 
 def load_online_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -70,12 +58,8 @@ def load_online_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
 
 def task_metrics(run: Pretraining, recipe: Recipe) -> dict[str, float]:
     """Run ``recipe.task``'s evaluation on the built model."""
-    assert recipe.task is not None and recipe.data is not None
-    task = registry.get("task", recipe.task.type).target(recipe.task)
-    heads = {name: objective.head for name, objective in run.model.objectives.items() if hasattr(objective, "head")}
-    ctx = TaskContext(run.model.encoder, heads, run.source, run.tokenizer, recipe.data, recipe.eval,
-                      recipe.encoder.input_size, run.device)
-    return task.evaluate(ctx)
+    assert run.task is not None
+    return run.task.evaluate(run.task_context())
 
 
 def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) -> dict[str, Any]:

@@ -20,17 +20,27 @@ def decays(name: str, param: nn.Parameter) -> bool:
     return not any(part in name for part in NO_DECAY_NAMES)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters (each shared tensor once)."""
-    decay, no_decay = [], []
+def is_head(name: str) -> bool:
+    """A parameter of an objective's head (``objectives.<name>.head.…``), e.g. a task classifier."""
+    parts = name.split(".")
+    return len(parts) > 2 and parts[0] == "objectives" and parts[2] == "head"
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW groups over the trainable parameters (each shared tensor once): with / without weight
+    decay, and heads apart at ``lr · head_lr_mult`` when the multiplier is not 1 (empty groups left out)."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    split_heads = head_lr_mult != 1.0
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if decays(name, param) else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((split_heads and is_head(name), decays(name, param)), []).append(param)
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    return [{"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0,
+             "lr": lr * (head_lr_mult if key[0] else 1.0)} for key in order if key in groups]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over ``model`` (fused CUDA kernel on GPU, foreach elsewhere)."""
     extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=cfg.eps, **extra)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.head_lr_mult)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel, build_pretrain_model
 from vlkit.objectives.base import ObjectiveContext
 from vlkit.recipe import Recipe
+from vlkit.tasks.base import Task, TaskContext
 from vlkit.train import checkpoint as ckpt
+from vlkit.train.init import initialize_from
 from vlkit.train.trainer import RunPaths, Trainer
 
 log = logging.getLogger("vlkit.train")
@@ -74,7 +76,8 @@ class Pretraining:
         if recipe.data is None:
             raise ValueError("the recipe has no `data` section; pre-training needs one "
                              "(e.g. data: {source: synthetic})")
-        if not recipe.objectives:
+        self.task: Task | None = registry.get("task", recipe.task.type).target(recipe.task) if recipe.task else None
+        if not recipe.objectives and (self.task is None or not self.task.trains_own_objectives):
             raise ValueError("the recipe has no objectives; enable at least one (e.g. objectives: {itc: {}})")
         self.recipe = recipe
         self.paths = RunPaths(Path(out_dir))
@@ -102,8 +105,20 @@ class Pretraining:
         if self.tokens.vocab_size > vocab:
             raise ValueError(f"the tokenizer has {self.tokens.vocab_size} ids but the encoder's vocabulary has {vocab} "
                              "rows; raise the encoder's vocab_size (e.g. encoder.text.vocab_size)")
-        self.model: PretrainModel = build_pretrain_model(encoder, recipe.objectives,
-                                                         ObjectiveContext(encoder, self.tokens), recipe.momentum)
+        objectives = recipe.objectives
+        if self.task is not None and self.task.trains_own_objectives:
+            objectives = self.task.objective_configs(self.source, data)
+            if recipe.objectives:
+                log.info("task `%s` trains %s; the recipe's objectives (%s) are not used", recipe.task.type,
+                         ", ".join(objectives), ", ".join(recipe.objectives))
+            fusing = [name for name, cfg in objectives.items() if cfg.requires_fusion]
+            if fusing and not encoder.supports_fusion:
+                raise ValueError(f"task `{recipe.task.type}` fuses images and text; the `{recipe.encoder.type}` "
+                                 "encoder has no fusion layers (use an albef or mome encoder)")
+        self.model: PretrainModel = build_pretrain_model(encoder, objectives, ObjectiveContext(encoder, self.tokens),
+                                                         recipe.momentum)
+        if recipe.init_from:
+            initialize_from(self.model, recipe.init_from)
         self.model.to(self.device)
         crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
         size = recipe.encoder.input_size
@@ -117,6 +132,12 @@ class Pretraining:
         self.stream: ShardStream | None = None
         self.annotations_skipped = 0
         if not train_data:
+            return
+        if self.task is not None and self.task.trains_own_objectives:  # the task's annotations and batches
+            self.collate = self.task.collate(self.tokenizer, self.source, data)
+            self.dataset = self.task.train_dataset(self.source, data, transform, seed=recipe.seed,
+                                                   draft_size=draft_size)
+            self.train_entries = None
             return
         if isinstance(self.source, WebDatasetSource):  # streamed shards: no annotation lists to read
             if data.group_batches:
@@ -150,19 +171,32 @@ class Pretraining:
             return self._stream_batches(start)
         data, train = self.recipe.data, self.recipe.train
         assert data is not None
-        groups = [e.group for e in self.dataset.entries] if data.group_batches else None
+        entries = self.train_entries
+        groups = [e.group for e in entries.entries] if data.group_batches and entries is not None else None
+        parts, ratios = (entries.part_of, entries.ratios) if entries is not None else (None, None)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=train.batch_size // train.grad_accum,
-            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start, groups=groups,
-                                 parts=self.train_entries.part_of, ratios=self.train_entries.ratios),
+            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start, groups=groups, parts=parts,
+                                 ratios=ratios),
             collate_fn=self.collate,
             num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
             generator=torch.Generator().manual_seed(self.recipe.seed),  # keeps the global RNG untouched
             prefetch_factor=4 if data.num_workers else None, persistent_workers=False)
         return iter(loader)
 
-    def evaluator(self) -> PretrainEvaluator | None:
-        """The end-of-training evaluation, or None when the source has no ``eval.split``."""
+    def task_context(self) -> TaskContext:
+        """What the recipe's task evaluates with: the online encoder and the objectives' heads."""
+        assert self.recipe.data is not None
+        heads = {name: o.head for name, o in self.model.objectives.items() if hasattr(o, "head")}
+        return TaskContext(self.model.encoder, heads, self.source, self.tokenizer, self.recipe.data, self.recipe.eval,
+                           self.recipe.encoder.input_size, self.device)
+
+    def evaluator(self) -> Callable[[], dict[str, float]] | None:
+        """The end-of-training evaluation: the task's, else retrieval and the swap probe on
+        ``eval.split`` (None when the source has no such split)."""
+        if self.task is not None:
+            task, ctx = self.task, self.task_context()
+            return lambda: task.evaluate(ctx)
         try:
             self.source.split_files(self.recipe.eval.split)
         except ValueError as err:

@@ -1,0 +1,219 @@
+"""Downstream-task annotations in ALBEF's formats, and their loader parts.
+
+- VE (SNLI-VE): ``[{"image", "sentence", "label": "entailment" | "neutral" | "contradiction"}]``.
+- NLVR2: ``[{"images": [left, right], "sentence", "label": "True" | "False"}]``.
+- VQA: ``[{"question_id", "image", "question", "answer": [str, ...]}]`` (one answer per annotator).
+
+Each becomes :class:`TaskEntry` (image paths, text, target); malformed entries are skipped, counted
+and named like pre-training annotations (a file beyond ``max_bad_fraction`` is an error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vlkit.data.batch import Batch
+from vlkit.data.collate import stack_images
+from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed
+from vlkit.data.text import CaptionCleaner
+from vlkit.data.tokenizer import Padding, tokenize
+
+log = logging.getLogger("vlkit.data")
+
+VE_LABELS: tuple[str, ...] = ("contradiction", "neutral", "entailment")  # ALBEF's ids 0, 1, 2
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One annotated sample.
+
+    Attributes:
+        images: its image paths (NLVR2: two).
+        text: the sentence or question.
+        label: class id (VE, NLVR2), or -1 when the task has soft targets.
+        answers: the annotators' answers (VQA), else empty.
+        idx: the sample's id (``question_id``, else its position).
+    """
+
+    images: tuple[Path, ...]
+    text: str
+    label: int = -1
+    answers: tuple[str, ...] = ()
+    idx: int = 0
+
+
+Parse = Callable[[Any, Path, int], "TaskEntry | str"]
+"""``(item, image_root, position)`` → an entry, or why the item is unusable."""
+
+
+def _text(item: dict[str, Any], key: str) -> str | None:
+    value = item.get(key)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def parse_ve(item: Any, root: Path, position: int) -> TaskEntry | str:
+    if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+        return "no `image` path"
+    if (sentence := _text(item, "sentence")) is None:
+        return "no `sentence`"
+    if item.get("label") not in VE_LABELS:
+        return f"`label` must be one of {', '.join(VE_LABELS)}"
+    return TaskEntry((root / item["image"],), sentence, VE_LABELS.index(item["label"]), idx=position)
+
+
+def parse_nlvr2(item: Any, root: Path, position: int) -> TaskEntry | str:
+    if not isinstance(item, dict):
+        return "not a mapping"
+    images = item.get("images")
+    if not isinstance(images, list) or len(images) != 2 or not all(isinstance(i, str) for i in images):
+        return "`images` must be a list of two paths"
+    if (sentence := _text(item, "sentence")) is None:
+        return "no `sentence`"
+    label = item.get("label")
+    truth = {"True": 1, "False": 0, True: 1, False: 0}.get(label) if isinstance(label, str | bool) else None
+    if truth is None:
+        return '`label` must be "True" or "False"'
+    return TaskEntry((root / images[0], root / images[1]), sentence, truth, idx=position)
+
+
+def parse_vqa(item: Any, root: Path, position: int) -> TaskEntry | str:
+    if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+        return "no `image` path"
+    if (question := _text(item, "question")) is None:
+        return "no `question`"
+    answers = item.get("answer", [])
+    answers = [answers] if isinstance(answers, str) else answers
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        return "`answer` must be a string or a list of strings"
+    qid = item.get("question_id")
+    idx = qid if isinstance(qid, int) and not isinstance(qid, bool) else position
+    return TaskEntry((root / item["image"],), question, answers=tuple(a.strip() for a in answers), idx=idx)
+
+
+def read_task_files(files: Sequence[Path], image_root: Path, parse: Parse,
+                    max_bad_fraction: float = 1.0) -> tuple[list[TaskEntry], int]:
+    """Entries of ``files`` (paths relative to ``image_root``) and the number of malformed ones skipped."""
+    entries: list[TaskEntry] = []
+    skipped = 0
+    for file in files:
+        try:
+            items = json.loads(Path(file).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise AnnotationError(f"{file}: cannot read annotations: {err}") from None
+        if not isinstance(items, list):
+            raise AnnotationError(f"{file}: expected a JSON list of entries")
+        bad = []
+        for index, item in enumerate(items):
+            parsed = parse(item, Path(image_root), len(entries))
+            if isinstance(parsed, str):
+                bad.append(f"entry {index}: {parsed}")
+            else:
+                entries.append(parsed)
+        if bad:
+            skipped += len(bad)
+            log.warning("%s: skipped %d of %d entries (%s)", file, len(bad), len(items), "; ".join(bad[:MAX_LOGGED]))
+            if len(bad) > max_bad_fraction * len(items):
+                raise AnnotationError(f"{file}: {len(bad)} of {len(items)} entries are malformed (limit "
+                                      f"data.max_bad_fraction={max_bad_fraction:g}): " + "; ".join(bad[:MAX_LOGGED]))
+    return entries, skipped
+
+
+@dataclass
+class TaskSample:
+    """One loaded sample: its images ``k × [3, H, W]``, text, entry and access key."""
+
+    images: list[Tensor]
+    entry: TaskEntry
+    key: int
+
+
+class TaskDataset(Dataset):
+    """Task entries with their images loaded; index with an access key (item ``key % N``). A sample
+    with an unreadable image yields None (dropped and counted by the collate function)."""
+
+    def __init__(self, entries: list[TaskEntry], transform: Callable[[Image.Image], Tensor], seed: int = 0,
+                 draft_size: int | None = None) -> None:
+        self.entries = entries
+        self.transform = transform
+        self.seed = seed
+        self.draft_size = draft_size
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: int) -> TaskSample | None:
+        entry = self.entries[key % len(self.entries)]
+        pictures = [load_image(path, self.draft_size) for path in entry.images]
+        if any(p is None for p in pictures):
+            self.failures += 1
+            if self.failures <= MAX_LOGGED:
+                log.warning("cannot read an image of %s (missing or corrupt); sample skipped",
+                            ", ".join(map(str, entry.images)))
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, key))
+            images = [self.transform(p) for p in pictures if p is not None]
+        return TaskSample(images, entry, key)
+
+
+@dataclass
+class TaskCollate:
+    """``list[TaskSample | None]`` → :class:`Batch`: ``images [k·B, 3, H, W]`` (every sample's first
+    image, then every second one), text ``[B, L]``, ``idx [B]`` and ``extras["labels"] [B]`` or, with an
+    ``answer_index``, ``extras["targets"] [B, C]`` soft VQA scores."""
+
+    tokenizer: Any
+    max_length: int
+    drop_sep: bool = False
+    clean: CaptionCleaner = field(default_factory=CaptionCleaner)
+    padding: Padding = "longest"
+    answer_index: dict[str, int] | None = None
+
+    def __call__(self, samples: list[TaskSample | None]) -> Batch:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
+        per_sample = len(kept[0].images)
+        images = stack_images([s.images[j] for j in range(per_sample) for s in kept])
+        text = tokenize(self.tokenizer, [self.clean(s.entry.text) for s in kept], self.max_length,
+                        drop_sep=self.drop_sep, padding=self.padding)
+        batch = Batch(images=images, input_ids=text.input_ids, attention_mask=text.attention_mask,
+                      idx=torch.tensor([s.entry.idx for s in kept]), skipped=len(samples) - len(kept))
+        if self.answer_index is None:
+            batch.extras["labels"] = torch.tensor([s.entry.label for s in kept])
+        else:
+            batch.extras["targets"] = torch.from_numpy(
+                np.stack([soft_scores(s.entry.answers, self.answer_index) for s in kept]))
+        return batch
+
+
+def soft_scores(answers: Sequence[str], answer_index: dict[str, int]) -> np.ndarray:
+    """``[C]`` float32 soft VQA targets: ``min(#annotators who gave the answer / 3, 1)`` per known answer."""
+    scores = np.zeros(len(answer_index), dtype=np.float32)
+    for answer in set(answers):
+        if answer in answer_index:
+            scores[answer_index[answer]] = min(sum(a == answer for a in answers) / 3.0, 1.0)
+    return scores
+
+
+def answer_vocabulary(entries: Sequence[TaskEntry], *, min_count: int = 1, max_answers: int | None = None) -> list[str]:
+    """Answers given at least ``min_count`` times over ``entries`` (each annotator counts), most frequent
+    first (ties alphabetically), at most ``max_answers``."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        for answer in entry.answers:
+            counts[answer] = counts.get(answer, 0) + 1
+    ranked = sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
+    return ranked[:max_answers] if max_answers is not None else ranked

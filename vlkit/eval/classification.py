@@ -1,0 +1,32 @@
+"""Metrics of classification-style downstream tasks: accuracy (VE, NLVR2) and the VQA accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """Percent of ``predictions`` equal to ``labels``."""
+    if len(predictions) != len(labels) or not labels:
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    return 100.0 * sum(p == t for p, t in zip(predictions, labels, strict=True)) / len(labels)
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """The VQA accuracy of one prediction (Antol et al.; the official evaluation): averaged over every
+    leave-one-annotator-out subset, ``min(#annotators in the subset who gave the prediction / 3, 1)``.
+    With 10 annotators this is the standard metric; ``[0, 1]``."""
+    if not answers:
+        return 0.0
+    if len(answers) == 1:
+        return float(answers[0] == prediction)
+    matches = [a == prediction for a in answers]
+    total = sum(matches)
+    return sum(min((total - m) / 3.0, 1.0) for m in matches) / len(answers)
+
+
+def mean_vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
+    """Percent: the mean :func:`vqa_accuracy` over questions."""
+    if len(predictions) != len(answers) or not answers:
+        raise ValueError(f"{len(predictions)} predictions for {len(answers)} questions")
+    return 100.0 * sum(vqa_accuracy(p, a) for p, a in zip(predictions, answers, strict=True)) / len(answers)

@@ -1,0 +1,81 @@
+"""Initializing a model from another run's checkpoint (``init_from``): fine-tuning and stage-wise
+pre-training start from pre-trained weights."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlkit.train import checkpoint as ckpt
+
+log = logging.getLogger("vlkit.train")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a file; for a run folder (or its ``checkpoints/``), the newest checkpoint."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        if folder.is_dir() and (found := ckpt.latest_checkpoint(folder)) is not None:
+            return found
+    raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt file or a run folder with checkpoints/)")
+
+
+@dataclass
+class InitReport:
+    """What :func:`load_matching` did.
+
+    Attributes:
+        loaded: model weights taken from the checkpoint.
+        new: model weights the checkpoint lacks (they keep their initialization, e.g. a new task head).
+        reshaped: weights present in both with different shapes (kept as initialized), with both shapes.
+        unused: checkpoint weights the model has no place for (e.g. the MLM head when fine-tuning).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    reshaped: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def first(names: list[str]) -> str:
+            return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+
+        return (f"{len(self.loaded)} weights loaded, {len(self.new)} new{first(self.new)}, "
+                f"{len(self.reshaped)} of another shape kept as initialized{first(self.reshaped)}, "
+                f"{len(self.unused)} unused{first(self.unused)}")
+
+
+@torch.no_grad()
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> InitReport:
+    """Copy every tensor of ``state`` whose name and shape match one of ``model``'s (parameters and
+    buffers) into it; report the rest."""
+    report = InitReport()
+    own = model.state_dict()
+    matched = {}
+    for name, value in own.items():
+        if name not in state:
+            report.new.append(name)
+        elif state[name].shape != value.shape:
+            report.reshaped.append(f"{name} {tuple(state[name].shape)}→{tuple(value.shape)}")
+        else:
+            matched[name] = state[name]
+            report.loaded.append(name)
+    report.unused = sorted(k for k in state if k not in own)
+    model.load_state_dict(matched, strict=False)
+    return report
+
+
+def initialize_from(model: nn.Module, source: str | Path) -> InitReport:
+    """Load the matching weights of the checkpoint at ``source`` (file or run folder) into ``model``."""
+    path = find_checkpoint(source)
+    report = load_matching(model, ckpt.load(path)["model"])
+    if not report.loaded:
+        raise ValueError(f"init_from {path}: no weight of the checkpoint fits this model ({report.summary()})")
+    log.info("init_from %s: %s", path, report.summary())
+    return report
