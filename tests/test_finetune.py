@@ -161,3 +161,21 @@ def test_head_lr_multiplier_puts_heads_in_their_own_groups(data_root: Path, tmp_
         is_head = {id(p) in head_params for p in group["params"]}
         assert len(is_head) == 1  # a group holds heads only or none
         assert group["initial_lr"] == pytest.approx(2e-3 if is_head.pop() else 1e-4)
+
+
+FINETUNE_RECIPES = [f"finetune/{family}/{task}_tiny" for family, tasks in
+                    (("albef", ("ve", "nlvr2", "vqa", "retrieval")), ("vlmo", ("ve", "nlvr2", "vqa", "retrieval")),
+                     ("dual", ("retrieval",))) for task in tasks]
+
+
+@pytest.mark.parametrize("name", FINETUNE_RECIPES)
+def test_every_shipped_finetune_recipe_trains_and_evaluates(name: str, tmp_path: Path) -> None:
+    from tests.test_train import SMALL_DATA
+
+    recipe = load_recipe(name, [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "train.steps=2",
+                                "train.batch_size=8", "train.warmup_steps=1", "eval.batch_size=8", "eval.k_test=4",
+                                "train.ckpt_every=0"])
+    assert recipe.task is not None and recipe.init_from is None
+    metrics = run_pretraining(recipe, tmp_path / "run", progress=False)
+    expected = {"ve": "acc", "nlvr2": "acc", "vqa": "vqa_acc", "retrieval": "r_mean"}[recipe.task.type]
+    assert expected in metrics and metrics["steps"] == 2
