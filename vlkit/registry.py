@@ -37,6 +37,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "vlkit.tasks.zeroshot",
     "vlkit.tasks.classification",
     "vlkit.tasks.retrieval",
+    "vlkit.tasks.grounding",
 )
 
 T = TypeVar("T")

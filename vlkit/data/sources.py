@@ -20,6 +20,7 @@ from vlkit.data.classification import Classification
 from vlkit.data.json_dataset import AnnotationPart
 from vlkit.data.synthetic import SynthConfig, ensure
 from vlkit.data.synthetic.classification import largest_object_classes
+from vlkit.data.synthetic.grounding import Expression, referring_expressions
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
 
@@ -65,6 +66,11 @@ class DataSource:
         sources that ship them."""
         raise ValueError(f"the `{type(self).__name__}` source ships no {task} annotations; name them in the "
                          f"recipe's task.splits, e.g. {{train: [{task}_train.json], test: [{task}_test.json]}}")
+
+    def referring_expressions(self, split: str) -> list[Expression]:
+        """Grounding expressions with boxes of ``split``, for sources that have them."""
+        raise ValueError(f"the `{type(self).__name__}` source has no grounding expressions; give the task "
+                         "`annotations`: a JSON list of {image, text, box: [left, top, right, bottom]}")
 
     def classification(self, split: str, attribute: str) -> Classification:
         """A single-label classification of ``split`` by ``attribute``, for sources that have one."""
@@ -126,6 +132,12 @@ class SyntheticSource(DataSource):
         return self.folder / "tokenizer"
 
     TASK_PREFIXES = {"ve": "ve", "nlvr2": "nlvr", "vqa": "vqa"}
+
+    def referring_expressions(self, split: str) -> list[Expression]:
+        """"the {colour} {shape}" for every object unique in its image (see :mod:`.synthetic.grounding`)."""
+        if split not in self.SPLITS:
+            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+        return referring_expressions(self.folder, split)
 
     def task_files(self, task: str, split: str) -> list[Path]:
         if task not in self.TASK_PREFIXES:

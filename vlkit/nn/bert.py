@@ -138,6 +138,9 @@ class BertAttention(nn.Module):
         # HF calls this sub-module `self`; keeping the name keeps the state-dict layout.
         self.self = BertProjections(cfg.dim, kv_dim or cfg.dim)
         self.output = BertResidualLN(cfg.dim, cfg.dim, cfg.eps, cfg.dropout)
+        self.probe: list[Tensor] | None = None
+        """When a list, each forward computes attention explicitly and appends its probabilities
+        ``[B, H, L, M]`` (part of the autograd graph: Grad-CAM differentiates a score by them)."""
 
     def _heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim))
@@ -150,9 +153,22 @@ class BertAttention(nn.Module):
         """Attend from ``x`` ``[B, L, D]`` to itself, or to precomputed ``kv`` (cross-attention)."""
         k, v = self.kv(x) if kv is None else kv
         q = self._heads(self.self.query(x))
-        out = attention(q, k, v, key_padding_mask=key_padding_mask,
-                        dropout_p=self.attn_drop if self.training else 0.0, backend=self.attention_backend)
+        if self.probe is not None:
+            out = self._probed(q, k, v, key_padding_mask)
+        else:
+            out = attention(q, k, v, key_padding_mask=key_padding_mask,
+                            dropout_p=self.attn_drop if self.training else 0.0, backend=self.attention_backend)
         return self.output(out.flatten(-2), x)
+
+    def _probed(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """Explicit attention (no dropout) that records its probabilities in :attr:`probe`."""
+        assert self.probe is not None
+        scores = torch.einsum("bqhd,bkhd->bhqk", q.float() * self.head_dim ** -0.5, k.float())
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+        probs = scores.softmax(dim=-1)
+        self.probe.append(probs)
+        return torch.einsum("bhqk,bkhd->bqhd", probs, v.float()).to(q.dtype)
 
 
 class BertIntermediate(nn.Module):

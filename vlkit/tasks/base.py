@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ class TaskContext:
         eval: the recipe's eval section (batch size).
         image_size: the encoder's input side.
         device: where to run.
+        out_dir: where a task may write files besides its metrics (e.g. Grad-CAM overlays); None: nowhere.
     """
 
     encoder: Encoder
@@ -39,6 +41,7 @@ class TaskContext:
     eval: EvalConfig
     image_size: int
     device: torch.device
+    out_dir: Path | None = None
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Texts prepared as in training → ``input_ids``, ``attention_mask`` ``[N, L]`` (on the CPU)."""
