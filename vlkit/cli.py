@@ -9,6 +9,8 @@ Commands::
     vlkit eval RECIPE [KEY=VALUE ...] --checkpoint CKPT|RUN_DIR --out DIR
                                                the recipe's evaluation of a checkpoint → DIR/metrics.json
                                                (exit 2: recipe error or checkpoint that does not fit it)
+    vlkit retrieve RECIPE --checkpoint CKPT [--image IMG | --image-index N] [--text T] [--plus T] [--minus T]
+                   --out SHEET.png             composed-query image retrieval → contact sheet + JSON
     vlkit data synth --out DIR [KEY=VALUE ...] generate the embedded synthetic dataset
     vlkit data pack ANN.json... --image-root R --out DIR [--resize-short S]   JSON → webdataset shards
     vlkit data filter ANN.json... --image-root R --out DIR [--eval EVAL.json...]   ALIGN's noisy-data
@@ -158,6 +160,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from vlkit.recipe import resolve
+    from vlkit.train.evaluate import CheckpointMismatch
+    from vlkit.train.retrieve import Query, run_retrieval_query
+
+    recipe = resolve(args.recipe, args.overrides).recipe
+    query = Query(image=Path(args.image) if args.image else None, image_index=args.image_index,
+                  plus=[*args.text, *args.plus], minus=list(args.minus))
+    if query.image is None and query.image_index is None and not query.plus:
+        print("error: give a query: --image / --image-index and/or --text / --plus", file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    try:
+        results = run_retrieval_query(recipe, args.checkpoint, query, Path(args.out), top=args.top,
+                                      gallery_folder=Path(args.gallery) if args.gallery else None)
+    except (CheckpointMismatch, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    print(f"query {query.describe()}: top {len(results)} of the gallery → {args.out} (and .json)")
+    for item in results[:5]:
+        print(f"  #{item['rank']}  {item['score']:.3f}  {item['image']}")
+    return 0
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from vlkit.data.synthetic import SynthConfig, generate
     from vlkit.recipe import parse_override
@@ -269,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a checkpoint file, or a run folder (its newest checkpoint)")
     evaluate.add_argument("--out", required=True, help="folder for metrics.json and the resolved recipe")
     evaluate.set_defaults(func=_cmd_eval)
+
+    retrieve = commands.add_parser("retrieve", help="composed-query image retrieval → PNG contact sheet")
+    _add_recipe_args(retrieve)
+    retrieve.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint file or a run folder")
+    retrieve.add_argument("--image", help="query image file")
+    retrieve.add_argument("--image-index", type=int, default=None, metavar="N",
+                          help="use the gallery's N-th image as the query image")
+    retrieve.add_argument("--text", action="append", default=[], help="query text (added to the query)")
+    retrieve.add_argument("--plus", action="append", default=[], metavar="TEXT", help="add a text embedding")
+    retrieve.add_argument("--minus", action="append", default=[], metavar="TEXT", help="subtract a text embedding")
+    retrieve.add_argument("--gallery", help="a folder of images (default: the recipe's eval.split images)")
+    retrieve.add_argument("--top", type=int, default=16, help="results shown")
+    retrieve.add_argument("--out", required=True, help="the contact sheet (.png); the results go beside it (.json)")
+    retrieve.set_defaults(func=_cmd_retrieve)
 
     data = commands.add_parser("data", help="datasets: generate the synthetic data, pack shards, filter web data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
