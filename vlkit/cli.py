@@ -272,21 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--params", action="store_true", help="also report parameter counts per part")
     show.set_defaults(func=_cmd_recipes_show)
 
-    train = commands.add_parser("train", help="pre-train a recipe")
-    _add_recipe_args(train)
-    train.add_argument("--out", help="run folder (default: runs/<recipe>)")
-    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
-                       help="continue from the newest checkpoint in --out (or from CKPT)")
-    train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
-    train.set_defaults(func=_cmd_train)
-
-    finetune = commands.add_parser("finetune", help="fine-tune a downstream task (a recipe with `task`)")
-    _add_recipe_args(finetune)
-    finetune.add_argument("--out", help="run folder (default: runs/<recipe>)")
-    finetune.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
-                          help="continue from the newest checkpoint in --out (or from CKPT)")
-    finetune.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
-    finetune.set_defaults(func=_cmd_train)
+    for name, help_text in (("train", "pre-train a recipe"),
+                            ("finetune", "fine-tune a downstream task (a recipe with `task`)")):
+        run = commands.add_parser(name, help=help_text)
+        _add_recipe_args(run)
+        run.add_argument("--out", help="run folder (default: runs/<recipe>)")
+        run.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                         help="continue from the newest checkpoint in --out (or from CKPT)")
+        run.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+        run.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint with a recipe's evaluation")
     _add_recipe_args(evaluate)

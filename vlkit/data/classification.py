@@ -3,13 +3,11 @@ list of ``{"image", "label"}``. Evaluation splits: a malformed entry is an error
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vlkit.data.image_files import list_images
-from vlkit.data.json_dataset import AnnotationError
+from vlkit.data.json_dataset import AnnotationError, read_annotation_list
 
 
 @dataclass
@@ -38,9 +36,7 @@ def folder_classification(root: Path, names: list[str] | None) -> Classification
 
 def annotation_classification(file: Path, image_root: Path, names: list[str] | None) -> Classification:
     """A JSON list of ``{"image", "label"}``; every entry must be well-formed (an evaluation split)."""
-    items: Any = json.loads(file.read_text(encoding="utf-8"))
-    if not isinstance(items, list):
-        raise AnnotationError(f"{file}: expected a JSON list of {{image, label}} entries")
+    items = read_annotation_list(file, "{image, label}")
     string_labels = sorted({i["label"] for i in items if isinstance(i, dict) and isinstance(i.get("label"), str)})
     classes = names or string_labels
     images, labels = [], []

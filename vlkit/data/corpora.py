@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from vlkit.data.batch import Batch
 from vlkit.data.collate import BatchTransform, stack_images
 from vlkit.data.image_files import list_images
-from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed
+from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed, seeded_transform
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import Padding, tokenize
@@ -96,9 +96,7 @@ class ImageFileDataset(Dataset):
             if self.failures <= MAX_LOGGED:
                 log.warning("cannot read image %s (missing or corrupt); sample skipped", self.files[index])
             return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, key))
-            pixels = self.transform(image)
+        (pixels,) = seeded_transform(self.transform, [image], sample_seed(self.seed, key))
         return ImageSample(pixels, index, key)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlkit.data.json_dataset import AnnotationError, entry_problem
+from vlkit.data.json_dataset import entry_problem, read_annotation_list
 
 log = logging.getLogger("vlkit.data")
 
@@ -187,13 +187,7 @@ def _inspect_all(paths: Iterable[Path], workers: int) -> dict[Path, ImageInfo | 
 
 
 def _read_list(path: Path) -> list[Any]:
-    try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise AnnotationError(f"{path}: cannot read annotations: {err}") from None
-    if not isinstance(items, list):
-        raise AnnotationError(f"{path}: expected a JSON list of {{image, caption}} entries")
-    return items
+    return read_annotation_list(path, "{image, caption}")
 
 
 def _captions(item: dict[str, Any]) -> list[str]:

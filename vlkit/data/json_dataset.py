@@ -86,6 +86,18 @@ def entry_problem(item: Any) -> str | None:
     return None
 
 
+def read_annotation_list(path: str | Path, entries: str) -> list[Any]:
+    """A JSON annotation file that must hold a list; an :class:`AnnotationError` naming the file if it
+    cannot be read or parsed, or holds something else (``entries`` describes the expected items)."""
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AnnotationError(f"{path}: cannot read annotations: {err}") from None
+    if not isinstance(items, list):
+        raise AnnotationError(f"{path}: expected a JSON list of {entries} entries")
+    return items
+
+
 def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0) -> EntryList:
     """Entries of every part, image paths resolved against each part's ``image_root``.
 
@@ -99,12 +111,7 @@ def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0
     part_of: list[int] = []
     skipped = 0
     for p, part in enumerate(parts):
-        try:
-            items = json.loads(Path(part.file).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise AnnotationError(f"{part.file}: cannot read annotations: {err}") from None
-        if not isinstance(items, list):
-            raise AnnotationError(f"{part.file}: expected a JSON list of {{image, caption}} entries")
+        items = read_annotation_list(part.file, "{image, caption}")
         bad: list[str] = []
         for index, item in enumerate(items):
             problem = entry_problem(item)
@@ -169,6 +176,15 @@ def sample_seed(seed: int, key: int) -> int:
     return int(np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def seeded_transform(transform: Callable[[Image.Image], Tensor], images: Sequence[Image.Image],
+                     seed: int) -> list[Tensor]:
+    """``transform`` applied to each image with torch's global RNG seeded ``seed`` for the duration
+    (so a random augmentation depends on the access key alone, not on the worker or the order)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [transform(image) for image in images]
+
+
 class PairDataset(Dataset):
     """Image-caption pairs for pre-training; index with an access *key* (see :class:`EpochSampler`).
 
@@ -201,9 +217,7 @@ class PairDataset(Dataset):
         seed = sample_seed(self.seed, key)
         rng = np.random.default_rng(seed)
         caption = entry.captions[int(rng.integers(len(entry.captions)))]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pixels = self.transform(image)
+        (pixels,) = seeded_transform(self.transform, [image], seed)
         return Sample(pixels, caption, entry.idx, key)
 
 

@@ -10,7 +10,6 @@ and named like pre-training annotations (a file beyond ``max_bad_fraction`` is a
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,14 @@ from torch.utils.data import Dataset
 
 from vlkit.data.batch import Batch
 from vlkit.data.collate import stack_images
-from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed
+from vlkit.data.json_dataset import (
+    MAX_LOGGED,
+    AnnotationError,
+    load_image,
+    read_annotation_list,
+    sample_seed,
+    seeded_transform,
+)
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import Padding, tokenize
 
@@ -107,12 +113,7 @@ def read_task_files(files: Sequence[Path], image_root: Path, parse: Parse,
     entries: list[TaskEntry] = []
     skipped = 0
     for file in files:
-        try:
-            items = json.loads(Path(file).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise AnnotationError(f"{file}: cannot read annotations: {err}") from None
-        if not isinstance(items, list):
-            raise AnnotationError(f"{file}: expected a JSON list of entries")
+        items = read_annotation_list(file, "task")
         bad = []
         for index, item in enumerate(items):
             parsed = parse(item, Path(image_root), len(entries))
@@ -162,9 +163,7 @@ class TaskDataset(Dataset):
                 log.warning("cannot read an image of %s (missing or corrupt); sample skipped",
                             ", ".join(map(str, entry.images)))
             return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, key))
-            images = [self.transform(p) for p in pictures if p is not None]
+        images = seeded_transform(self.transform, [p for p in pictures if p is not None], sample_seed(self.seed, key))
         return TaskSample(images, entry, key)
 
 

@@ -31,13 +31,12 @@ from typing import Any
 
 import braceexpand
 import numpy as np
-import torch
 import webdataset as wds
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vlkit.data.json_dataset import MAX_LOGGED, Sample, load_image, sample_seed
+from vlkit.data.json_dataset import MAX_LOGGED, Sample, load_image, sample_seed, seeded_transform
 from vlkit.data.sources import DataSource
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
@@ -284,9 +283,7 @@ class ShardStream(IterableDataset):
             return None
         seed = sample_seed(self.seed, key)
         caption = captions[int(np.random.default_rng(seed).integers(len(captions)))]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pixels = self.transform(image)
+        (pixels,) = seeded_transform(self.transform, [image], seed)
         return Sample(pixels, caption, key_id(raw["__key__"]), key)
 
 

@@ -11,7 +11,6 @@ the mean box area fraction), both baselines.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vlkit.data.json_dataset import AnnotationError, load_image
+from vlkit.data.json_dataset import AnnotationError, load_image, read_annotation_list
 from vlkit.data.synthetic.grounding import Expression
 from vlkit.data.transforms import eval_transform
 from vlkit.eval.grounding import fusion_cross_attention, gradcam, pointing_hits, save_overlays
@@ -58,9 +57,7 @@ class GroundingConfig(ComponentConfig):
 
 def read_expressions(file: Path, image_root: Path) -> list[Expression]:
     """``[{"image", "text", "box": [l, t, r, b]}]`` → expressions (the image size is read per file)."""
-    items = json.loads(Path(file).read_text(encoding="utf-8"))
-    if not isinstance(items, list):
-        raise AnnotationError(f"{file}: expected a JSON list of {{image, text, box}} entries")
+    items = read_annotation_list(file, "{image, text, box}")
     out = []
     for index, item in enumerate(items):
         box = item.get("box") if isinstance(item, dict) else None
