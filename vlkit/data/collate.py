@@ -50,16 +50,24 @@ class PretrainCollate:
     clean: CaptionCleaner = field(default_factory=CaptionCleaner)
     padding: Padding = "longest"
 
+    def tokenize_texts(self, texts: list[str]) -> TokenizedText:
+        """Clean (``pre_caption`` if on) and tokenize ``texts`` with the collate's length and padding rules."""
+        return tokenize(self.tokenizer, [self.clean(t) for t in texts], self.max_length, drop_sep=self.drop_sep,
+                        padding=self.padding)
+
+    def transform(self, batch: Batch, text: TokenizedText, keys: list[int]) -> Batch:
+        """Apply the batch transforms with randomness drawn from ``(seed, keys)``."""
+        rng = np.random.default_rng([self.seed, *keys])
+        for transform in self.transforms:
+            transform.apply_to(batch, text, rng)
+        return batch
+
     def __call__(self, samples: list[Sample | None]) -> Batch:
         kept = [s for s in samples if s is not None]
         if not kept:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
-        text = tokenize(self.tokenizer, [self.clean(s.caption) for s in kept], self.max_length,
-                        drop_sep=self.drop_sep, padding=self.padding)
+        text = self.tokenize_texts([s.caption for s in kept])
         batch = Batch(images=stack_images([s.image for s in kept]), input_ids=text.input_ids,
                       attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),
                       skipped=len(samples) - len(kept))
-        rng = np.random.default_rng([self.seed, *(s.key for s in kept)])
-        for transform in self.transforms:
-            transform.apply_to(batch, text, rng)
-        return batch
+        return self.transform(batch, text, [s.key for s in kept])

@@ -32,12 +32,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vlkit.data.batch import Batch
-from vlkit.data.collate import BatchTransform, stack_images
+from vlkit.data.collate import PretrainCollate, stack_images
 from vlkit.data.image_files import list_images
-from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, load_image, sample_seed, seeded_transform
+from vlkit.data.json_dataset import AnnotationError, KeyedImageDataset
 from vlkit.data.sources import DataSource
-from vlkit.data.text import CaptionCleaner
-from vlkit.data.tokenizer import Padding, tokenize
 from vlkit.data.webdataset_source import IMAGE_EXTENSIONS, ShardStream, expand_shards, local_path
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
@@ -66,38 +64,17 @@ class TextSample:
 
 
 # ---------------------------------------------------------------------------------------------- images
-class ImageFileDataset(Dataset):
-    """Images from files; index with an access key. An unreadable image yields None (logged, counted
-    in :attr:`failures`; the collate function drops and counts it).
+class ImageFileDataset(KeyedImageDataset):
+    """Images from files: access ``key`` → :class:`ImageSample` (None for an unreadable file)."""
 
-    Args:
-        files: image paths.
-        transform: PIL image → ``[3, H, W]`` (may be random; seeded per key).
-        seed: run seed.
-        draft_size: decode JPEGs reduced while their sides stay ≥ this (None: full size).
-    """
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Tensor], seed: int = 0,
-                 draft_size: int | None = None) -> None:
-        self.files = list(files)
-        self.transform = transform
-        self.seed = seed
-        self.draft_size = draft_size
-        self.failures = 0
-
-    def __len__(self) -> int:
-        return len(self.files)
+    @property
+    def files(self) -> list[Path]:
+        return self.items
 
     def __getitem__(self, key: int) -> ImageSample | None:
-        index = key % len(self.files)
-        image = load_image(self.files[index], self.draft_size)
-        if image is None:
-            self.failures += 1
-            if self.failures <= MAX_LOGGED:
-                log.warning("cannot read image %s (missing or corrupt); sample skipped", self.files[index])
-            return None
-        (pixels,) = seeded_transform(self.transform, [image], sample_seed(self.seed, key))
-        return ImageSample(pixels, index, key)
+        index = key % len(self.items)
+        images = self.load(key, [self.items[index]])
+        return None if images is None else ImageSample(images[0], index, key)
 
 
 @dataclass
@@ -218,28 +195,16 @@ class TextCorpus(Dataset):
 
 
 @dataclass
-class TextOnlyCollate:
+class TextOnlyCollate(PretrainCollate):
     """``list[TextSample]`` → :class:`Batch` with ``input_ids`` / ``attention_mask [B, L]``, ``idx [B]`` and
     whatever the batch transforms add (e.g. MLM masking); ``images`` is None. Same options as
     :class:`~vlkit.data.collate.PretrainCollate`."""
 
-    tokenizer: Any
-    max_length: int
-    drop_sep: bool = False
-    transforms: list[BatchTransform] = field(default_factory=list)
-    seed: int = 0
-    clean: CaptionCleaner = field(default_factory=CaptionCleaner)
-    padding: Padding = "longest"
-
-    def __call__(self, samples: Sequence[TextSample]) -> Batch:
-        text = tokenize(self.tokenizer, [self.clean(s.text) for s in samples], self.max_length,
-                        drop_sep=self.drop_sep, padding=self.padding)
+    def __call__(self, samples: Sequence[TextSample]) -> Batch:  # type: ignore[override]
+        text = self.tokenize_texts([s.text for s in samples])
         batch = Batch(images=None, input_ids=text.input_ids, attention_mask=text.attention_mask,
                       idx=torch.tensor([s.idx for s in samples]))
-        rng = np.random.default_rng([self.seed, *(s.key for s in samples)])
-        for transform in self.transforms:
-            transform.apply_to(batch, text, rng)
-        return batch
+        return self.transform(batch, text, [s.key for s in samples])
 
 
 # ---------------------------------------------------------------------------------------------- sources

@@ -185,40 +185,61 @@ def seeded_transform(transform: Callable[[Image.Image], Tensor], images: Sequenc
         return [transform(image) for image in images]
 
 
-class PairDataset(Dataset):
-    """Image-caption pairs for pre-training; index with an access *key* (see :class:`EpochSampler`).
+class KeyedImageDataset(Dataset):
+    """Base of training datasets indexed by access key (see :class:`EpochSampler`): item ``key % N``,
+    its images decoded (``Image.draft`` above ``draft_size``) and transformed with the randomness of
+    ``(seed, key)``. A sample with an unreadable image yields None: logged (the first few per process),
+    counted in :attr:`failures`, dropped and counted by the collate function.
 
     Args:
-        entries: annotated images.
+        items: the dataset's items (subclasses say what they are).
         transform: PIL image → ``[3, H, W]`` tensor (may be random).
-        seed: run seed; caption choice and augmentation draw from ``(seed, key)``.
+        seed: run seed.
         draft_size: decode JPEGs reduced while their sides stay ≥ this (see :func:`load_image`).
     """
 
-    def __init__(self, entries: list[Entry], transform: Callable[[Image.Image], Tensor], seed: int = 0,
+    def __init__(self, items: Sequence[Any], transform: Callable[[Image.Image], Tensor], seed: int = 0,
                  draft_size: int | None = None) -> None:
-        self.entries = entries
+        self.items = list(items)
         self.transform = transform
         self.seed = seed
         self.draft_size = draft_size
         self.failures = 0
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.items)
 
-    def __getitem__(self, key: int) -> Sample | None:
-        entry = self.entries[key % len(self.entries)]
-        image = load_image(entry.image, self.draft_size)
-        if image is None:
+    def load(self, key: int, paths: Sequence[Path]) -> list[Tensor] | None:
+        """The transformed images at ``paths`` for access ``key``, or None when one cannot be read."""
+        pictures = [load_image(path, self.draft_size) for path in paths]
+        readable = [p for p in pictures if p is not None]
+        if len(readable) < len(pictures):
             self.failures += 1
             if self.failures <= MAX_LOGGED:  # per process: each loader worker names its first few
-                log.warning("cannot read image %s (missing or corrupt); sample skipped", entry.image)
+                log.warning("cannot read image %s (missing or corrupt); sample skipped", ", ".join(map(str, paths)))
+            return None
+        return seeded_transform(self.transform, readable, sample_seed(self.seed, key))
+
+
+class PairDataset(KeyedImageDataset):
+    """Image-caption pairs for pre-training: ``key`` → :class:`Sample` (caption drawn from ``(seed, key)``)."""
+
+    def __init__(self, entries: list[Entry], transform: Callable[[Image.Image], Tensor], seed: int = 0,
+                 draft_size: int | None = None) -> None:
+        super().__init__(entries, transform, seed, draft_size)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return self.items
+
+    def __getitem__(self, key: int) -> Sample | None:
+        entry = self.items[key % len(self.items)]
+        images = self.load(key, [entry.image])
+        if images is None:
             return None  # counted by the collate function, reported by the trainer
-        seed = sample_seed(self.seed, key)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(sample_seed(self.seed, key))
         caption = entry.captions[int(rng.integers(len(entry.captions)))]
-        (pixels,) = seeded_transform(self.transform, [image], seed)
-        return Sample(pixels, caption, entry.idx, key)
+        return Sample(images[0], caption, entry.idx, key)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -12,28 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from vlkit.data.batch import Batch
-from vlkit.data.collate import stack_images
-from vlkit.data.json_dataset import (
-    MAX_LOGGED,
-    AnnotationError,
-    load_image,
-    read_annotation_list,
-    sample_seed,
-    seeded_transform,
-)
-from vlkit.data.text import CaptionCleaner
-from vlkit.data.tokenizer import Padding, tokenize
+from vlkit.data.collate import PretrainCollate, stack_images
+from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, KeyedImageDataset, read_annotation_list
 
 log = logging.getLogger("vlkit.data")
 
@@ -139,45 +128,27 @@ class TaskSample:
     key: int
 
 
-class TaskDataset(Dataset):
-    """Task entries with their images loaded; index with an access key (item ``key % N``). A sample
-    with an unreadable image yields None (dropped and counted by the collate function)."""
+class TaskDataset(KeyedImageDataset):
+    """Task entries with their images: access ``key`` → :class:`TaskSample` (None when an image of the
+    entry cannot be read)."""
 
-    def __init__(self, entries: list[TaskEntry], transform: Callable[[Image.Image], Tensor], seed: int = 0,
-                 draft_size: int | None = None) -> None:
-        self.entries = entries
-        self.transform = transform
-        self.seed = seed
-        self.draft_size = draft_size
-        self.failures = 0
-
-    def __len__(self) -> int:
-        return len(self.entries)
+    @property
+    def entries(self) -> list[TaskEntry]:
+        return self.items
 
     def __getitem__(self, key: int) -> TaskSample | None:
-        entry = self.entries[key % len(self.entries)]
-        pictures = [load_image(path, self.draft_size) for path in entry.images]
-        if any(p is None for p in pictures):
-            self.failures += 1
-            if self.failures <= MAX_LOGGED:
-                log.warning("cannot read an image of %s (missing or corrupt); sample skipped",
-                            ", ".join(map(str, entry.images)))
-            return None
-        images = seeded_transform(self.transform, [p for p in pictures if p is not None], sample_seed(self.seed, key))
-        return TaskSample(images, entry, key)
+        entry = self.items[key % len(self.items)]
+        images = self.load(key, entry.images)
+        return None if images is None else TaskSample(images, entry, key)
 
 
 @dataclass
-class TaskCollate:
+class TaskCollate(PretrainCollate):
     """``list[TaskSample | None]`` → :class:`Batch`: ``images [k·B, 3, H, W]`` (every sample's first
     image, then every second one), text ``[B, L]``, ``idx [B]`` and ``extras["labels"] [B]`` or, with an
-    ``answer_index``, ``extras["targets"] [B, C]`` soft VQA scores."""
+    ``answer_index``, ``extras["targets"] [B, C]`` soft VQA scores. Text options as
+    :class:`~vlkit.data.collate.PretrainCollate`."""
 
-    tokenizer: Any
-    max_length: int
-    drop_sep: bool = False
-    clean: CaptionCleaner = field(default_factory=CaptionCleaner)
-    padding: Padding = "longest"
     answer_index: dict[str, int] | None = None
 
     def __call__(self, samples: list[TaskSample | None]) -> Batch:
@@ -186,8 +157,7 @@ class TaskCollate:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
         per_sample = len(kept[0].images)
         images = stack_images([s.images[j] for j in range(per_sample) for s in kept])
-        text = tokenize(self.tokenizer, [self.clean(s.entry.text) for s in kept], self.max_length,
-                        drop_sep=self.drop_sep, padding=self.padding)
+        text = self.tokenize_texts([s.entry.text for s in kept])
         batch = Batch(images=images, input_ids=text.input_ids, attention_mask=text.attention_mask,
                       idx=torch.tensor([s.entry.idx for s in kept]), skipped=len(samples) - len(kept))
         if self.answer_index is None:
@@ -195,7 +165,7 @@ class TaskCollate:
         else:
             batch.extras["targets"] = torch.from_numpy(
                 np.stack([soft_scores(s.entry.answers, self.answer_index) for s in kept]))
-        return batch
+        return self.transform(batch, text, [s.key for s in kept])
 
 
 def soft_scores(answers: Sequence[str], answer_index: dict[str, int]) -> np.ndarray:

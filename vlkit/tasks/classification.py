@@ -121,8 +121,8 @@ class FusedClassificationTask(Task):
 
     def collate(self, tokenizer: Any, source: DataSource, data: DataConfig) -> TaskCollate:
         clean = CaptionCleaner(data.pre_caption, data.max_words)
-        return TaskCollate(tokenizer, data.max_text_len, data.drop_sep, clean, data.padding,
-                           self.answer_index(source, data))
+        return TaskCollate(tokenizer, data.max_text_len, data.drop_sep, clean=clean, padding=data.padding,
+                           answer_index=self.answer_index(source, data))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
