@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from vlkit.schema import ConfigError
 
@@ -17,15 +18,24 @@ class EvalConfig:
             on COCO, 128 on Flickr30K); 0: contrastive scores only.
         batch_size: images / texts / pairs per forward.
         swap_probe: run the compositional probe when the split has swap annotations.
+        query_chunk: retrieval queries scored at a time (memory ``query_chunk × gallery`` per score row
+            block; no whole similarity matrix is held).
+        gallery_on: where the gallery's token encodings wait for re-ranking: ``device``, or ``cpu`` for
+            galleries whose tokens do not fit next to the model (COCO 5k test images at 384 px: 577
+            tokens × 768 × 5k ≈ 4.4 GB in bf16).
     """
 
     split: str = "test"
     k_test: int = 16
     batch_size: int = 64
     swap_probe: bool = True
+    query_chunk: int = 1024
+    gallery_on: Literal["device", "cpu"] = "device"
 
     def __post_init__(self) -> None:
         if self.k_test < 0:
             raise ConfigError("must be ≥ 0", key="k_test")
+        if self.query_chunk < 1:
+            raise ConfigError("must be at least 1", key="query_chunk")
         if self.batch_size < 1:
             raise ConfigError("must be at least 1", key="batch_size")

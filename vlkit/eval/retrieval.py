@@ -1,18 +1,28 @@
 """Image-text retrieval: contrastive similarity over the whole gallery, then (fusion encoders) ITM
 re-ranking of each query's top ``k`` candidates in batches of pairs, with ALBEF's score rule (the raw
-ITM logit of class 1 at the top-k, −100 elsewhere) and metric names."""
+ITM logit of class 1 at the top-k, −100 elsewhere) and metric names.
+
+The gallery is scored in chunks of queries: no ``N_i × N_t`` matrix is ever held (5k images × 25k
+texts would need 0.5 GB per score matrix and twice that for a sort), only ``chunk × N`` rows, from
+which the ground truth's rank is counted directly. Ranks break ties by gallery order (a stable
+descending sort), so ALBEF's −100 outside the top-k ranks those candidates after it, deterministically.
+The gallery's token encodings may be stored off the device (``store``): each re-ranking batch moves
+only the rows it fuses.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from vlkit.encoders.base import Encoder, ImageEncoding, TextEncoding
+
+E = TypeVar("E", ImageEncoding, TextEncoding)
 
 
 @dataclass
@@ -30,13 +40,21 @@ def concat_encodings(parts: list[Any]) -> Any:
                   for f in dataclasses.fields(cls)})
 
 
+def moved(encoding: E, device: torch.device) -> E:
+    """``encoding`` with every tensor on ``device``."""
+    return type(encoding)(**{f.name: None if (t := getattr(encoding, f.name)) is None else t.to(device)
+                             for f in dataclasses.fields(encoding)})
+
+
 @torch.no_grad()
-def encode_gallery(encoder: Encoder, images: Sequence[Tensor] | torch.utils.data.DataLoader, input_ids: Tensor,
-                   attention_mask: Tensor, *, batch_size: int, device: torch.device) -> EncodedGallery:
-    """Encode every image (an iterable of ``[b, 3, H, W]`` batches) and every text (``[N_t, L]``)."""
-    image_parts = [encoder.encode_image(batch.to(device)) for batch in images]
-    text_parts = [encoder.encode_text(input_ids[i:i + batch_size].to(device),
-                                      attention_mask[i:i + batch_size].to(device))
+def encode_gallery(encoder: Encoder, images: Iterable[Tensor], input_ids: Tensor, attention_mask: Tensor, *,
+                   batch_size: int, device: torch.device, store: torch.device | None = None) -> EncodedGallery:
+    """Encode every image (an iterable of ``[b, 3, H, W]`` batches) and every text (``[N_t, L]``), keeping
+    the encodings on ``store`` (default: ``device``)."""
+    store = store or device
+    image_parts = [moved(encoder.encode_image(batch.to(device)), store) for batch in images]
+    text_parts = [moved(encoder.encode_text(input_ids[i:i + batch_size].to(device),
+                                            attention_mask[i:i + batch_size].to(device)), store)
                   for i in range(0, input_ids.shape[0], batch_size)]
     return EncodedGallery(concat_encodings(image_parts), concat_encodings(text_parts))
 
@@ -45,44 +63,23 @@ ITMScorer = Callable[[Tensor], Tensor]
 """Fused [CLS] ``[P, D]`` → match logit ``[P]``."""
 
 
-@torch.no_grad()
-def itm_rerank(encoder: Encoder, gallery: EncodedGallery, sims: Tensor, itm_logit: ITMScorer, *, k: int,
-               pair_batch: int) -> tuple[Tensor, Tensor]:
-    """ALBEF's re-ranking: scores ``[N_i, N_t]`` (image → text) and ``[N_t, N_i]`` (text → image) that are
-    the ITM logit on each query's top-``k`` contrastive candidates and −100 elsewhere."""
-    n_img, n_txt = sims.shape
-    i2t = torch.full((n_img, n_txt), -100.0, device=sims.device)
-    t2i = torch.full((n_txt, n_img), -100.0, device=sims.device)
-    k_i2t, k_t2i = min(k, n_txt), min(k, n_img)
-    per_chunk = max(1, pair_batch // max(k_i2t, k_t2i))
-    for start in range(0, n_img, per_chunk):  # image queries, `per_chunk` at a time
-        rows = torch.arange(start, min(start + per_chunk, n_img), device=sims.device)
-        top = sims[rows].topk(k_i2t, dim=1).indices  # [c, k]
-        images = gallery.images.select(rows)
-        fused = encoder.fuse(images, gallery.texts, image_index=torch.arange(len(rows), device=rows.device)
-                             .repeat_interleave(k_i2t), text_index=top.flatten(), image_kv=encoder.image_kv(images))
-        i2t[rows[:, None], top] = itm_logit(fused.cls).view(len(rows), k_i2t).float()
-    for start in range(0, n_txt, per_chunk):  # text queries
-        rows = torch.arange(start, min(start + per_chunk, n_txt), device=sims.device)
-        top = sims[:, rows].T.topk(k_t2i, dim=1).indices  # [c, k] image candidates per text
-        images = gallery.images.select(top.flatten())
-        fused = encoder.fuse(images, gallery.texts, text_index=rows.repeat_interleave(k_t2i),
-                             image_kv=encoder.image_kv(images))
-        t2i[rows[:, None], top] = itm_logit(fused.cls).view(len(rows), k_t2i).float()
-    return i2t, t2i
+def ground_truth_ranks(scores: Tensor, positives: Sequence[Sequence[int]]) -> Tensor:
+    """``[c]`` 0-based rank of each query's best-ranked positive among ``scores [c, N]`` (descending, ties
+    broken by lower column first, as a stable sort): ``#{s > s_p} + #{s = s_p, column < p}``."""
+    width = max(len(p) for p in positives)
+    columns = torch.tensor([list(p) + [p[0]] * (width - len(p)) for p in positives], device=scores.device)  # [c, G]
+    order = torch.arange(scores.shape[1], device=scores.device)
+    best = torch.full((scores.shape[0],), scores.shape[1], dtype=torch.long, device=scores.device)
+    for g in range(width):
+        column = columns[:, g : g + 1]  # [c, 1]
+        value = scores.gather(1, column)
+        rank = (scores > value).sum(1) + ((scores == value) & (order[None] < column)).sum(1)
+        best = torch.minimum(best, rank)
+    return best.cpu()
 
 
-def recall_metrics(score_i2t: Tensor, score_t2i: Tensor, img2txt: list[list[int]],
-                   txt2img: list[int]) -> dict[str, float]:
-    """ALBEF's ``itm_eval``: text rank = best rank over an image's captions; percentages."""
-    order_i2t = score_i2t.argsort(dim=1, descending=True).cpu()
-    order_t2i = score_t2i.argsort(dim=1, descending=True).cpu()
-    position_i2t = torch.empty_like(order_i2t)
-    position_i2t.scatter_(1, order_i2t, torch.arange(order_i2t.shape[1]).expand_as(order_i2t).contiguous())
-    position_t2i = torch.empty_like(order_t2i)
-    position_t2i.scatter_(1, order_t2i, torch.arange(order_t2i.shape[1]).expand_as(order_t2i).contiguous())
-    text_ranks = torch.tensor([int(position_i2t[i, gt].min()) for i, gt in enumerate(img2txt)])
-    image_ranks = position_t2i[torch.arange(len(txt2img)), torch.tensor(txt2img)]
+def recalls_from_ranks(text_ranks: Tensor, image_ranks: Tensor) -> dict[str, float]:
+    """ALBEF's ``itm_eval`` keys (percent) from the text ranks ``[N_i]`` and image ranks ``[N_t]``."""
 
     def recall(ranks: Tensor, k: int) -> float:
         return 100.0 * (ranks < k).double().mean().item()
@@ -95,18 +92,75 @@ def recall_metrics(score_i2t: Tensor, score_t2i: Tensor, img2txt: list[list[int]
     return out
 
 
+def recall_metrics(score_i2t: Tensor, score_t2i: Tensor, img2txt: list[list[int]],
+                   txt2img: list[int]) -> dict[str, float]:
+    """ALBEF's ``itm_eval`` on whole score matrices ``[N_i, N_t]`` and ``[N_t, N_i]``: text rank = best
+    rank over an image's captions; percentages."""
+    return recalls_from_ranks(ground_truth_ranks(score_i2t, img2txt),
+                              ground_truth_ranks(score_t2i, [[i] for i in txt2img]))
+
+
+@dataclass
+class _Reranker:
+    """ITM scores of query rows against their top-``k`` candidates, in batches of about ``pair_batch`` pairs."""
+
+    encoder: Encoder
+    gallery: EncodedGallery
+    itm_logit: ITMScorer
+    pair_batch: int
+    device: torch.device
+
+    def scores(self, rows: Tensor, top: Tensor, *, image_queries: bool) -> Tensor:
+        """``[c, k]`` logits of query rows ``rows [c]`` (images, or texts) with their candidates ``top [c, k]``."""
+        k = top.shape[1]
+        step = max(1, self.pair_batch // k)
+        out = []
+        for start in range(0, len(rows), step):
+            queries, candidates = rows[start:start + step], top[start:start + step].flatten()
+            image_rows, text_rows = (queries, candidates) if image_queries else (candidates, queries)
+            images = self._take(self.gallery.images, image_rows)
+            texts = self._take(self.gallery.texts, text_rows)
+            repeat = {"image_index" if image_queries else "text_index":
+                      torch.arange(len(queries), device=self.device).repeat_interleave(k)}
+            fused = self.encoder.fuse(images, texts, image_kv=self.encoder.image_kv(images), **repeat)
+            out.append(self.itm_logit(fused.cls).float().view(len(queries), k))
+        return torch.cat(out)
+
+    def _take(self, encoding: E, rows: Tensor) -> E:
+        return moved(encoding.select(rows.to(encoding.mask.device if isinstance(encoding, TextEncoding)
+                                             else encoding.embeds.device)), self.device)
+
+
 @torch.no_grad()
 def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[list[int]], txt2img: list[int], *,
-                       itm_head: nn.Module | None, k_test: int, pair_batch: int) -> dict[str, float]:
+                       itm_head: nn.Module | None, k_test: int, pair_batch: int, query_chunk: int = 1024,
+                       device: torch.device | None = None) -> dict[str, float]:
     """Recall metrics of the gallery: ITC only (dual encoders, ``k_test == 0``, no ITM head), or ITC
-    then ITM re-ranking of the top ``k_test``. Also reports ``itc_*`` recalls before re-ranking."""
-    sims = gallery.images.feat.float() @ gallery.texts.feat.float().T
-    itc = recall_metrics(sims, sims.T, img2txt, txt2img)
-    metrics = dict(itc)
-    if itm_head is not None and encoder.supports_fusion and k_test > 0:
-        i2t, t2i = itm_rerank(encoder, gallery, sims, lambda cls: itm_head(cls)[:, 1], k=k_test,
-                              pair_batch=pair_batch)
-        metrics = recall_metrics(i2t, t2i, img2txt, txt2img)
+    then ITM re-ranking of the top ``k_test`` (ALBEF: re-ranked scores are the ITM logit at the top-k,
+    −100 elsewhere). Also reports ``itc_*`` recalls before re-ranking. Queries are scored
+    ``query_chunk`` at a time on ``device`` (default: where the features are)."""
+    device = device or gallery.images.feat.device
+    image_feat = gallery.images.feat.to(device).float()  # [N_i, E]
+    text_feat = gallery.texts.feat.to(device).float()  # [N_t, E]
+    n_img, n_txt = len(img2txt), len(txt2img)
+    rerank = itm_head is not None and encoder.supports_fusion and k_test > 0
+    reranker = _Reranker(encoder, gallery, lambda cls: itm_head(cls)[:, 1], pair_batch, device) if rerank else None
+    ranks: dict[str, list[Tensor]] = {"itc_txt": [], "itc_img": [], "txt": [], "img": []}
+    for queries, keys, positives, name in ((image_feat, text_feat, img2txt, "txt"),
+                                           (text_feat, image_feat, [[i] for i in txt2img], "img")):
+        for start in range(0, queries.shape[0], query_chunk):
+            rows = torch.arange(start, min(start + query_chunk, queries.shape[0]), device=device)
+            sims = queries[rows] @ keys.T  # [c, N_keys]
+            truth = positives[start:start + len(rows)]
+            ranks[f"itc_{name}"].append(ground_truth_ranks(sims, truth))
+            if reranker is None:
+                continue
+            top = sims.topk(min(k_test, keys.shape[0]), dim=1).indices  # [c, k]
+            logits = reranker.scores(rows, top, image_queries=name == "txt")
+            scores = torch.full_like(sims, -100.0).scatter_(1, top, logits)
+            ranks[name].append(ground_truth_ranks(scores, truth))
+    itc = recalls_from_ranks(torch.cat(ranks["itc_txt"]), torch.cat(ranks["itc_img"]))
+    metrics = recalls_from_ranks(torch.cat(ranks["txt"]), torch.cat(ranks["img"])) if rerank else dict(itc)
     metrics.update({f"itc_{k}": v for k, v in itc.items()})
-    metrics.update(n_images=float(len(img2txt)), n_texts=float(len(txt2img)))
+    metrics.update(n_images=float(n_img), n_texts=float(n_txt))
     return metrics

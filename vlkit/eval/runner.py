@@ -60,10 +60,12 @@ class PretrainEvaluator:
         entries = read_parts(parts, max_bad_fraction=self.data.max_bad_fraction).entries
         gallery = Gallery.from_entries(entries)
         ids, mask = self._text(gallery.texts)
+        store = torch.device("cpu") if self.cfg.gallery_on == "cpu" else self.device
         encoded = encode_gallery(self.encoder, self._images(gallery.images), ids, mask,
-                                 batch_size=self.cfg.batch_size, device=self.device)
+                                 batch_size=self.cfg.batch_size, device=self.device, store=store)
         metrics = evaluate_retrieval(self.encoder, encoded, gallery.img2txt, gallery.txt2img, itm_head=self.itm_head,
-                                     k_test=self.cfg.k_test, pair_batch=self.cfg.batch_size * 4)
+                                     k_test=self.cfg.k_test, pair_batch=self.cfg.batch_size * 4,
+                                     query_chunk=self.cfg.query_chunk, device=self.device)
         metrics["chance_r1"] = 100.0 / len(gallery.images)
         swap_file = self.source.swap_file(self.cfg.split)
         if self.cfg.swap_probe and swap_file is not None:
