@@ -5,6 +5,12 @@ cross-attention probabilities ``A [B, H, L, 1+P]`` of the chosen fusion layer (A
 "specialised in localisation"); the map is ``mean_heads,tokens(A · relu(∂s/∂A))`` over the patch
 keys, reshaped to the patch grid ``[B, g, g]``. Pointing accuracy: the map, upsampled (bicubic) to
 the image, peaks inside the expression's box.
+
+Box accuracy (ALBEF's RefCOCO+ ``val_d``/``testA_d``/``testB_d``): among candidate boxes (MAttNet
+detections, or every object of a synthetic scene) :func:`select_boxes` picks the one of maximal
+``sum(map inside box) / sqrt(box area)``, the map upsampled (bicubic) to the image file's size as in
+ALBEF's ``grounding_eval``; the pick is correct when its IoU with the ground-truth box is ≥ 0.5
+(:func:`box_correct`). :func:`chance_accuracy` is the same rule for a uniformly random candidate.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ from torch import Tensor, nn
 from vlkit.encoders.base import Encoder
 
 Box = tuple[float, float, float, float]
-"""``(left, top, right, bottom)`` in pixels of the model's input image."""
+"""``(left, top, right, bottom)`` in pixels — of the model's input image for pointing and overlays, of the
+image file for box selection (each function says which)."""
+
+IOU_THRESHOLD = 0.5
+"""A picked box is correct when its IoU with the ground truth reaches this (ALBEF, REFER)."""
 
 
 def fusion_cross_attention(encoder: Encoder, fusion_layer: int) -> nn.Module:
@@ -88,6 +98,56 @@ def pointing_hits(maps: Tensor, boxes: Sequence[Box], size: int) -> list[bool]:
         x, y = peak(heat)
         hits.append(left <= x + 0.5 <= right and top <= y + 0.5 <= bottom)
     return hits
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two ``(left, top, right, bottom)`` boxes (continuous coordinates, as
+    REFER's ``computeIoU`` up to its one-pixel edge rule); 0 when the union is empty."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_correct(picked: Box, truth: Box, threshold: float = IOU_THRESHOLD) -> bool:
+    """ALBEF's / REFER's rule: the picked box counts when ``IoU(picked, truth) ≥ threshold``."""
+    return box_iou(picked, truth) >= threshold
+
+
+def chance_accuracy(candidates: Sequence[Box], truth: Box, threshold: float = IOU_THRESHOLD) -> float:
+    """Expected correctness (in [0, 1]) of a uniformly random candidate: the fraction that would count."""
+    return sum(box_correct(c, truth, threshold) for c in candidates) / len(candidates)
+
+
+def box_scores(heat: Tensor, boxes: Sequence[Box], alpha: float = 0.5) -> Tensor:
+    """``[K]`` scores of ``boxes`` on a ``[H, W]`` map: the map summed over the pixels
+    ``[int(top):int(bottom), int(left):int(right)]`` (ALBEF's slicing; negative edges clipped to 0) divided
+    by ``area ** alpha`` (ALBEF: ``alpha`` 0.5, i.e. the square root). Boxes of no area score ``-inf``."""
+    scores = []
+    for left, top, right, bottom in boxes:
+        area = (right - left) * (bottom - top)
+        region = heat[max(0, int(top)):max(0, int(bottom)), max(0, int(left)):max(0, int(right))]
+        scores.append(float(region.sum()) / area**alpha if area > 0 else -math.inf)
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def select_boxes(maps: Tensor, candidates: Sequence[Sequence[Box]], image_sizes: Sequence[tuple[int, int]], *,
+                 alpha: float = 0.5) -> list[int]:
+    """Per expression, the index of the candidate box ALBEF's rule picks.
+
+    Each ``[g, g]`` map of ``maps [B, g, g]`` (over the square model input) is upsampled (bicubic, no
+    clamping, as ALBEF) to its image's ``(width, height)`` from ``image_sizes`` — undoing the input's
+    resize, aspect ratio included — and the candidate (``(left, top, right, bottom)`` in pixels of that
+    image) of maximal :func:`box_scores` is picked; ties go to the first.
+    """
+    if not len(maps) == len(candidates) == len(image_sizes):
+        raise ValueError(f"{len(maps)} maps, {len(candidates)} candidate lists and {len(image_sizes)} image sizes")
+    picks = []
+    for heat, boxes, (width, height) in zip(maps, candidates, image_sizes, strict=True):
+        if not boxes:
+            raise ValueError("box selection needs at least one candidate box per expression")
+        full = F.interpolate(heat[None, None].float(), size=(height, width), mode="bicubic", align_corners=False)[0, 0]
+        picks.append(int(box_scores(full, boxes, alpha).argmax()))
+    return picks
 
 
 def heat_colors(heat: np.ndarray) -> np.ndarray:
