@@ -102,6 +102,13 @@ class Objective(nn.Module):
         distillation), by short name; the teacher exposes them as ``"<objective>.<name>"``."""
         return {}
 
+    def init_aliases(self) -> dict[str, str]:
+        """Where ``init_from`` finds weights this objective's own names lack in a checkpoint: own key
+        (relative to the objective, e.g. ``"decoder.layer.0.attention.self.query.weight"``) → checkpoint
+        key (e.g. ``"encoder.text_encoder.encoder.layer.6.attention.self.query.weight"``). ALBEF's VQA
+        decoder starts from the fusion layers this way. Default: none."""
+        return {}
+
     def batch_transform(self) -> Any:
         """A picklable callable the data loader applies to each collated batch (e.g. MLM masking),
         or None."""

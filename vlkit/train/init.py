@@ -51,22 +51,54 @@ class InitReport:
                 f"{len(self.unused)} unused{first(self.unused)}")
 
 
+def model_aliases(model: nn.Module) -> dict[str, str]:
+    """Every objective's :meth:`~vlkit.objectives.base.Objective.init_aliases`, as full model keys."""
+    objectives = getattr(model, "objectives", None)
+    if objectives is None:
+        return {}
+    return {f"objectives.{name}.{own}": source for name, objective in objectives.items()
+            if hasattr(objective, "init_aliases") for own, source in objective.init_aliases().items()}
+
+
+def teacher_counterpart(key: str) -> str | None:
+    """The online key a momentum-teacher copy mirrors: ``teacher.copies.encoder.X`` → ``encoder.X``,
+    ``teacher.copies.<objective>__<module>.X`` → ``objectives.<objective>.<module>.X``."""
+    prefix = "teacher.copies."
+    if not key.startswith(prefix):
+        return None
+    slot, _, rest = key[len(prefix):].partition(".")
+    if slot == "encoder":
+        return f"encoder.{rest}"
+    return f"objectives.{slot.replace('__', '.')}.{rest}"
+
+
 @torch.no_grad()
-def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> InitReport:
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor],
+                  aliases: dict[str, str] | None = None) -> InitReport:
     """Copy every tensor of ``state`` whose name and shape match one of ``model``'s (parameters and
-    buffers) into it; report the rest."""
+    buffers) into it; a model key the checkpoint lacks is looked up under ``aliases[key]``; a teacher
+    copy the checkpoint lacks starts from the online weights it mirrors. Reports the rest."""
     report = InitReport()
+    aliases = aliases or {}
     own = model.state_dict()
-    matched = {}
+    matched, used = {}, set()
     for name, value in own.items():
-        if name not in state:
+        source = name if name in state else aliases.get(name)
+        if source is None or source not in state:
             report.new.append(name)
-        elif state[name].shape != value.shape:
-            report.reshaped.append(f"{name} {tuple(state[name].shape)}→{tuple(value.shape)}")
+        elif state[source].shape != value.shape:
+            report.reshaped.append(f"{name} {tuple(state[source].shape)}→{tuple(value.shape)}")
         else:
-            matched[name] = state[name]
-            report.loaded.append(name)
-    report.unused = sorted(k for k in state if k not in own)
+            matched[name] = state[source]
+            used.add(source)
+            report.loaded.append(name if source == name else f"{name} ← {source}")
+    for name in list(report.new):  # teacher copies of new modules mirror their (possibly aliased) online weights
+        online = teacher_counterpart(name)
+        if online in matched:
+            matched[name] = matched[online]
+            report.new.remove(name)
+            report.loaded.append(f"{name} ← {online} (online copy)")
+    report.unused = sorted(k for k in state if k not in own and k not in used)
     model.load_state_dict(matched, strict=False)
     return report
 
@@ -74,7 +106,7 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> InitRepor
 def initialize_from(model: nn.Module, source: str | Path) -> InitReport:
     """Load the matching weights of the checkpoint at ``source`` (file or run folder) into ``model``."""
     path = find_checkpoint(source)
-    report = load_matching(model, ckpt.load(path)["model"])
+    report = load_matching(model, ckpt.load(path)["model"], model_aliases(model))
     if not report.loaded:
         raise ValueError(f"init_from {path}: no weight of the checkpoint fits this model ({report.summary()})")
     log.info("init_from %s: %s", path, report.summary())
