@@ -36,6 +36,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "vlkit.data.corpora",
     "vlkit.tasks.zeroshot",
     "vlkit.tasks.classification",
+    "vlkit.tasks.vqa",
     "vlkit.tasks.retrieval",
     "vlkit.tasks.grounding",
 )

@@ -2,7 +2,9 @@
 
 - VE (SNLI-VE): ``[{"image", "sentence", "label": "entailment" | "neutral" | "contradiction"}]``.
 - NLVR2: ``[{"images": [left, right], "sentence", "label": "True" | "False"}]``.
-- VQA: ``[{"question_id", "image", "question", "answer": [str, ...]}]`` (one answer per annotator).
+- VQA: ``[{"question_id", "image", "question", "answer": [str, ...]}]`` (one answer per annotator), answers
+  normalized as the official VQA evaluation does (:func:`~vlkit.eval.vqa_normalize.normalize_answer`); the
+  official VQA v2 files are read by :mod:`vlkit.data.vqa_v2`.
 
 Each becomes :class:`TaskEntry` (image paths, text, target); malformed entries are skipped, counted
 and named like pre-training annotations (a file beyond ``max_bad_fraction`` is an error).
@@ -23,6 +25,8 @@ from torch import Tensor
 from vlkit.data.batch import Batch
 from vlkit.data.collate import PretrainCollate, stack_images
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, KeyedImageDataset, read_annotation_list
+from vlkit.data.tokenizer import tokenize
+from vlkit.eval.vqa_normalize import normalize_answer
 
 log = logging.getLogger("vlkit.data")
 
@@ -93,7 +97,7 @@ def parse_vqa(item: Any, root: Path, position: int) -> TaskEntry | str:
         return "`answer` must be a string or a list of strings"
     qid = item.get("question_id")
     idx = qid if isinstance(qid, int) and not isinstance(qid, bool) else position
-    return TaskEntry((root / item["image"],), question, answers=tuple(a.strip() for a in answers), idx=idx)
+    return TaskEntry((root / item["image"],), question, answers=tuple(normalize_answer(a) for a in answers), idx=idx)
 
 
 def read_task_files(files: Sequence[Path], image_root: Path, parse: Parse,
@@ -150,6 +154,10 @@ class TaskCollate(PretrainCollate):
     :class:`~vlkit.data.collate.PretrainCollate`."""
 
     answer_index: dict[str, int] | None = None
+    answer_tokens: int = 0
+    """> 0: also tokenize every sample's distinct answers (at most this many tokens each) for a
+    generative answer decoder: ``extras`` ``answer_ids`` / ``answer_mask`` ``[N, La]``,
+    ``answer_question [N]`` and ``answer_weights [N]`` (the answer's share of the sample's annotations)."""
 
     def __call__(self, samples: list[TaskSample | None]) -> Batch:
         kept = [s for s in samples if s is not None]
@@ -160,12 +168,37 @@ class TaskCollate(PretrainCollate):
         text = self.tokenize_texts([s.entry.text for s in kept])
         batch = Batch(images=images, input_ids=text.input_ids, attention_mask=text.attention_mask,
                       idx=torch.tensor([s.entry.idx for s in kept]), skipped=len(samples) - len(kept))
-        if self.answer_index is None:
+        if self.answer_tokens:
+            batch.extras.update(self.answer_batch([s.entry.answers for s in kept]))
+        elif self.answer_index is None:
             batch.extras["labels"] = torch.tensor([s.entry.label for s in kept])
         else:
             batch.extras["targets"] = torch.from_numpy(
                 np.stack([soft_scores(s.entry.answers, self.answer_index) for s in kept]))
         return self.transform(batch, text, [s.key for s in kept])
+
+
+    def answer_batch(self, answers: Sequence[Sequence[str]]) -> dict[str, Tensor]:
+        """The answer tensors of :attr:`answer_tokens` for each sample's annotators' ``answers``."""
+        texts, question, weights = [], [], []
+        for row, given in enumerate(answers):
+            for answer, count in answer_counts(given).items():
+                texts.append(answer)
+                question.append(row)
+                weights.append(count / len(given))
+        tokens = tokenize(self.tokenizer, texts, self.answer_tokens) if texts else None
+        return {"answer_ids": tokens.input_ids if tokens else torch.zeros(0, 2, dtype=torch.long),
+                "answer_mask": tokens.attention_mask if tokens else torch.zeros(0, 2, dtype=torch.long),
+                "answer_question": torch.tensor(question, dtype=torch.long),
+                "answer_weights": torch.tensor(weights, dtype=torch.float32)}
+
+
+def answer_counts(answers: Sequence[str]) -> dict[str, int]:
+    """Distinct answers (first-given order) and how many annotators gave each."""
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    return counts
 
 
 def soft_scores(answers: Sequence[str], answer_index: dict[str, int]) -> np.ndarray:

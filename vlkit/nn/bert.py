@@ -149,14 +149,18 @@ class BertAttention(nn.Module):
         """Keys and values of ``source`` ``[B, M, Dkv]`` → two ``[B, M, H, Dh]`` tensors."""
         return self._heads(self.self.key(source)), self._heads(self.self.value(source))
 
-    def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, kv: KV | None = None) -> Tensor:
-        """Attend from ``x`` ``[B, L, D]`` to itself, or to precomputed ``kv`` (cross-attention)."""
+    def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, kv: KV | None = None,
+                bias: Tensor | None = None) -> Tensor:
+        """Attend from ``x`` ``[B, L, D]`` to itself, or to precomputed ``kv`` (cross-attention);
+        ``bias`` is added to the logits (broadcast to ``[B, H, L, M]``; a causal mask for decoders)."""
         k, v = self.kv(x) if kv is None else kv
         q = self._heads(self.self.query(x))
         if self.probe is not None:
+            if bias is not None:
+                raise ValueError("probed attention takes no bias")
             out = self._probed(q, k, v, key_padding_mask)
         else:
-            out = attention(q, k, v, key_padding_mask=key_padding_mask,
+            out = attention(q, k, v, key_padding_mask=key_padding_mask, bias=bias,
                             dropout_p=self.attn_drop if self.training else 0.0, backend=self.attention_backend)
         return self.output(out.flatten(-2), x)
 
@@ -210,7 +214,7 @@ class BertLayer(nn.Module):
         return self.crossattention.kv(image_embeds)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cross_kv: KV | None = None,
-                cross_mask: Tensor | None = None) -> Tensor:
+                cross_mask: Tensor | None = None, self_bias: Tensor | None = None) -> Tensor:
         """One layer.
 
         Args:
@@ -218,8 +222,9 @@ class BertLayer(nn.Module):
             mask: bool ``[B, L]``, True for real tokens.
             cross_kv: image keys/values for this layer, each ``[B, M, H, Dh]`` (fusion layers only).
             cross_mask: bool ``[B, M]`` over image tokens (None: all attended, as in ALBEF).
+            self_bias: additive self-attention bias ``[1, 1, L, L]`` (a decoder's causal mask).
         """
-        x = self.attention(x, key_padding_mask=mask)
+        x = self.attention(x, key_padding_mask=mask, bias=self_bias)
         if self.crossattention is not None:
             if cross_kv is None:
                 raise ValueError("a fusion layer needs image keys/values (cross_kv)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class TaskContext:
         image_size: the encoder's input side.
         device: where to run.
         out_dir: where a task may write files besides its metrics (e.g. Grad-CAM overlays); None: nowhere.
+        objectives: the model's objectives by name, for tasks whose prediction is more than a head
+            (NLVR2's bi-fusion layers).
     """
 
     encoder: Encoder
@@ -42,6 +44,7 @@ class TaskContext:
     image_size: int
     device: torch.device
     out_dir: Path | None = None
+    objectives: dict[str, nn.Module] = field(default_factory=dict)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Texts prepared as in training → ``input_ids``, ``attention_mask`` ``[N, L]`` (on the CPU)."""

@@ -1,7 +1,7 @@
-"""Classification-style downstream tasks on fused image-text pairs: ``ve`` (SNLI-VE, 3 classes),
-``nlvr2`` (two images, one statement, true / false) and ``vqa`` (a classifier over the answer
-vocabulary, soft VQA scores). Each trains the ``classify`` objective (a head on the fused [CLS];
-NLVR2 concatenates the [CLS] of both images, as VLMo does) and reports the papers' metric.
+"""Classification-style downstream tasks on fused image-text pairs: ``ve`` (SNLI-VE, 3 classes) and
+``nlvr2`` (two images, one statement, true / false), and the machinery :mod:`vlkit.tasks.vqa` shares.
+Each trains the ``classify`` objective (a head on the fused [CLS]; NLVR2 concatenates the [CLS] of both
+images, as VLMo does) and reports the papers' metric.
 
 Annotation files come from the task's ``splits`` (ALBEF's formats, :mod:`vlkit.data.task_data`) or,
 when it names none, from the data source (the synthetic world ships ``ve_*``, ``nlvr_*``, ``vqa_*``).
@@ -10,6 +10,7 @@ when it names none, from the data source (the synthetic world ships ``ve_*``, ``
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,19 +27,18 @@ from vlkit.data.task_data import (
     TaskCollate,
     TaskDataset,
     TaskEntry,
-    answer_vocabulary,
     parse_nlvr2,
     parse_ve,
-    parse_vqa,
     read_task_files,
 )
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.transforms import eval_transform
-from vlkit.eval.classification import accuracy, mean_vqa_accuracy
+from vlkit.eval.classification import accuracy
+from vlkit.objectives.bifusion import BiFusionClassifyConfig
 from vlkit.objectives.classify import ClassifyConfig, pair_features
 from vlkit.objectives.distill import DistillConfig
 from vlkit.registry import register
-from vlkit.schema import ComponentConfig, ConfigError
+from vlkit.schema import ComponentConfig
 from vlkit.tasks.base import Task, TaskContext
 
 log = logging.getLogger("vlkit.tasks")
@@ -88,11 +88,15 @@ class FusedClassificationTask(Task):
             return [Path(f) for f in self.cfg.splits[split]], root
         return source.task_files(self.name, split), root
 
+    def read_files(self, files: list[Path], root: Path, max_bad_fraction: float) -> list[TaskEntry]:
+        """The entries of annotation ``files`` (image paths relative to ``root``)."""
+        return read_task_files(files, root, type(self).parse, max_bad_fraction)[0]
+
     def entries(self, source: DataSource, split: str, max_bad_fraction: float = 1.0) -> list[TaskEntry]:
         """The usable entries of ``split`` (read once)."""
         if split not in self._entries:
             files, root = self.files(source, split)
-            entries, _ = read_task_files(files, root, type(self).parse, max_bad_fraction)
+            entries = self.read_files(files, root, max_bad_fraction)
             if not entries:
                 raise AnnotationError(f"the {self.name} `{split}` split has no usable entries")
             self._entries[split] = entries
@@ -125,6 +129,12 @@ class FusedClassificationTask(Task):
                            answer_index=self.answer_index(source, data))
 
     # ------------------------------------------------------------------ evaluation
+    def encoded_batches(self, ctx: TaskContext) -> EncodedBatches:
+        """The evaluation split's readable samples, batched and encoded."""
+        entries = self.entries(ctx.source, self.cfg.eval_split, ctx.data.max_bad_fraction)
+        return EncodedBatches(entries, TaskDataset(entries, eval_transform(ctx.image_size, ctx.data.normalize)),
+                              self.collate(ctx.tokenizer, ctx.source, ctx.data), ctx)
+
     @torch.no_grad()
     def logits(self, ctx: TaskContext) -> tuple[Tensor, list[TaskEntry], int]:
         """``[N, C]`` logits of the evaluation split's readable samples, their entries, and the count of
@@ -132,30 +142,56 @@ class FusedClassificationTask(Task):
         head = ctx.heads.get(self.name)
         if head is None:
             raise ValueError(f"the model has no `{self.name}` head: evaluate a checkpoint fine-tuned on this task")
-        entries = self.entries(ctx.source, self.cfg.eval_split, ctx.data.max_bad_fraction)
-        dataset = TaskDataset(entries, eval_transform(ctx.image_size, ctx.data.normalize))
-        collate = self.collate(ctx.tokenizer, ctx.source, ctx.data)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.eval.batch_size, collate_fn=collate,
-                                             num_workers=0)
-        outputs, kept, skipped, position = [], [], 0, 0
-        encoder = ctx.encoder
-        for batch in loader:
+        outputs = []
+        batches = self.encoded_batches(ctx)
+        for encoded in batches:
+            outputs.append(head(pair_features(encoded.fuse, encoded.size, self.images_per_sample,
+                                              ctx.device)).float().cpu())
+        return torch.cat(outputs), batches.entries, batches.skipped
+
+
+@dataclass
+class EncodedBatch:
+    """One evaluation batch: its images ``[k·B, ...]`` and texts ``[B, ...]`` encoded, with the image side
+    of fusion (keys/values) computed once."""
+
+    size: int
+    image: Any
+    text: Any
+    image_kv: Any
+    encoder: Any
+
+    def fuse(self, image_index: Tensor | None = None, text_index: Tensor | None = None) -> Any:
+        return self.encoder.fuse(self.image, self.text, image_index=image_index, text_index=text_index,
+                                 image_kv=self.image_kv)
+
+
+class EncodedBatches:
+    """Iterates :class:`EncodedBatch` over ``entries``; afterwards :attr:`entries` are those whose images
+    were readable (in order) and :attr:`skipped` counts the others."""
+
+    def __init__(self, entries: list[TaskEntry], dataset: TaskDataset, collate: TaskCollate, ctx: TaskContext) -> None:
+        self._all, self.ctx = entries, ctx
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.eval.batch_size, collate_fn=collate,
+                                                  num_workers=0)
+        self.entries: list[TaskEntry] = []
+        self.skipped = 0
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[EncodedBatch]:
+        self.entries, self.skipped, position = [], 0, 0
+        encoder = self.ctx.encoder
+        for batch in self.loader:
             rows = len(batch.idx)
-            batch = batch.to(ctx.device)
+            batch = batch.to(self.ctx.device)
             image = encoder.encode_image(batch.images)
             text = encoder.encode_text(batch.input_ids, batch.attention_mask)
-            kv = encoder.image_kv(image)
-
-            def fuse(image_index: Tensor, text_index: Tensor, image=image, text=text, kv=kv) -> Any:
-                return encoder.fuse(image, text, image_index=image_index, text_index=text_index, image_kv=kv)
-
-            outputs.append(head(pair_features(fuse, rows, self.images_per_sample, ctx.device)).float().cpu())
-            skipped += batch.skipped
+            yield EncodedBatch(rows, image, text, encoder.image_kv(image), encoder)
+            self.skipped += batch.skipped
             kept_ids = set(batch.idx.tolist())
-            chunk = entries[position:position + rows + batch.skipped]
-            kept += [e for e in chunk if e.idx in kept_ids]
+            chunk = self._all[position:position + rows + batch.skipped]
+            self.entries += [e for e in chunk if e.idx in kept_ids]
             position += rows + batch.skipped
-        return torch.cat(outputs), kept, skipped
 
 
 @register("task", "ve", config=FusedTaskConfig)
@@ -174,17 +210,50 @@ class VisualEntailment(FusedClassificationTask):
                 "n_skipped": float(skipped), "chance_acc": 100.0 / len(VE_LABELS)}
 
 
-@register("task", "nlvr2", config=FusedTaskConfig)
+@dataclass(kw_only=True)
+class NLVR2Config(FusedTaskConfig):
+    """NLVR2.
+
+    Attributes:
+        fusion: ``pair``: each image fused with the text by the encoder, the two [CLS] concatenated
+            (VLMo); ``bi``: ALBEF's bi-fusion — the fusion layers duplicated, alternate copies reading
+            image 0 and image 1 with shared cross-attention keys/values, one [CLS] classified
+            (``classify_bifusion`` objective; albef encoders).
+    """
+
+    fusion: Literal["pair", "bi"] = "pair"
+
+
+@register("task", "nlvr2", config=NLVR2Config)
 class NLVR2(FusedClassificationTask):
-    """NLVR2: is the statement true of the image pair? Each image is fused with the text and the two
-    [CLS] features are classified together (VLMo's pairing); ``acc``."""
+    """NLVR2: is the statement true of the image pair? ``acc`` and the majority-class baseline. The pair
+    is classified from both images' fused [CLS] (VLMo) or through ALBEF's bi-fusion layers."""
 
     name = "nlvr2"
     parse = staticmethod(parse_nlvr2)
     images_per_sample = 2
+    cfg: NLVR2Config
 
     def num_classes(self, source: DataSource, data: DataConfig) -> int:
         return 2
+
+    def objective_config(self, source: DataSource, data: DataConfig) -> Any:
+        if self.cfg.fusion == "bi":
+            return BiFusionClassifyConfig(type="classify_bifusion", num_classes=2, head=self.cfg.head,
+                                          distill=self.cfg.distill)
+        return super().objective_config(source, data)
+
+    @torch.no_grad()
+    def logits(self, ctx: TaskContext) -> tuple[Tensor, list[TaskEntry], int]:
+        if self.cfg.fusion != "bi":
+            return super().logits(ctx)
+        objective = ctx.objectives.get(self.name)
+        if objective is None or not hasattr(objective, "pair_logits"):
+            raise ValueError("the model has no bi-fusion `nlvr2` objective: evaluate a checkpoint fine-tuned with "
+                             "task.fusion: bi")
+        batches = self.encoded_batches(ctx)
+        outputs = [objective.pair_logits(encoded.image.embeds, encoded.text).float().cpu() for encoded in batches]
+        return torch.cat(outputs), batches.entries, batches.skipped
 
     def evaluate(self, ctx: TaskContext) -> dict[str, float]:
         logits, entries, skipped = self.logits(ctx)
@@ -192,66 +261,3 @@ class NLVR2(FusedClassificationTask):
         majority = 100.0 * max(labels.count(0), labels.count(1)) / len(labels)
         return {"acc": accuracy(logits.argmax(1).tolist(), labels), "n": float(len(entries)),
                 "n_skipped": float(skipped), "majority_acc": majority}
-
-
-@dataclass(kw_only=True)
-class VQAConfig(FusedTaskConfig):
-    """VQA as classification over the answers of the training split.
-
-    Attributes:
-        min_answer_count: answers given fewer times (over all annotators) are left out of the vocabulary.
-        max_answers: keep at most this many, most frequent first (VQA v2 practice: 3,129).
-        answer_list: a JSON list of answers to use instead of building the vocabulary.
-    """
-
-    min_answer_count: int = 1
-    max_answers: int = 3129
-    answer_list: str | None = None
-    head: Literal["classifier", "classifier_vlmo"] = "classifier_vlmo"
-
-    def __post_init__(self) -> None:
-        if self.distill is not None:
-            raise ConfigError("VQA as classification trains with soft scores; distillation is not offered",
-                              key="distill")
-
-
-@register("task", "vqa", config=VQAConfig)
-class VQA(FusedClassificationTask):
-    """VQA v2 as VLMo trains it: a classifier over the answer vocabulary with binary cross-entropy
-    against soft scores ``min(#annotators / 3, 1)``; ``vqa_acc`` is the official VQA accuracy and
-    ``most_frequent_acc`` that of always answering the most frequent training answer (a floor)."""
-
-    name = "vqa"
-    parse = staticmethod(parse_vqa)
-    cfg: VQAConfig
-
-    def answers(self, source: DataSource, data: DataConfig) -> list[str]:
-        """The answer vocabulary (class ``i`` is answer ``i``)."""
-        if self.cfg.answer_list:
-            import json
-
-            answers = json.loads(Path(self.cfg.answer_list).read_text(encoding="utf-8"))
-            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-                raise AnnotationError(f"{self.cfg.answer_list}: expected a JSON list of answer strings")
-            return answers[: self.cfg.max_answers]
-        train = self.entries(source, self.cfg.train_split, data.max_bad_fraction)
-        return answer_vocabulary(train, min_count=self.cfg.min_answer_count, max_answers=self.cfg.max_answers)
-
-    def num_classes(self, source: DataSource, data: DataConfig) -> int:
-        return len(self.answers(source, data))
-
-    def answer_index(self, source: DataSource, data: DataConfig) -> dict[str, int]:
-        return {a: i for i, a in enumerate(self.answers(source, data))}
-
-    def objective_config(self, source: DataSource, data: DataConfig) -> ClassifyConfig:
-        return ClassifyConfig(type="classify", num_classes=self.num_classes(source, data), head=self.cfg.head,
-                              loss="soft_bce")
-
-    def evaluate(self, ctx: TaskContext) -> dict[str, float]:
-        logits, entries, skipped = self.logits(ctx)
-        vocabulary = self.answers(ctx.source, ctx.data)
-        predictions = [vocabulary[i] for i in logits.argmax(1).tolist()]
-        answers = [e.answers for e in entries]
-        return {"vqa_acc": mean_vqa_accuracy(predictions, answers), "n": float(len(entries)),
-                "n_skipped": float(skipped), "n_answers": float(len(vocabulary)),
-                "most_frequent_acc": mean_vqa_accuracy([vocabulary[0]] * len(entries), answers)}
