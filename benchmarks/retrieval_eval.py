@@ -8,7 +8,8 @@ re-ranking of each query's top ``k``, with a tiny ALBEF at random init on random
 
 Prints one JSON line: seconds for encoding, ITC + re-ranking; the process's peak resident memory
 before and after scoring (``ru_maxrss``), and the bytes one whole ``N_i × N_t`` float32 score matrix
-would take (what the chunking avoids: ALBEF holds three such matrices and sorts two).
+would take (what the chunking avoids: ALBEF holds three such matrices and sorts two); appends a
+section to ``benchmarks/RESULTS.md`` unless ``--no-results``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,6 +41,8 @@ def main() -> None:
     parser.add_argument("--k-test", type=int, default=16)
     parser.add_argument("--query-chunk", type=int, default=1024)
     parser.add_argument("--pair-batch", type=int, default=1024)
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--no-results", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     torch.manual_seed(0)
     recipe = load_recipe("albef/tiny", ["encoder.attention=sdpa", "encoder.text.vocab_size=30522"])
@@ -58,7 +63,7 @@ def main() -> None:
     metrics = evaluate_retrieval(encoder, gallery, img2txt, txt2img, itm_head=itm_head, k_test=args.k_test,
                                  pair_batch=args.pair_batch, query_chunk=args.query_chunk)
     scored = time.perf_counter()
-    print(json.dumps({
+    row = {
         "images": args.images, "texts": n_texts, "k_test": args.k_test, "query_chunk": args.query_chunk,
         "encode_s": round(encoded - start, 1), "score_s": round(scored - encoded, 1),
         "fused_pairs": (args.images + n_texts) * args.k_test,
@@ -67,7 +72,27 @@ def main() -> None:
         "whole_score_matrix_mb": round(args.images * n_texts * 4 / 2**20),
         "r_mean": round(metrics["r_mean"], 3), "chance_r1": 100 / args.images,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__}))
+        "torch": torch.__version__}
+    print(json.dumps(row))
+    if not args.no_results:
+        append_results(args.results, row, "python " + " ".join(sys.argv))
+
+
+def append_results(path: Path, row: dict, command: str) -> None:
+    """One RESULTS.md section with the figures of ``row``."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
+    lines = [f"\n## Retrieval evaluation at COCO scale — {time.strftime('%Y-%m-%d')}\n",
+             f"Machine: {cpu}, {row['machine']}; Python {platform.python_version()}, torch {row['torch']}.  ",
+             f"Command: `{command}`  ",
+             "Tiny ALBEF at random init, random images and token ids (memory and time, not recall).\n",
+             "| images | texts | k_test | query chunk | fused pairs | encode | ITC + re-rank | peak RSS before → after "
+             "scoring | one whole score matrix |", "|---|---|---|---|---|---|---|---|---|",
+             f"| {row['images']} | {row['texts']} | {row['k_test']} | {row['query_chunk']} | {row['fused_pairs']} "
+             f"| {row['encode_s']} s | {row['score_s']} s | {row['peak_rss_before_scoring_mb']} → "
+             f"{row['peak_rss_after_scoring_mb']} MB | {row['whole_score_matrix_mb']} MB |"]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

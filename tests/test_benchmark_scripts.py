@@ -1,4 +1,5 @@
-"""The loader benchmark runs end to end at toy size (its figures come from the full run, not from here)."""
+"""The loader and retrieval-evaluation benchmarks run end to end at toy size (their figures come from the
+full runs, not from here)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,12 @@ def test_data_loader_benchmark_prints_json_lines_and_appends_a_table(tmp_path: P
     assert set(rows[0]["ms_per_sample"]) == {"read", "decode", "crop_flip", "randaugment", "to_tensor", "collate"}
     table = results.read_text()
     assert "| json | resized |" in table and "Profile, resized images" in table and "--images 8" in table
+
+
+def test_retrieval_evaluation_benchmark_runs_at_toy_size(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "retrieval_eval.py"), "--images", "30", "--captions-per-image",
+           "2", "--k-test", "4", "--query-chunk", "7", "--results", str(results)]
+    row = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout.strip())
+    assert row["texts"] == 60 and row["fused_pairs"] == 90 * 4 and 0.0 <= row["r_mean"] <= 100.0
+    assert "| 30 | 60 | 4 | 7 | 360 |" in results.read_text()
