@@ -127,8 +127,9 @@ class _Reranker:
         return torch.cat(out)
 
     def _take(self, encoding: E, rows: Tensor) -> E:
-        return moved(encoding.select(rows.to(encoding.mask.device if isinstance(encoding, TextEncoding)
-                                             else encoding.embeds.device)), self.device)
+        """Rows ``rows`` of a gallery encoding (wherever it is stored), on the compute device."""
+        stored = next(t for f in dataclasses.fields(encoding) if (t := getattr(encoding, f.name)) is not None)
+        return moved(encoding.select(rows.to(stored.device)), self.device)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from torch import Tensor
 from vlkit.nn.answer_decoder import AnswerDecoder, sequence_distill, sequence_nll
 from vlkit.nn.bert import KV
 from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
+from vlkit.objectives.bifusion import fusion_stack
 from vlkit.objectives.distill import DistillConfig
 from vlkit.objectives.step import Step
 from vlkit.registry import register
@@ -70,10 +71,9 @@ class GenerateAnswers(Objective):
 
     def __init__(self, cfg: GenerateAnswersConfig, name: str = "vqa", ctx: ObjectiveContext | None = None) -> None:
         super().__init__(cfg, name, ctx)
-        stack = getattr(ctx.encoder, "text_encoder", None) if ctx is not None else None
-        if stack is None or not hasattr(stack, "fusion_layers"):
-            raise ValueError("the answer decoder reads an ALBEF encoder's text stack (use an albef encoder, or "
-                             "VQA as classification for mome)")
+        if ctx is None:
+            raise ValueError("the answer decoder is shaped after the encoder's text stack (pass ctx)")
+        stack, _ = fusion_stack(ctx.encoder, needed_by="the answer decoder (VQA head: rank; mome: classifier_vlmo)")
         self.fusion_start = stack.fusion_layer
         layers = cfg.layers or len(stack.fusion_layers)
         self.head = AnswerDecoder.for_stack(stack.cfg, layers, backend=stack.layers[0].attention.attention_backend)

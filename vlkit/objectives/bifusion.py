@@ -63,11 +63,11 @@ class BiFusionClassifyConfig(ObjectiveConfig):
         return self.distill is not None
 
 
-def fusion_stack(encoder: Encoder) -> tuple[BertStack, str]:
+def fusion_stack(encoder: Encoder, needed_by: str = "classify_bifusion") -> tuple[BertStack, str]:
     """The encoder's BERT stack with fusion layers and its key prefix within the encoder."""
     stack = getattr(encoder, "text_encoder", None)
     if not isinstance(stack, BertStack) or len(stack.fusion_layers) == 0:
-        raise ValueError(f"classify_bifusion needs an ALBEF encoder (a BERT text stack with cross-attention "
+        raise ValueError(f"{needed_by} needs an ALBEF encoder (a BERT text stack with cross-attention "
                          f"fusion layers); {type(encoder).__name__} has none")
     return stack, "text_encoder."
 
