@@ -1,7 +1,7 @@
 """ALBEF's generative VQA: an answer decoder (:class:`~vlkit.nn.answer_decoder.AnswerDecoder`) reads
 the fused question states and is trained to generate each annotated answer, weighted by its share of
 the annotations; optional momentum distillation of the decoder's token distributions. Answers are
-predicted by ranking a candidate list (:meth:`GenerateAnswers.rank`).
+predicted by ranking a candidate list (:func:`rank_answers`).
 
 Batch contract: images ``[B, 3, H, W]``, questions ``[B, Lq]``, and in ``extras``: ``answer_ids`` /
 ``answer_mask`` ``[N, La]`` (``[CLS] answer [SEP]``, the distinct answers of every question),
@@ -120,12 +120,6 @@ class GenerateAnswers(Objective):
                                                                         batch.extras["answer_mask"])
         loss = (batch.extras["answer_weights"] * per_answer).sum() / batch.size
         return ObjectiveOutput(loss, {"nll": (nll.detach().mean() if nll.numel() else nll.new_zeros(()))})
-
-    def rank(self, states: Tensor, question_mask: Tensor, candidate_ids: Tensor, candidate_mask: Tensor, *,
-             pair_batch: int = 512) -> Tensor:
-        """:func:`rank_answers` with this objective's decoder and settings."""
-        return rank_answers(self.head, states, question_mask, candidate_ids, candidate_mask, k=self.cfg.k_test,
-                            first_token_twice=self.cfg.first_token_twice, pair_batch=pair_batch)
 
 
 @torch.no_grad()

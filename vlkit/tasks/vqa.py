@@ -76,9 +76,10 @@ class VQAConfig(FusedTaskConfig):
 
 @register("task", "vqa", config=VQAConfig)
 class VQA(FusedClassificationTask):
-    """VQA v2 as VLMo trains it: a classifier over the answer vocabulary with binary cross-entropy
-    against soft scores ``min(#annotators / 3, 1)``; ``vqa_acc`` is the official VQA accuracy and
-    ``most_frequent_acc`` that of always answering the most frequent training answer (a floor)."""
+    """VQA v2: VLMo's classifier over the answer vocabulary (binary cross-entropy against soft scores
+    ``min(#annotators / 3, 1)``) or ALBEF's answer decoder ranking the vocabulary (``head: rank``);
+    ``vqa_acc`` is the official VQA accuracy and ``most_frequent_acc`` that of always answering the most
+    frequent training answer (a floor)."""
 
     name = "vqa"
     parse = staticmethod(parse_vqa)
