@@ -15,10 +15,14 @@ from vlkit.encoders.base import Encoder, EncoderConfig
 
 def build_encoder(cfg: EncoderConfig, device: torch.device | str | None = None) -> Encoder:
     """The encoder registered under ``cfg.type``, built from ``cfg`` (on ``device``; ``"meta"`` builds
-    the structure without allocating memory, for parameter counts)."""
+    the structure without allocating memory, for parameter counts), with activation checkpointing of
+    its transformer blocks when ``cfg.grad_checkpointing`` says so."""
     entry = registry.get("encoder", cfg.type)
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        return entry.target(cfg)
+        encoder = entry.target(cfg)
+    if cfg.grad_checkpointing:
+        encoder.set_grad_checkpointing(True)
+    return encoder
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlkit.nn.checkpointing import set_grad_checkpointing, transformer_blocks
 from vlkit.schema import ComponentConfig
 
 
@@ -27,10 +28,15 @@ class EncoderConfig(ComponentConfig):
             the recipe sets itself override the preset.
         attention: attention kernel: ``auto`` (xformers on CUDA when installed, else sdpa),
             ``xformers``, ``sdpa`` or ``math`` (reference).
+        grad_checkpointing: activation checkpointing of every transformer block, non-reentrant:
+            recomputes block activations in backward to save memory (same losses and gradients,
+            about one more forward of the blocks per step); the momentum teacher runs without grad
+            and is unaffected.
     """
 
     size: str = "base"
     attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
+    grad_checkpointing: bool = False
 
     supports_fusion: ClassVar[bool] = True
     """The encoder has a fusion path (ITM, MLM); a dual encoder does not."""
@@ -175,6 +181,15 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} has no fusion layers (a dual encoder); "
                                   "objectives that fuse (itm, mlm) need an albef or mome encoder")
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks (:class:`~vlkit.nn.checkpointing.CheckpointedBlock`) in module order:
+        the units of activation checkpointing and of sharding."""
+        return transformer_blocks(self)
+
+    def set_grad_checkpointing(self, on: bool = True) -> int:
+        """Turn activation checkpointing of every transformer block on or off; returns how many blocks."""
+        return set_grad_checkpointing(self, on)
 
     def parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
         """Named groups of sub-modules (or loose parameters) for parameter reports, e.g. vision,

@@ -8,6 +8,7 @@ feed the projection. Each tower has a linear projection into the shared embeddin
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +21,8 @@ from vlkit.nn.bert import BertConfig, BertStack
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import did_you_mean, register
 from vlkit.schema import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -139,6 +142,18 @@ class DualEncoder(Encoder):
         mask = attention_mask.bool()
         tokens = self.text_tower(input_ids, mask)
         return TextEncoding(embeds=tokens, mask=mask, feat=l2_normalize(self.text_proj(tokens[:, 0])))
+
+    def set_grad_checkpointing(self, on: bool = True) -> int:
+        """Checkpointing of vlkit's blocks (the text tower, a ViT image tower) and, for a timm image
+        tower, timm's own (non-reentrant by default; its stages are not counted in the returned number)."""
+        if isinstance(self.image_tower, TimmImageTower):
+            try:
+                self.image_tower.model.set_grad_checkpointing(on)
+            except (AttributeError, AssertionError, NotImplementedError):
+                if on:
+                    log.warning("timm model %s does not support gradient checkpointing; its image tower runs without",
+                                type(self.image_tower.model).__name__)
+        return super().set_grad_checkpointing(on)
 
     def parts(self) -> dict[str, list[nn.Module | nn.Parameter]]:
         return {"vision": [self.image_tower], "text": [self.text_tower],

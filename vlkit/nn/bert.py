@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vlkit.nn.attention import attention
+from vlkit.nn.checkpointing import CheckpointedBlock
 
 KV = tuple[Tensor, Tensor]
 """Keys and values of one cross-attention layer, each ``[B, M, H, Dh]``."""
@@ -187,8 +188,9 @@ class BertIntermediate(nn.Module):
         return self.act(self.dense(x))
 
 
-class BertLayer(nn.Module):
-    """Self-attention → (cross-attention) → FFN, each post-LN: ``[B, L, D]`` → ``[B, L, D]``.
+class BertLayer(CheckpointedBlock):
+    """Self-attention → (cross-attention) → FFN, each post-LN: ``[B, L, D]`` → ``[B, L, D]``
+    (checkpointable, see :mod:`vlkit.nn.checkpointing`).
 
     Args:
         cfg: the stack's shape.
@@ -213,8 +215,8 @@ class BertLayer(nn.Module):
             raise RuntimeError("this layer has no cross-attention")
         return self.crossattention.kv(image_embeds)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, cross_kv: KV | None = None,
-                cross_mask: Tensor | None = None, self_bias: Tensor | None = None) -> Tensor:
+    def _block_forward(self, x: Tensor, mask: Tensor | None = None, cross_kv: KV | None = None,
+                        cross_mask: Tensor | None = None, self_bias: Tensor | None = None) -> Tensor:
         """One layer.
 
         Args:

@@ -21,6 +21,7 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
+from vlkit.nn.checkpointing import CheckpointedBlock
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import Stem, build_stem
 from vlkit.nn.vit import drop_path_rates
@@ -36,12 +37,13 @@ def modality_ids(routes: Sequence[Route], *, device: torch.device | str | None =
     return torch.cat([torch.full((n,), EXPERTS.index(name), dtype=torch.long, device=device) for name, n in routes])
 
 
-class MultiwayBlock(nn.Module):
+class MultiwayBlock(CheckpointedBlock):
     """Pre-LN block with shared attention and per-modality FFN experts: ``[B, N, D]`` → ``[B, N, D]``.
 
     ``x + drop_path(γ₁ · attn(norm1(x)))``, then for each route segment ``s`` with expert ``e``:
     ``s + drop_path(γ₂ · mlp_e(norm2_e(s)))``. Layer scales ``γ`` are shared by all experts; stochastic
-    depth draws its per-sample mask independently for each segment, as VLMo's split does.
+    depth draws its per-sample mask independently for each segment, as VLMo's split does. Checkpointable,
+    see :mod:`vlkit.nn.checkpointing`.
 
     Args:
         dim: width ``D``.
@@ -106,8 +108,8 @@ class MultiwayBlock(nn.Module):
         norm, mlp = self.expert(name)
         return x + self.drop_path(self._scale(self.gamma_2, mlp(norm(x))))
 
-    def forward(self, x: Tensor, routes: Sequence[Route], *, key_padding_mask: Tensor | None = None,
-                bias: Tensor | None = None) -> Tensor:
+    def _block_forward(self, x: Tensor, routes: Sequence[Route], *, key_padding_mask: Tensor | None = None,
+                        bias: Tensor | None = None) -> Tensor:
         """One block.
 
         Args:

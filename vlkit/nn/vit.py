@@ -14,6 +14,7 @@ import torch
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import Tensor, nn
 
+from vlkit.nn.checkpointing import CheckpointedBlock
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import Stem, build_stem, stem_problem
 from vlkit.schema import ConfigError
@@ -69,8 +70,9 @@ class ViTConfig:
         return self.image_size // self.patch_size
 
 
-class ViTBlock(nn.Module):
-    """Pre-LN transformer block: ``[B, N, D]`` → ``[B, N, D]``."""
+class ViTBlock(CheckpointedBlock):
+    """Pre-LN transformer block: ``[B, N, D]`` → ``[B, N, D]`` (checkpointable, see
+    :mod:`vlkit.nn.checkpointing`)."""
 
     def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  eps: float = 1e-6, drop_path: float = 0.0, backend: str = "auto") -> None:
@@ -81,7 +83,8 @@ class ViTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _block_forward(self, x: Tensor) -> Tensor:
+        """``[B, N, D]`` → ``[B, N, D]``."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
