@@ -59,17 +59,21 @@ def test_read_entries_skips_and_counts_malformed_items(tmp_path: Path):
     assert entries[1].image == tmp_path / "images" / "b.png" and entries[1].group is None
 
 
-def test_ranks_split_each_epoch_disjointly_and_resume_exactly():
-    for size, world in ((12, 2), (11, 2), (10, 3)):
-        samplers = [EpochSampler(size, seed=4, rank=r, world_size=world) for r in range(world)]
-        per_rank = size // world
-        for epoch in range(3):
-            keys = [take(s, per_rank * 3)[epoch * per_rank:(epoch + 1) * per_rank] for s in samplers]
-            union = [k for part in keys for k in part]
-            assert len(union) == len(set(union)) == per_rank * world  # disjoint; ≤ world − 1 left out
-            assert all(k // size == epoch for k in union)
-        full = take(samplers[1], 20)
-        assert take(EpochSampler(size, seed=4, start=7, rank=1, world_size=world), 13) == full[7:]
+def test_ranks_read_the_single_process_stream_in_blocks_and_resume_at_any_world_size():
+    for size, world, block in ((12, 2, 3), (11, 2, 4), (10, 3, 2)):
+        stream = take(EpochSampler(size, seed=4), 60)
+        samplers = [EpochSampler(size, seed=4, rank=r, world_size=world, block=block) for r in range(world)]
+        steps = 60 // (world * block)
+        per_rank = [take(s, steps * block) for s in samplers]
+        merged = [k for step in range(steps) for r in range(world)
+                  for k in per_rank[r][step * block:(step + 1) * block]]
+        assert merged == stream[:steps * world * block]  # rank 0's block first, nothing dropped at epoch ends
+        # resume from a global position, at this world size or another one
+        at = world * block * 2
+        again = [take(EpochSampler(size, seed=4, start=at, rank=r, world_size=world, block=block), block)
+                 for r in range(world)]
+        assert [k for part in again for k in part] == stream[at:at + world * block]
+        assert take(EpochSampler(size, seed=4, start=at), 7) == stream[at:at + 7]
     with pytest.raises(ValueError, match="rank 2"):
         EpochSampler(10, seed=0, rank=2, world_size=2)
 
@@ -87,7 +91,7 @@ def test_two_ranks_with_two_workers_each_see_every_json_sample_once_per_epoch(tm
     dataset = PairDataset(entries, eval_transform(16), seed=0)
     seen: list[list[int]] = []
     for rank in range(2):
-        sampler = EpochSampler(len(dataset), seed=0, rank=rank, world_size=2)
+        sampler = EpochSampler(len(dataset), seed=0, rank=rank, world_size=2, block=4)
         loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=list, num_workers=2)
         seen.append([s.key for batch in itertools.islice(loader, 6) for s in batch])  # 2 epochs of 12 per rank
     for epoch in range(2):

@@ -258,30 +258,37 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     of item ``i`` in epoch ``e`` has key ``(e · C + c) · N + i`` (``C`` = the largest ``ceil(r_p)``),
     so every access has its own key (own caption draw and augmentation).
 
-    With ``world_size`` > 1 every rank computes the same epoch keys and takes every ``world_size``-th
-    from position ``rank``, each rank ``epoch_length // world_size`` of them: the ranks' keys are
-    disjoint and together cover the epoch (up to ``world_size − 1`` keys left out, as
-    ``DistributedSampler(drop_last=True)``; different ones each epoch).
+    The epochs, concatenated, form one endless **global stream** of keys. With ``world_size`` > 1,
+    each micro-batch of the global batch is ``world_size · block`` consecutive keys of the stream,
+    rank ``r`` taking the ``r``-th block of ``block`` keys: the ranks' micro-batches are disjoint and
+    together are exactly the micro-batch one process with a ``world_size`` times larger batch would
+    read (in the same order, rank 0's rows first). Nothing is dropped at epoch ends, and a run
+    resumes at any world size from the global position alone.
 
     Args:
         size: dataset length ``N``.
         seed: run seed.
-        start: number of keys this rank already consumed (resume point).
+        start: position in the global stream to continue from (keys consumed by all ranks so far).
         groups: optional ``[N]`` group label of each item (None: every item is its own group).
         parts: optional ``[N]`` part (annotation file) index of each item.
         ratios: per part, its sampling ratio (≥ 0); needs ``parts``.
         rank, world_size: this process's place among the training processes.
+        block: keys per rank per micro-batch (the per-rank micro-batch size; needed when
+            ``world_size`` > 1).
     """
 
     def __init__(self, size: int, seed: int, start: int = 0, groups: Sequence[Hashable | None] | None = None,
                  parts: Sequence[int] | None = None, ratios: Sequence[float] | None = None, *,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, block: int = 1) -> None:
         if groups is not None and len(groups) != size:
             raise ValueError(f"{len(groups)} group labels for {size} items")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if block < 1:
+            raise ValueError(f"block must be ≥ 1, got {block}")
         self.rank = rank
         self.world_size = world_size
+        self.block = block
         self.size = size
         self.seed = seed
         self.start = start
@@ -302,9 +309,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             self.epoch_length = sum(math.floor(r) * len(m) + round((r - math.floor(r)) * len(m)) for m, r in self.mix)
             if self.epoch_length == 0:
                 raise ValueError("the sampling ratios leave no sample in an epoch")
-        self.rank_length = self.epoch_length // world_size
-        if self.rank_length == 0:
-            raise ValueError(f"an epoch of {self.epoch_length} samples cannot feed {world_size} ranks")
+        self._cached: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         """``[N]`` item order of ``epoch`` (a permutation of ``0..N-1``; plain and grouped modes)."""
@@ -330,18 +335,29 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         all_keys = np.concatenate(keys)
         return all_keys[rng.permutation(len(all_keys))]
 
-    def rank_keys(self, epoch: int) -> np.ndarray:
-        """``[rank_length]`` access keys of this rank in ``epoch``, in order."""
-        keys = self.epoch_keys(epoch)
-        return keys[self.rank::self.world_size][:self.rank_length] if self.world_size > 1 else keys
+    def stream_keys(self, start: int, count: int) -> np.ndarray:
+        """``[count]`` keys of the global stream from position ``start``."""
+        out = []
+        while count > 0:
+            epoch, offset = divmod(start, self.epoch_length)
+            if self._cached is None or self._cached[0] != epoch:
+                self._cached = (epoch, self.epoch_keys(epoch))
+            taken = self._cached[1][offset:offset + count]
+            out.append(taken)
+            start, count = start + len(taken), count - len(taken)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def __iter__(self):  # noqa: ANN204 - iterator of ints
-        position = self.start
+        if self.world_size == 1:  # the stream itself, an epoch at a time
+            position = self.start
+            while True:
+                epoch, offset = divmod(position, self.epoch_length)
+                yield from (int(k) for k in self.epoch_keys(epoch)[offset:])
+                position = (epoch + 1) * self.epoch_length
+        position = self.start + self.rank * self.block
         while True:
-            epoch, offset = divmod(position, self.rank_length)
-            for key in self.rank_keys(epoch)[offset:]:
-                yield int(key)
-            position = (epoch + 1) * self.rank_length
+            yield from (int(k) for k in self.stream_keys(position, self.block))
+            position += self.world_size * self.block
 
     def __len__(self) -> int:
         return 2**62
