@@ -72,6 +72,14 @@ class PretrainModel(nn.Module):
                 return objective.in_batch_similarity(step)
         raise RuntimeError("hard negatives need a contrastive objective (e.g. itc) in the recipe")
 
+    def global_similarity(self, step: Step) -> Similarity:
+        """This rank's samples against the global batch (global hard negatives), from the first
+        objective that defines it."""
+        for objective in self.objectives.values():
+            if hasattr(objective, "global_similarity"):
+                return objective.global_similarity(step)
+        raise RuntimeError("global hard negatives need a contrastive objective (e.g. itc) in the recipe")
+
     @torch.no_grad()
     def after_step(self, results: StepResult | list[StepResult]) -> None:
         """Side effects of a finished optimizer step: one EMA update, then each objective's hook for

@@ -6,6 +6,9 @@ are the teacher's features of this batch followed by the queue of past teacher f
 otherwise they are the online features of this batch (CLIP / ALIGN). Targets are the columns with the
 same image ``idx`` as the row (several captions of one image are all positives), optionally smoothed,
 and with distillation mixed with the teacher's softmax (ALBEF §MoD).
+
+Across several training processes, ``gather`` chooses what a rank contrasts against (see
+:class:`ITCConfig`); the queue always receives every rank's teacher features, as ALBEF's does.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from vlkit import dist
 from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
 from vlkit.objectives.distill import DistillConfig, mix_targets, soft_cross_entropy
 from vlkit.objectives.step import Similarity, Step
@@ -42,6 +46,16 @@ class ITCConfig(ObjectiveConfig):
             ALBEF pre-training's diagonal targets.
         vl_path: add VLMo's second loss on the vision-language-expert features (``vl_feat``, own
             temperature) and average the two (in-batch only).
+        gather: the batch columns when training on several processes (one process: all the same):
+            ``none``: this rank's batch (ALBEF: in-batch negatives are local; the queue holds every
+            rank's teacher features). ``with_grad``: the global batch — each rank's rows against
+            every rank's columns, the columns gathered with gradient (ALIGN, open_clip's local loss):
+            the parameters' gradients equal one process's on the global batch. ``without_grad``: the
+            global batch as VLMo computes it — every rank builds the whole ``[N, N]`` matrix, the
+            other ranks' features are constants; after DDP's averaging the encoder's gradients are
+            the global loss's divided by the world size (the temperature's is the global loss's),
+            with no all-reduce of feature gradients. With a
+            teacher, the batch columns are its (gradient-free) features of the global batch.
     """
 
     temperature: float = 0.07
@@ -53,6 +67,7 @@ class ITCConfig(ObjectiveConfig):
     label_smoothing: float = 0.0
     idx_targets: bool = True
     vl_path: bool = False
+    gather: Literal["none", "with_grad", "without_grad"] = "none"
 
     provides_similarity: ClassVar[bool] = True
 
@@ -141,12 +156,45 @@ class FeatureQueue(nn.Module):
 
 @dataclass
 class ContrastiveLogits:
-    """One direction pair of contrastive logits and their targets, ``[B, C]`` each."""
+    """One direction pair of contrastive logits and their targets, ``[R, C]`` each.
+
+    Rows are this rank's ``B`` samples (``R = B``) or, with ``gather: without_grad``, the global
+    batch's. Columns are the batch's (this rank's or the global batch's) followed by the queue.
+
+    Attributes:
+        row_start: row of this rank's first sample.
+        col_start: column of this rank's first sample.
+        batch_cols: number of columns that belong to the batch (the rest are the queue).
+    """
 
     i2t: Tensor
     t2i: Tensor
     targets_i2t: Tensor
     targets_t2i: Tensor
+    row_start: int = 0
+    col_start: int = 0
+    batch_cols: int = 0
+
+
+@dataclass
+class _Sides:
+    """Rows and batch columns of one contrastive matrix pair (``[R, E]``, ``[C, E]``) and their ids."""
+
+    rows_img: Tensor
+    rows_txt: Tensor
+    cols_img: Tensor
+    cols_txt: Tensor
+    rows_idx: Tensor
+    cols_idx: Tensor
+    row_start: int
+    col_start: int
+
+
+def _gathered(step: Step, key: str, tensor: Tensor, how: str) -> Tensor:
+    """``tensor`` gathered over ranks (``no_grad``, ``with_grad`` or ``keep_local``), once per step."""
+    gather = {"no_grad": dist.all_gather_no_grad, "with_grad": dist.all_gather_with_grad,
+              "keep_local": dist.gather_keep_local}[how]
+    return step.memo(f"gather:{how}:{key}", lambda: gather(tensor))
 
 
 @register("objective", "itc")
@@ -172,13 +220,15 @@ class ITC(Objective):
     def needs_teacher(self) -> bool:
         return self.cfg.needs_teacher
 
-    def _targets(self, idx: Tensor, idx_cols: Tensor) -> Tensor:
+    def _targets(self, idx: Tensor, idx_cols: Tensor, diagonal: int = 0) -> Tensor:
+        """``[R, C]`` targets: same-``idx`` columns, or (``idx_targets: false``) row ``i``'s own
+        column ``diagonal + i``."""
         b = idx.shape[0]
         if self.cfg.idx_targets:
             positive = (idx[:, None] == idx_cols[None, :]).float()
         else:
             positive = torch.zeros(b, idx_cols.shape[0], device=idx.device)
-            positive[:, :b].fill_diagonal_(1.0)
+            positive[:, diagonal:diagonal + b].fill_diagonal_(1.0)
         targets = positive / positive.sum(1, keepdim=True)
         eps = self.cfg.label_smoothing
         return targets if eps == 0 else (1 - eps) * targets + eps / targets.shape[1]
@@ -187,35 +237,88 @@ class ITC(Objective):
         """The main path's logits and (distillation-mixed) targets, computed once per step."""
         return step.memo(f"{self.name}:logits", lambda: self._logits(step))
 
+    def _mode(self) -> str:
+        return self.cfg.gather if dist.is_distributed() else "none"
+
+    def _sides(self, step: Step, img: Tensor, txt: Tensor, name: str, teacher: bool) -> _Sides:
+        """Rows and batch columns for features ``img``/``txt`` ``[B, E]`` (``teacher``: the columns are
+        the teacher's features of the batch, no gradient)."""
+        mode, idx, b = self._mode(), step.batch.idx, step.batch.size
+        if mode == "none":
+            cols_img, cols_txt = (step.teacher.image.feat, step.teacher.text.feat) if teacher else (img, txt)
+            return _Sides(img, txt, cols_img, cols_txt, idx, idx, 0, 0)
+        start = dist.offset(b)
+        all_idx = _gathered(step, "idx", idx, "no_grad")
+        if mode == "without_grad":
+            rows_img = _gathered(step, f"{name}.image", img, "keep_local")
+            rows_txt = _gathered(step, f"{name}.text", txt, "keep_local")
+            rows_idx, row_start = all_idx, start
+        else:
+            rows_img, rows_txt, rows_idx, row_start = img, txt, idx, 0
+        if teacher:
+            cols_img = _gathered(step, "teacher.image", step.teacher.image.feat, "no_grad")
+            cols_txt = _gathered(step, "teacher.text", step.teacher.text.feat, "no_grad")
+        elif mode == "without_grad":
+            cols_img, cols_txt = rows_img, rows_txt
+        else:
+            cols_img = _gathered(step, f"{name}.image", img, "with_grad")
+            cols_txt = _gathered(step, f"{name}.text", txt, "with_grad")
+        return _Sides(rows_img, rows_txt, cols_img, cols_txt, rows_idx, all_idx, row_start, start)
+
     def _logits(self, step: Step) -> ContrastiveLogits:
-        img, txt, idx = step.image.feat, step.text.feat, step.batch.idx
         scale = self.temp.inverse()
-        if not (self.cfg.needs_teacher and step.teacher_ready):  # in-batch, online columns (CLIP / ALIGN)
-            i2t, t2i = scale * img @ txt.T, scale * txt @ img.T
-            targets = self._targets(idx, idx)
-            return ContrastiveLogits(i2t, t2i, targets, targets)
-        teacher = step.teacher
-        img_m, txt_m = teacher.image.feat, teacher.text.feat
-        img_cols, txt_cols, idx_cols = img_m, txt_m, idx
+        teacher_on = self.cfg.needs_teacher and step.teacher_ready
+        sides = self._sides(step, step.image.feat, step.text.feat, "feat", teacher_on)
+        diagonal = sides.col_start - sides.row_start
+        batch_cols = sides.cols_img.shape[0]
+        img_cols, txt_cols, idx_cols = sides.cols_img, sides.cols_txt, sides.cols_idx
+        if not teacher_on:  # in-batch, online columns (CLIP / ALIGN / VLMo)
+            targets = self._targets(sides.rows_idx, idx_cols, diagonal)
+            return ContrastiveLogits(scale * sides.rows_img @ txt_cols.T, scale * sides.rows_txt @ img_cols.T,
+                                     targets, targets, sides.row_start, sides.col_start, batch_cols)
         if self.queue is not None:
-            img_cols = torch.cat((img_m, self.queue.image_queue.T.to(img_m.dtype)))
-            txt_cols = torch.cat((txt_m, self.queue.text_queue.T.to(txt_m.dtype)))
-            idx_cols = torch.cat((idx, self.queue.idx_queue[0]))
-        targets = self._targets(idx, idx_cols)
+            img_cols = torch.cat((img_cols, self.queue.image_queue.T.to(img_cols.dtype)))
+            txt_cols = torch.cat((txt_cols, self.queue.text_queue.T.to(txt_cols.dtype)))
+            idx_cols = torch.cat((idx_cols, self.queue.idx_queue[0]))
+        targets = self._targets(sides.rows_idx, idx_cols, diagonal)
         targets_i2t = targets_t2i = targets
         if self.cfg.distill is not None:
             alpha = self.cfg.distill.alpha_at(step.teacher_steps)
+            img_m, txt_m = step.teacher.image.feat, step.teacher.text.feat
+            if self._mode() == "without_grad":  # rows: the global batch; the teacher's rows likewise
+                img_m, txt_m = sides.cols_img[:batch_cols], sides.cols_txt[:batch_cols]
             with torch.no_grad():
                 scale_m = scale.detach()
                 targets_i2t = mix_targets(targets, scale_m * img_m @ txt_cols.T, alpha)
                 targets_t2i = mix_targets(targets, scale_m * txt_m @ img_cols.T, alpha)
-        return ContrastiveLogits(scale * img @ txt_cols.T, scale * txt @ img_cols.T, targets_i2t, targets_t2i)
+        return ContrastiveLogits(scale * sides.rows_img @ txt_cols.T, scale * sides.rows_txt @ img_cols.T,
+                                 targets_i2t, targets_t2i, sides.row_start, sides.col_start, batch_cols)
 
     def in_batch_similarity(self, step: Step) -> Similarity:
-        """The in-batch block of the logits (rows: this batch; columns: this batch's texts / images)."""
+        """This rank's block of the logits (rows: this rank's samples; columns: their texts / images)."""
         logits = self.logits(step)
         b = step.batch.size
-        return Similarity(i2t=logits.i2t[:, :b].detach(), t2i=logits.t2i[:, :b].detach())
+        rows, cols = slice(logits.row_start, logits.row_start + b), slice(logits.col_start, logits.col_start + b)
+        return Similarity(i2t=logits.i2t[rows, cols].detach(), t2i=logits.t2i[rows, cols].detach())
+
+    @torch.no_grad()
+    def global_similarity(self, step: Step) -> Similarity:
+        """This rank's samples against the global batch, ``[B, N]`` (columns in rank order): the
+        logits' batch block when they span the global batch, else the same columns gathered."""
+        logits = self.logits(step)
+        b = step.batch.size
+        rows = slice(logits.row_start, logits.row_start + b)
+        if self._mode() != "none" or not dist.is_distributed():
+            return Similarity(i2t=logits.i2t[rows, :logits.batch_cols].detach(),
+                              t2i=logits.t2i[rows, :logits.batch_cols].detach())
+        teacher_on = self.cfg.needs_teacher and step.teacher_ready
+        cols_img, cols_txt = (step.teacher.image.feat, step.teacher.text.feat) if teacher_on else (
+            step.image.feat, step.text.feat)
+        cols_img = _gathered(step, "teacher.image" if teacher_on else "feat.image.nograd", cols_img, "no_grad")
+        cols_txt = _gathered(step, "teacher.text" if teacher_on else "feat.text.nograd", cols_txt, "no_grad")
+        scale = self.temp.inverse().detach()
+        return Similarity(i2t=scale * step.image.feat.detach() @ cols_txt.T,
+                          t2i=scale * step.text.feat.detach() @ cols_img.T)
 
     def forward(self, step: Step) -> ObjectiveOutput:
         out = self.logits(step)
@@ -225,8 +328,11 @@ class ITC(Objective):
             loss_vl = self._vl_loss(step)
             metrics.update(loss_vl=loss_vl.detach(), temperature_vl=self.vl_temp().detach())
             loss = (loss + loss_vl) / 2
+        if self.queue is not None:  # computed inside the forward (FSDP gathers parameters only there)
+            self._queue_entries(step)
         b = step.batch.size
-        hits = out.i2t[:, :b].argmax(1) == torch.arange(b, device=out.i2t.device)
+        mine = out.i2t[out.row_start:out.row_start + b, :out.batch_cols]
+        hits = mine.argmax(1) == out.col_start + torch.arange(b, device=mine.device)
         metrics["acc_i2t"] = hits.float().mean().detach()
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
@@ -235,8 +341,10 @@ class ITC(Objective):
         if img is None or txt is None:
             raise RuntimeError("itc.vl_path needs an encoder with vision-language experts (mome with vl_start < depth)")
         scale = self.vl_temp.inverse()
-        targets = self._targets(step.batch.idx, step.batch.idx)
-        return (soft_cross_entropy(scale * img @ txt.T, targets) + soft_cross_entropy(scale * txt @ img.T, targets)) / 2
+        sides = self._sides(step, img, txt, "vl_feat", teacher=False)
+        targets = self._targets(sides.rows_idx, sides.cols_idx, sides.col_start - sides.row_start)
+        return (soft_cross_entropy(scale * sides.rows_img @ sides.cols_txt.T, targets)
+                + soft_cross_entropy(scale * sides.rows_txt @ sides.cols_img.T, targets)) / 2
 
     @torch.no_grad()
     def after_step(self, step: Step) -> None:
@@ -244,6 +352,12 @@ class ITC(Objective):
         self.temp.clamp_()
         if self.vl_temp is not None:
             self.vl_temp.clamp_()
-        if self.queue is not None:  # filled from step 0, read once the teacher is consulted
-            teacher = step.teacher
-            self.queue.enqueue(teacher.image.feat.float(), teacher.text.feat.float(), step.batch.idx)
+        if self.queue is not None:  # filled from step 0 with every rank's features, read once the teacher is consulted
+            self.queue.enqueue(*self._queue_entries(step))
+
+    def _queue_entries(self, step: Step) -> tuple[Tensor, Tensor, Tensor]:
+        """Every rank's teacher image and text features ``[N, E]`` (fp32) and ids ``[N]`` of this step."""
+        teacher = step.teacher
+        return (_gathered(step, "teacher.image", teacher.image.feat, "no_grad").float(),
+                _gathered(step, "teacher.text", teacher.text.feat, "no_grad").float(),
+                _gathered(step, "idx", step.batch.idx, "no_grad"))

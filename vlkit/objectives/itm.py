@@ -53,9 +53,15 @@ class ITM(Objective):
         b = step.batch.size
         neg = self.sampler.sample(step)
         rows = torch.arange(b, device=step.batch.idx.device)
-        fused = step.fuse(image_index=torch.cat((rows, neg.image_index, rows)),
-                          text_index=torch.cat((rows, rows, neg.text_index)))
-        logits = self.head(fused.cls)
+        if neg.images is None and neg.texts is None:  # in-batch negatives: one fusion call over 3B pairs
+            fused = step.fuse(image_index=torch.cat((rows, neg.image_index, rows)),
+                              text_index=torch.cat((rows, rows, neg.text_index))).cls
+        else:  # negatives from elsewhere (other ranks): positives, (text b, negative image), (negative text, image b)
+            fused = torch.cat((step.fuse(image_index=rows, text_index=rows).cls,
+                               self._fuse_negative_images(step, neg, rows),
+                               step.fuse(text=neg.texts if neg.texts is not None else step.text, image_index=rows,
+                                         text_index=neg.text_index).cls))
+        logits = self.head(fused)
         labels = torch.cat((torch.ones(b, dtype=torch.long, device=rows.device),
                             torch.zeros(2 * b, dtype=torch.long, device=rows.device)))
         weights = torch.cat((torch.ones(b, device=rows.device), neg.image_valid, neg.text_valid))
@@ -66,3 +72,10 @@ class ITM(Objective):
             "acc": ((correct * weights).sum() / weights.sum()).detach(),
             "valid_negatives": (neg.image_valid.mean() + neg.text_valid.mean()).detach() / 2,
         })
+
+    @staticmethod
+    def _fuse_negative_images(step: Step, neg: Any, rows: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` fused [CLS] of (text b, negative image b)."""
+        if neg.images is None:
+            return step.fuse(image_index=neg.image_index, text_index=rows).cls
+        return step.encoder.fuse(neg.images, step.text, image_index=neg.image_index, text_index=rows).cls

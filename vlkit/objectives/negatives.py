@@ -11,10 +11,13 @@ of crashing ``multinomial`` ("invalid multinomial distribution") or teaching a w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from vlkit import dist
+from vlkit.encoders.base import ImageEncoding, TextEncoding
 from vlkit.objectives.step import Step
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
@@ -29,12 +32,17 @@ class Negatives:
         text_index: row of the negative text for image ``b``.
         image_valid: 1.0 where ``image_index[b]`` is a real negative, 0.0 for a placeholder.
         text_valid: likewise for ``text_index``.
+        images: where ``image_index`` points (e.g. negatives gathered from other ranks and
+            re-encoded); None: the step's own images.
+        texts: likewise for ``text_index``.
     """
 
     image_index: Tensor
     text_index: Tensor
     image_valid: Tensor
     text_valid: Tensor
+    images: ImageEncoding | None = None
+    texts: TextEncoding | None = None
 
 
 def draw(weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,8 +134,76 @@ class InBatchHardNegatives(NegativeSampler):
         return Negatives(image_index, text_index, image_valid, text_valid)
 
 
+@dataclass(kw_only=True)
+class GlobalHardNegativesConfig(HardNegativesConfig):
+    """Settings of ``global_hard``.
+
+    Attributes:
+        gather: what the ranks exchange. ``inputs`` (VLMo): the images, token ids and masks; the
+            drawn negatives are re-encoded on this rank, with gradient into its towers. ``encodings``
+            (fusion encoders): the towers' outputs, gathered with gradient (the owning rank's towers
+            receive it, as in one process over the global batch); no re-encoding, but the gathered
+            token tensors (``[N, M, D]`` images, ``[N, L, D]`` texts) are large.
+    """
+
+    gather: Literal["inputs", "encodings"] = "inputs"
+
+
 @register("negatives", "global_hard")
 class GlobalHardNegatives(InBatchHardNegatives):
-    """VLMo's hard negatives, drawn from the global batch of all ranks by softmax(contrastive logits)
-    and re-encoded locally; in a single process the global batch is the local one, so this equals
-    ``in_batch_hard``."""
+    """VLMo's hard negatives: for each of this rank's samples, a negative image and a negative text
+    drawn from the global batch of every rank by softmax(contrastive logits), its positive and
+    same-``idx`` pairs excluded. In one process the global batch is the local one and this is
+    ``in_batch_hard`` exactly (no re-encoding)."""
+
+    Config = GlobalHardNegativesConfig
+
+    def __init__(self, cfg: ComponentConfig | None = None) -> None:
+        NegativeSampler.__init__(self, cfg if isinstance(cfg, GlobalHardNegativesConfig)
+                                 else GlobalHardNegativesConfig(type="global_hard"))
+
+    def sample(self, step: Step) -> Negatives:
+        if not dist.is_distributed():
+            return super().sample(step)
+        batch = step.batch
+        with torch.no_grad():
+            sim = step.global_sim
+            idx_all = step.memo("gather:no_grad:idx", lambda: dist.all_gather_no_grad(batch.idx))
+            ok = batch.idx[:, None] != idx_all[None, :]
+            hardness = self.cfg.hardness(step.index)
+            text_index, text_valid = draw(masked_softmax(sim.i2t * hardness, ok))
+            image_index, image_valid = draw(masked_softmax(sim.t2i * hardness, ok))
+        if self.cfg.gather == "encodings":
+            return Negatives(image_index, text_index, image_valid, text_valid,
+                             images=_gather_image_encoding(step.image), texts=_gather_text_encoding(step.text))
+        with torch.no_grad():
+            images = dist.all_gather_no_grad(batch.images)[image_index]
+            input_ids = dist.all_gather_padded(batch.input_ids, dim=1)[text_index]
+            mask = dist.all_gather_padded(batch.attention_mask, dim=1)[text_index]
+        rows = torch.arange(batch.size, device=batch.idx.device)
+        return Negatives(rows, rows, image_valid, text_valid, images=step.encoder.encode_image(images),
+                         texts=step.encoder.encode_text(input_ids, mask))
+
+
+def _pad(x: Tensor, length: int) -> Tensor:
+    """``[B, L, ...]`` zero-padded along dim 1 to ``length`` (differentiable)."""
+    if x.shape[1] == length:
+        return x
+    return torch.cat((x, x.new_zeros((x.shape[0], length - x.shape[1], *x.shape[2:]))), dim=1)
+
+
+def _gather_or_none(x: Tensor | None) -> Tensor | None:
+    return None if x is None else dist.all_gather_with_grad(x)
+
+
+def _gather_image_encoding(image: ImageEncoding) -> ImageEncoding:
+    """The token tensors fusion reads, gathered with gradient (contrastive features left out)."""
+    return ImageEncoding(embeds=_gather_or_none(image.embeds), inputs=_gather_or_none(image.inputs))
+
+
+def _gather_text_encoding(text: TextEncoding) -> TextEncoding:
+    """Token tensors and masks of every rank (padded to the longest text), gathered with gradient."""
+    longest = max(dist.sizes(text.mask.shape[1]))
+    return TextEncoding(embeds=_gather_or_none(None if text.embeds is None else _pad(text.embeds, longest)),
+                        mask=dist.all_gather_no_grad(_pad(text.mask, longest)),
+                        inputs=_gather_or_none(None if text.inputs is None else _pad(text.inputs, longest)))

@@ -31,8 +31,8 @@ class Similarity:
     """In-batch contrastive logits (temperature applied) that hard-negative samplers read.
 
     Attributes:
-        i2t: ``[B, B]`` image b against text j.
-        t2i: ``[B, B]`` text b against image j.
+        i2t: ``[B, C]`` image b against text j (``C = B`` in-batch, ``N`` over the global batch).
+        t2i: ``[B, C]`` text b against image j.
     """
 
     i2t: Tensor
@@ -181,6 +181,12 @@ class Step(_Memo):
     def sim(self) -> Similarity:
         """In-batch contrastive logits, from the recipe's contrastive objective (once per step)."""
         return self.memo("sim", lambda: self.model.similarity(self))
+
+    @property
+    def global_sim(self) -> Similarity:
+        """This rank's samples against every rank's batch, ``[B, N]`` columns in rank order (in one
+        process: :attr:`sim`), from the recipe's contrastive objective (once per step)."""
+        return self.memo("global_sim", lambda: self.model.global_similarity(self))
 
     def fuse(self, *, text: TextEncoding | None = None, image_index: Tensor | None = None,
              text_index: Tensor | None = None) -> FusedEncoding:
