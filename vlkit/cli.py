@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,8 +130,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         again = f"vlkit {args.command} {args.recipe} {' '.join(args.overrides)} --out {out} --resume"
         print(f"{err}; continue with: {again}", file=sys.stderr)
         return 128 + err.signum
-    print(f"\nfinished: {out}")
-    _print_metrics(metrics)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\nfinished: {out}")
+        _print_metrics(metrics)
     return 0
 
 
@@ -347,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlkit`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, ranks other than 0 report warnings only
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING,
+                        format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
     try:
         return int(args.func(args) or 0)
     except (RecipeError, registry.RegistryError) as err:

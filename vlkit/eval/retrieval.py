@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from vlkit import dist
 from vlkit.encoders.base import Encoder, ImageEncoding, TextEncoding
 
 E = TypeVar("E", ImageEncoding, TextEncoding)
@@ -139,29 +140,41 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
     """Recall metrics of the gallery: ITC only (dual encoders, ``k_test == 0``, no ITM head), or ITC
     then ITM re-ranking of the top ``k_test`` (ALBEF: re-ranked scores are the ITM logit at the top-k,
     −100 elsewhere). Also reports ``itc_*`` recalls before re-ranking. Queries are scored
-    ``query_chunk`` at a time on ``device`` (default: where the features are)."""
+    ``query_chunk`` at a time on ``device`` (default: where the features are).
+
+    On several processes (every rank holding the whole encoded gallery, as ALBEF's evaluation), the
+    query blocks are dealt out round-robin over the ranks and the ground truth's ranks summed over
+    them (ALBEF splits the rows and all-reduces the score matrices); every rank returns the metrics."""
     device = device or gallery.images.feat.device
     image_feat = gallery.images.feat.to(device).float()  # [N_i, E]
     text_feat = gallery.texts.feat.to(device).float()  # [N_t, E]
     n_img, n_txt = len(img2txt), len(txt2img)
     rerank = itm_head is not None and encoder.supports_fusion and k_test > 0
     reranker = _Reranker(encoder, gallery, lambda cls: itm_head(cls)[:, 1], pair_batch, device) if rerank else None
-    ranks: dict[str, list[Tensor]] = {"itc_txt": [], "itc_img": [], "txt": [], "img": []}
+    ranks = {name: torch.zeros(n, dtype=torch.long, device=device)
+             for name, n in (("itc_txt", n_img), ("itc_img", n_txt), ("txt", n_img), ("img", n_txt))}
+    me, world = dist.rank(), dist.world_size()
     for queries, keys, positives, name in ((image_feat, text_feat, img2txt, "txt"),
                                            (text_feat, image_feat, [[i] for i in txt2img], "img")):
-        for start in range(0, queries.shape[0], query_chunk):
+        for block, start in enumerate(range(0, queries.shape[0], query_chunk)):
+            if block % world != me:
+                continue
             rows = torch.arange(start, min(start + query_chunk, queries.shape[0]), device=device)
             sims = queries[rows] @ keys.T  # [c, N_keys]
             truth = positives[start:start + len(rows)]
-            ranks[f"itc_{name}"].append(ground_truth_ranks(sims, truth))
+            ranks[f"itc_{name}"][rows] = ground_truth_ranks(sims, truth).to(device)
             if reranker is None:
                 continue
             top = sims.topk(min(k_test, keys.shape[0]), dim=1).indices  # [c, k]
             logits = reranker.scores(rows, top, image_queries=name == "txt")
             scores = torch.full_like(sims, -100.0).scatter_(1, top, logits)
-            ranks[name].append(ground_truth_ranks(scores, truth))
-    itc = recalls_from_ranks(torch.cat(ranks["itc_txt"]), torch.cat(ranks["itc_img"]))
-    metrics = recalls_from_ranks(torch.cat(ranks["txt"]), torch.cat(ranks["img"])) if rerank else dict(itc)
+            ranks[name][rows] = ground_truth_ranks(scores, truth).to(device)
+    if world > 1:
+        everything = torch.cat(list(ranks.values()))
+        torch.distributed.all_reduce(everything)  # each query's rank was written by exactly one rank
+        ranks = dict(zip(ranks, everything.split([n_img, n_txt, n_img, n_txt]), strict=True))
+    itc = recalls_from_ranks(ranks["itc_txt"], ranks["itc_img"])
+    metrics = recalls_from_ranks(ranks["txt"], ranks["img"]) if rerank else dict(itc)
     metrics.update({f"itc_{k}": v for k, v in itc.items()})
     metrics.update(n_images=float(n_img), n_texts=float(n_txt))
     return metrics

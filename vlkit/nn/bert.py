@@ -209,6 +209,11 @@ class BertLayer(CheckpointedBlock):
     def has_cross_attention(self) -> bool:
         return self.crossattention is not None
 
+    @property
+    def own_sharding_unit(self) -> bool:
+        """Fusion layers are not: :meth:`cross_kv` runs outside ``forward`` (once per step, shared)."""
+        return self.crossattention is None
+
     def cross_kv(self, image_embeds: Tensor) -> KV:
         """Cross-attention keys/values of ``image_embeds`` ``[B, M, Dv]`` (computed once, reused)."""
         if self.crossattention is None:

@@ -40,6 +40,14 @@ class CheckpointedBlock(nn.Module):
     def _block_forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
+    @property
+    def own_sharding_unit(self) -> bool:
+        """Whether FSDP2 may shard this block on its own: true when its parameters are used only inside
+        its ``forward`` (FSDP2 gathers them in a forward hook). A block with a method that callers run
+        outside ``forward`` (an ALBEF fusion layer's image keys/values) says false and stays in the
+        enclosing unit."""
+        return True
+
 
 def transformer_blocks(module: nn.Module) -> list[nn.Module]:
     """Every :class:`CheckpointedBlock` inside ``module`` (itself included), in module order."""

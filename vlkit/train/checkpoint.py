@@ -1,7 +1,10 @@
 """Training checkpoints: atomic writes, the last ``k`` kept, safe loading (``weights_only=True``).
 
 A checkpoint holds everything needed to continue bit for bit: model (teacher and queues included),
-optimizer, scheduler, step, samples consumed, RNG states and the resolved recipe.
+optimizer, scheduler, step, samples consumed, RNG states and the resolved recipe. Model and optimizer
+state are full tensors keyed by parameter name (version 2), whatever the number of processes and the
+strategy (DDP / FSDP) that wrote them, so a run resumes at another world size. Version 1 (optimizer
+state keyed by parameter position, one process) still loads.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 import torch
 
 FORMAT = "vlkit-train-state"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -63,8 +67,9 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a vlkit training checkpoint")
-    if state.get("version") != VERSION:
-        raise ValueError(f"{path} has checkpoint version {state.get('version')}; this vlkit reads {VERSION}")
+    if state.get("version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path} has checkpoint version {state.get('version')}; this vlkit reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     return state
 
 
@@ -74,6 +79,11 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def cpu_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """An RNG state as :func:`restore_rng` needs it (byte tensors on the CPU)."""
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else [t.cpu() for t in v] for k, v in state.items()}
 
 
 def restore_rng(state: dict[str, Any]) -> None:

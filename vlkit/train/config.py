@@ -13,9 +13,19 @@ class TrainConfig:
     """Optimization and bookkeeping.
 
     Attributes:
-        steps: optimizer steps in the run.
-        batch_size: samples per optimizer step (split into ``grad_accum`` micro-batches).
+        steps: optimizer steps in the run (the learning-rate schedule spans them).
+        max_steps: stop (checkpoint, evaluation, ``metrics.json``) at this step, before ``steps``: a
+            smoke test, or one slice of a long run; a later run with a larger value (or none)
+            resumes it on the same schedule. Null: run to ``steps``.
+        batch_size: samples per optimizer step over all processes (the global batch; each of ``W``
+            ranks reads ``batch_size / (W · grad_accum)`` per micro-batch), so a recipe means the same
+            optimization on one CPU or on many GPUs.
         grad_accum: micro-batches per optimizer step (contrastive negatives span one micro-batch).
+        strategy: with several processes (``torchrun``): ``ddp`` replicates the model and averages
+            gradients; ``fsdp`` shards parameters, gradients and optimizer state (PyTorch FSDP2,
+            per transformer block) for models that do not fit one device. Ignored in one process.
+        find_unused_parameters: DDP's option for models whose steps leave some parameters unused
+            (e.g. NLVR2 bi-fusion leaves the encoder's own fusion layers idle); slower, so off.
         lr: peak learning rate (AdamW).
         min_lr: floor of the cosine / linear decay.
         warmup_steps: linear warm-up from 0 to ``lr``, per step.
@@ -39,8 +49,11 @@ class TrainConfig:
     """
 
     steps: int = 1000
+    max_steps: int | None = None
     batch_size: int = 64
     grad_accum: int = 1
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    find_unused_parameters: bool = False
     lr: float = 1e-4
     min_lr: float = 1e-5
     warmup_steps: int = 0
@@ -71,5 +84,19 @@ class TrainConfig:
             raise ConfigError(f"must be two numbers in [0, 1), got {self.betas}", key="betas")
         if self.head_lr_mult <= 0:
             raise ConfigError(f"must be > 0, got {self.head_lr_mult}", key="head_lr_mult")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("must be at least 1 (or null)", key="max_steps")
         if self.warmup_steps < 0 or self.ckpt_every < 0 or self.eval_every < 0:
             raise ConfigError("warmup_steps, ckpt_every and eval_every must be ≥ 0", key="warmup_steps")
+
+    @property
+    def stop_step(self) -> int:
+        """The step this run ends at: ``max_steps`` when set and earlier than ``steps``."""
+        return self.steps if self.max_steps is None else min(self.steps, self.max_steps)
+
+    def micro_batch(self, world_size: int) -> int:
+        """Samples each rank reads per micro-batch; an error when the global batch does not split."""
+        if self.batch_size % (world_size * self.grad_accum):
+            raise ConfigError(f"batch_size {self.batch_size} does not split over {world_size} processes × grad_accum "
+                              f"{self.grad_accum}; use a multiple of {world_size * self.grad_accum}", key="batch_size")
+        return self.batch_size // (world_size * self.grad_accum)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vlkit import registry
+from vlkit import dist, registry
 from vlkit.build import build_encoder
 from vlkit.data.batch import Batch
 from vlkit.data.collate import PretrainCollate
@@ -32,6 +32,7 @@ from vlkit.objectives.base import ObjectiveContext
 from vlkit.recipe import Recipe
 from vlkit.tasks.base import Task, TaskContext
 from vlkit.train import checkpoint as ckpt
+from vlkit.train.distributed import init_from_environment, launched_by_torchrun, shutdown
 from vlkit.train.init import initialize_from
 from vlkit.train.trainer import RunPaths, Trainer
 
@@ -47,8 +48,10 @@ def available_cores() -> int:
 
 
 def set_cpu_threads(requested: int | None, num_workers: int) -> int:
-    """Intra-op threads for CPU training: ``requested``, or the cores left after the loader workers."""
-    threads = requested if requested is not None else max(1, available_cores() - num_workers)
+    """Intra-op threads for CPU training: ``requested``, or this process's share of the cores left
+    after the loader workers (the machine's training processes, ``LOCAL_WORLD_SIZE``, split them)."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = requested if requested is not None else max(1, (available_cores() - num_workers * processes) // processes)
     torch.set_num_threads(threads)
     return threads
 
@@ -81,7 +84,9 @@ class Pretraining:
             raise ValueError("the recipe has no objectives; enable at least one (e.g. objectives: {itc: {}})")
         self.recipe = recipe
         self.paths = RunPaths(Path(out_dir))
-        self.device = resolve_device(recipe.train.device)
+        self.device = init_from_environment(resolve_device(recipe.train.device))
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.micro_batch = recipe.train.micro_batch(self.world)  # fails early when the batch does not split
         data = recipe.data
         if self.device.type == "cpu":
             threads = set_cpu_threads(recipe.train.cpu_threads, data.num_workers)
@@ -93,7 +98,11 @@ class Pretraining:
                 f"(objectives {', '.join(recipe.objectives)}) needs image-caption pairs; use json_pairs, webdataset "
                 "or synthetic (single-modality corpora feed stage-wise objectives such as masked image modelling)")
         log.info("preparing data (%s)", data.source.type)
+        if not dist.is_main():
+            dist.barrier()  # rank 0 prepares (e.g. generates the synthetic data) first
         self.source.prepare()
+        if dist.is_main():
+            dist.barrier()
         tokenizer_ref = data.tokenizer or self.source.tokenizer
         if tokenizer_ref is None:
             raise ValueError("set `data.tokenizer` to a BERT tokenizer folder; this data source brings none")
@@ -120,6 +129,8 @@ class Pretraining:
         if recipe.init_from:
             initialize_from(self.model, recipe.init_from)
         self.model.to(self.device)
+        if self.rank > 0:  # identical weights on every rank; own dropout and sampling draws
+            torch.manual_seed(recipe.seed + self.rank)
         crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
         size = recipe.encoder.input_size
         augment = (data.randaugment.num_ops, data.randaugment.magnitude) if data.randaugment else None
@@ -142,7 +153,8 @@ class Pretraining:
         if isinstance(self.source, WebDatasetSource):  # streamed shards: no annotation lists to read
             if data.group_batches:
                 raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
-            self.stream = self.source.stream(transform, seed=recipe.seed, draft_size=draft_size)
+            self.stream = self.source.stream(transform, seed=recipe.seed, draft_size=draft_size, rank=self.rank,
+                                             world_size=self.world)
             return
         parts = self.source.split_parts(data.train_split)
         self.train_entries = read_parts(parts, max_bad_fraction=data.max_bad_fraction)
@@ -154,13 +166,13 @@ class Pretraining:
     def _stream_batches(self, start: int) -> Iterator[Batch]:
         """Endless micro-batches from the shard stream, epoch after epoch (epochs of
         ``epoch_samples``); a resume continues at ``start``'s epoch with fresh draws, not a replay."""
-        data, train = self.recipe.data, self.recipe.train
+        data = self.recipe.data
         assert data is not None and self.stream is not None and isinstance(self.source, WebDatasetSource)
         epoch = start // self.source.cfg.epoch_samples
         while True:
             self.stream.set_epoch(epoch)
             yield from torch.utils.data.DataLoader(
-                self.stream, batch_size=train.batch_size // train.grad_accum, collate_fn=self.collate,
+                self.stream, batch_size=self.micro_batch, collate_fn=self.collate,
                 num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
                 prefetch_factor=4 if data.num_workers else None)
             epoch += 1
@@ -169,15 +181,15 @@ class Pretraining:
         """Micro-batches from sample ``start`` on (deterministic: keys, captions, crops, masks)."""
         if self.stream is not None:
             return self._stream_batches(start)
-        data, train = self.recipe.data, self.recipe.train
+        data = self.recipe.data
         assert data is not None
         entries = self.train_entries
         groups = [e.group for e in entries.entries] if data.group_batches and entries is not None else None
         parts, ratios = (entries.part_of, entries.ratios) if entries is not None else (None, None)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=train.batch_size // train.grad_accum,
+            self.dataset, batch_size=self.micro_batch,
             sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start, groups=groups, parts=parts,
-                                 ratios=ratios),
+                                 ratios=ratios, rank=self.rank, world_size=self.world, block=self.micro_batch),
             collate_fn=self.collate,
             num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
             generator=torch.Generator().manual_seed(self.recipe.seed),  # keeps the global RNG untouched
@@ -224,6 +236,14 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
         resume: ``True`` continues from the newest checkpoint in ``out_dir/checkpoints`` (an error if
             there is none), a path continues from that checkpoint, ``False`` starts fresh.
     """
+    try:
+        return _run(recipe, out_dir, resume=resume, progress=progress)
+    finally:
+        if launched_by_torchrun():
+            shutdown()
+
+
+def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
     run = Pretraining(recipe, out_dir)
     start = None
     if resume is True:
@@ -236,5 +256,6 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
     metrics: dict[str, Any] = dict(trainer.fit(resume=start))
     metrics.update(steps=trainer.step, samples=trainer.samples, images_skipped=trainer.skipped,
                    annotations_skipped=run.annotations_skipped)
-    run.paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if dist.is_main():
+        run.paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics

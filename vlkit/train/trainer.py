@@ -4,11 +4,18 @@
 It owns the optimizer, the schedule, gradient accumulation and clipping, autocast, checkpoints
 (atomic, last ``k`` kept, exact resume), logging (progress bar, TensorBoard), a non-finite-loss guard
 and graceful SIGTERM / Ctrl-C handling (a checkpoint is written before exiting).
+
+On several processes (``torchrun``) every rank runs this loop on its share of the global batch; the
+model is wrapped for DDP or sharded with FSDP2 (:mod:`vlkit.train.distributed`). Rank 0 alone shows
+the progress bar, writes TensorBoard scalars (averaged over ranks) and checkpoints (full tensors, so
+they load at any world size). Stop signals, the bad-sample count and the non-finite guard are agreed
+on by all ranks, so they stop at the same step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import signal
 import threading
@@ -21,10 +28,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlkit import dist
 from vlkit.data.batch import Batch
-from vlkit.models.model import PretrainModel, StepResult
+from vlkit.models.model import PretrainModel
 from vlkit.train import checkpoint as ckpt
 from vlkit.train.config import TrainConfig
+from vlkit.train.distributed import (
+    average_gradients,
+    full_state,
+    load_full_state,
+    set_gradient_sync,
+    unsharded,
+    wrap_model,
+)
 from vlkit.train.optim import build_optimizer
 from vlkit.train.schedule import build_scheduler
 
@@ -55,6 +71,16 @@ class TooManyBadSamples(RuntimeError):
 
 
 MIN_BAD_SAMPLES = 16  # the bad-sample limit applies once at least this many samples were skipped
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's writer on ranks other than 0."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -151,43 +177,67 @@ class Trainer:
         self.paths = paths
         self.recipe_yaml = recipe_yaml
         self.evaluate = evaluate
-        self.progress = progress
-        self.optimizer = build_optimizer(model, cfg, device)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
-        self.step = 0
-        self.samples = 0
-        self.skipped = 0
+        self.progress = progress and dist.is_main()
+        self.world = dist.world_size()
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.micro_batch = cfg.micro_batch(self.world)
+        self.forward_model: torch.nn.Module = model  # DDP wraps it in fit(), after the unused-parameter probe
+        self._replicated: list[torch.nn.Parameter] = []
+        if cfg.strategy == "fsdp":  # shards the parameters in place, before the optimizer sees them
+            self.forward_model, self._replicated = wrap_model(model, cfg.strategy, device, bf16=use_bf16)
+        self.optimizer = build_optimizer(model, cfg, device)  # after FSDP replaced the parameters
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.step = 0
+        self.samples = 0  # keys of the global stream consumed by all ranks (the resume position)
+        self.skipped = 0  # unreadable samples, all ranks
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._writer: Any = None
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
-        """Write a checkpoint of the current state (refusing a non-finite one) and prune old ones."""
+        """Write a checkpoint of the current state (refusing a non-finite one) and prune old ones.
+        Every rank calls it (FSDP gathers shards); rank 0 writes."""
         self._check_finite()
         path = ckpt.checkpoint_path(self.paths.checkpoints, self.step)
-        ckpt.save_atomic({
-            "step": self.step, "samples": self.samples, "skipped": self.skipped,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), "recipe": self.recipe_yaml,
-        }, path)
-        ckpt.prune(self.paths.checkpoints, self.cfg.keep_last)
+        model_state, optimizer_state = full_state(self.model, self.optimizer)
+        rng_ranks = dist.all_gather_object(ckpt.rng_state())
+        if dist.is_main():
+            ckpt.save_atomic({
+                "step": self.step, "samples": self.samples, "skipped": self.skipped,
+                "model": model_state, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+                "rng": rng_ranks[0], "rng_ranks": rng_ranks, "world_size": self.world, "recipe": self.recipe_yaml,
+            }, path)
+            ckpt.prune(self.paths.checkpoints, self.cfg.keep_last)
+        dist.barrier()
         return path
 
     def restore(self, path: Path) -> None:
-        """Continue from a checkpoint exactly where it was written."""
-        state = ckpt.load(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from a checkpoint where it was written, at this run's world size (which may differ:
+        the data continue from the same global position; with another world size each rank's RNG
+        stream is derived from rank 0's)."""
+        state = ckpt.load(path, map_location="cpu")
+        if state["version"] == 1:  # optimizer state keyed by parameter position
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples, self.skipped = int(state["step"]), int(state["samples"]), int(state["skipped"])
-        rng = {k: v.cpu() if isinstance(v, Tensor) else [t.cpu() for t in v] for k, v in state["rng"].items()}
-        ckpt.restore_rng(rng)
-        log.info("resumed from %s at step %d (%d samples seen)", path, self.step, self.samples)
+        rng_ranks = state.get("rng_ranks") or [state["rng"]]
+        me = dist.rank()
+        ckpt.restore_rng(ckpt.cpu_rng(rng_ranks[me] if len(rng_ranks) == self.world else rng_ranks[0]))
+        if len(rng_ranks) != self.world and me > 0:
+            torch.manual_seed(int(torch.randint(0, 2**62, ())) + me)
+        if dist.is_main():
+            log.info("resumed from %s at step %d (%d samples seen; written by %d process(es), now %d)", path,
+                     self.step, self.samples, int(state.get("world_size", 1)), self.world)
 
     def _check_finite(self) -> None:
-        if bool(self._nonfinite):  # a host sync, only at log and checkpoint steps
+        flag = self._nonfinite.to(torch.int32)
+        if self.world > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if bool(flag):  # a host sync, only at log and checkpoint steps
             last = ckpt.latest_checkpoint(self.paths.checkpoints)
             raise NonFiniteLoss(
                 f"the loss became NaN or infinite before step {self.step}; no checkpoint of that state was "
@@ -200,53 +250,98 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _train_step(self, batches: Iterator[Batch], window: _Window) -> StepResult:
+    def _train_step(self, batches: Iterator[Batch], window: _Window) -> int:
+        """One optimizer step; returns the samples this rank could not read in it."""
         self.optimizer.zero_grad(set_to_none=True)
         results = []
-        for _ in range(self.cfg.grad_accum):
+        skipped = 0
+        for micro in range(self.cfg.grad_accum):
             waited = time.perf_counter()
             batch = next(batches)
             window.data_seconds += time.perf_counter() - waited
-            self.samples += batch.size + batch.skipped
-            self.skipped += batch.skipped
-            window.samples += batch.size
+            self.samples += (batch.size + batch.skipped) * self.world
+            skipped += batch.skipped
+            window.samples += batch.size * self.world
             batch = batch.to(self.device, non_blocking=True)
             if self.on_device is not None:
                 batch = self.on_device(batch)
-            with self._autocast():
-                result = self.model(batch, self.step)
-            (result.loss / self.cfg.grad_accum).backward()
+            with set_gradient_sync(self.forward_model, micro == self.cfg.grad_accum - 1):
+                with self._autocast():
+                    result = self.forward_model(batch, self.step)
+                (result.loss / self.cfg.grad_accum).backward()
             self._nonfinite |= ~torch.isfinite(result.loss.detach())
             results.append(result)
             window.add({"loss/total": result.loss, **result.losses, **result.metrics})
+        average_gradients(self._replicated)  # FSDP's replicated 0-d parameters (temperatures)
         if self.cfg.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-            window.add({"grad_norm": norm})
+            window.add({"grad_norm": norm.full_tensor() if hasattr(norm, "full_tensor") else norm})
         self.optimizer.step()
         self.scheduler.step()
         self.model.after_step(results)
-        return results[-1]
+        return skipped
+
+    def _freeze_unused(self, batch: Batch) -> None:
+        """Find the trainable parameters no objective uses (e.g. the fusion layers of a contrastive-only
+        recipe) with one forward and backward of ``batch`` (random state restored afterwards) and stop
+        them requiring grad, as DDP needs: it would otherwise wait for their gradients forever. In one
+        process their gradient is None and AdamW skips them, so training is the same."""
+        rng = ckpt.rng_state()
+        batch = batch.to(self.device)
+        if self.on_device is not None:
+            batch = self.on_device(batch)
+        with self._autocast():
+            self.model(batch, self.step).loss.backward()
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        self.optimizer.zero_grad(set_to_none=True)
+        ckpt.restore_rng(rng)
+        unused = sorted(set().union(*map(set, dist.all_gather_object(names))))
+        params = dict(self.model.named_parameters())
+        for name in unused:
+            params[name].requires_grad_(False)
+        if unused and dist.is_main():
+            log.info("%d parameter tensors receive no gradient from this recipe's objectives and are left out of "
+                     "training (e.g. %s)", len(unused), ", ".join(unused[:3]))
+
+    def _agree(self, stop: bool, skipped: int) -> tuple[bool, int]:
+        """Whether any rank was asked to stop, and the samples all ranks skipped in this step (one
+        small CPU collective per step on several processes)."""
+        if self.world == 1:
+            return stop, skipped
+        votes = dist.all_reduce_cpu(torch.tensor([int(stop), skipped], dtype=torch.long))
+        return bool(votes[0]), int(votes[1])
 
     def fit(self, resume: Path | None = None) -> dict[str, float]:
         """Train to ``cfg.steps`` (from ``resume`` if given); returns the final evaluation's metrics."""
         from tqdm.auto import tqdm
 
-        self.paths.out.mkdir(parents=True, exist_ok=True)
-        self.paths.recipe.write_text(self.recipe_yaml)
+        if dist.is_main():
+            self.paths.out.mkdir(parents=True, exist_ok=True)
+            self.paths.recipe.write_text(self.recipe_yaml)
         if resume is not None:
             self.restore(resume)
         self.model.train()
         batches = self.batches(self.samples)
+        if self.world > 1 and self.cfg.strategy == "ddp":
+            first = next(batches)
+            batches = itertools.chain([first], batches)
+            if not self.cfg.find_unused_parameters:
+                self._freeze_unused(first)
+            self.forward_model, _ = wrap_model(self.model, "ddp", self.device,
+                                               find_unused_parameters=self.cfg.find_unused_parameters)
         window = _Window()
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress, unit="step",
+        stop_step = self.cfg.stop_step
+        bar = tqdm(total=stop_step, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, mininterval=1.0)
         try:
             with _StopSignals() as stop:
-                while self.step < self.cfg.steps:
-                    self._train_step(batches, window)
+                while self.step < stop_step:
+                    skipped = self._train_step(batches, window)
                     self.step += 1
                     bar.update(1)
-                    last = self.step == self.cfg.steps
+                    asked_to_stop, skipped = self._agree(stop.signum is not None, skipped)
+                    self.skipped += skipped
+                    last = self.step == stop_step
                     if self.step % self.cfg.log_every == 0 or last:
                         self._log(window, bar)
                         window = _Window()
@@ -254,8 +349,8 @@ class Trainer:
                         self.save()
                     if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not last:
                         self._evaluate()
-                    if stop.signum is not None:
-                        raise Interrupted(stop.signum, self.save())
+                    if asked_to_stop:
+                        raise Interrupted(stop.signum or signal.SIGTERM, self.save())
                     if self.skipped >= MIN_BAD_SAMPLES and self.skipped > self.max_bad_fraction * self.samples:
                         raise TooManyBadSamples(self.skipped, self.samples, self.max_bad_fraction, self.save())
             self.save()
@@ -267,6 +362,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def writer(self) -> Any:
+        """The TensorBoard writer (rank 0; other ranks get a no-op one)."""
+        if not dist.is_main():
+            return _NoWriter()
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -276,7 +374,12 @@ class Trainer:
     def _log(self, window: _Window, bar: Any) -> None:
         self._check_finite()
         seconds = max(time.perf_counter() - window.start, 1e-9)
-        scalars = {k: (v / window.count).item() for k, v in window.sums.items()}
+        names = sorted(window.sums)
+        sums = torch.stack([window.sums[k] for k in names]) / window.count
+        if self.world > 1:  # averaged over ranks
+            torch.distributed.all_reduce(sums)
+            sums = sums / self.world
+        scalars = dict(zip(names, sums.tolist(), strict=True))
         scalars.update({
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": window.samples / seconds,
@@ -293,16 +396,19 @@ class Trainer:
             self.writer().add_scalar(key, value, self.step)
         bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.2e}",
                         sps=f"{scalars['samples_per_s']:.0f}", refresh=False)
-        if not self.progress:
-            log.info("step %d/%d  loss %.4f  lr %.2e  %.1f samples/s", self.step, self.cfg.steps,
+        if not self.progress and dist.is_main():
+            log.info("step %d/%d  loss %.4f  lr %.2e  %.1f samples/s", self.step, self.cfg.stop_step,
                      scalars["loss/total"], scalars["lr"], scalars["samples_per_s"])
 
     def _evaluate(self) -> dict[str, float]:
+        """The recipe's evaluation, on every rank: retrieval deals its queries out over the ranks;
+        other evaluations run whole on each rank (same result; FSDP needs every rank anyway)."""
         if self.evaluate is None:
             return {}
         self.model.eval()
         try:
-            metrics = self.evaluate()
+            with unsharded(self.model):
+                metrics = self.evaluate()
         finally:
             self.model.train()
         for key, value in metrics.items():

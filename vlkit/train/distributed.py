@@ -1,0 +1,202 @@
+"""Training on several processes: joining a ``torchrun`` job, wrapping the model (DDP or FSDP2) and
+world-size-portable training state.
+
+- :func:`launched_by_torchrun` / :func:`init_from_environment`: ``torchrun`` sets ``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous; vlkit then joins the process group (NCCL on CUDA,
+  gloo on the CPU) and places each rank on GPU ``LOCAL_RANK``.
+- :func:`wrap_model`: ``train.strategy: ddp`` wraps in ``DistributedDataParallel`` (buffers such as
+  the feature queues are not broadcast: every rank updates them identically from gathered features);
+  ``fsdp`` shards parameters, gradients and optimizer state with PyTorch FSDP2 (``fully_shard``) per
+  transformer block, the momentum teacher's blocks alongside the online ones so that its EMA update
+  works on matching local shards.
+- :func:`full_state` / :func:`load_full_state`: model and optimizer state as full (unsharded)
+  tensors keyed by parameter name, the same whatever the strategy and world size, so a checkpoint
+  written on 8 GPUs resumes on 1 and the reverse.
+
+The collectives objectives use (all-gather with and without gradient) live in :mod:`vlkit.dist` and
+are re-exported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from vlkit.dist import (  # noqa: F401 - re-exported
+    all_gather_no_grad,
+    all_gather_with_grad,
+    gather_keep_local,
+    init_control_group,
+    is_distributed,
+    is_main,
+    rank,
+    world_size,
+)
+
+log = logging.getLogger("vlkit.train")
+
+Strategy = Literal["ddp", "fsdp"]
+
+
+def launched_by_torchrun() -> bool:
+    """This process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_environment(device: torch.device, timeout_minutes: float = 30.0) -> torch.device:
+    """Join the ``torchrun`` process group (no-op when already joined or not launched by torchrun).
+
+    Args:
+        device: the device the recipe resolved to (``cuda`` or ``cpu``).
+        timeout_minutes: how long a collective may wait for the other ranks before failing.
+
+    Returns:
+        This rank's device: ``cuda:LOCAL_RANK`` on GPUs, else ``device``.
+    """
+    if not launched_by_torchrun():
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch_dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                                      device_id=device if device.type == "cuda" else None)
+        log.info("joined the process group: rank %d of %d (%s, %s)", rank(), world_size(), backend, device)
+    init_control_group()
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group (after the last collective)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, strategy: Strategy, device: torch.device, *, bf16: bool = False,
+               find_unused_parameters: bool = False) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The module the training step calls: ``model`` itself in one process, else DDP around it or
+    ``model`` sharded in place with FSDP2; and the parameters whose gradients the caller must
+    average over ranks itself (FSDP2 cannot shard 0-d parameters such as temperatures; they stay
+    replicated, see :func:`average_gradients`).
+
+    Args:
+        model: the pre-training model (encoder, objectives, teacher), on ``device``.
+        strategy: ``ddp`` or ``fsdp``.
+        bf16: FSDP2 gathers parameters in bf16 and reduces gradients in fp32 (autocast does the rest).
+        find_unused_parameters: DDP option for models with parameters a step may not use (e.g. the
+            encoder's fusion layers when an NLVR2 bi-fusion head replaces them).
+    """
+    if not is_distributed():
+        return model, []
+    if strategy == "ddp":
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True,
+            **_no_buffer_broadcast()), []
+    return model, shard_fsdp(model, bf16=bf16)
+
+
+def _no_buffer_broadcast() -> dict[str, bool]:
+    """DDP must not copy rank 0's buffers at every forward: the feature queues (hundreds of MB at
+    base size) are kept identical on every rank by enqueueing gathered features."""
+    import inspect
+
+    names = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
+
+
+def shard_fsdp(model: nn.Module, *, bf16: bool = False) -> list[nn.Parameter]:
+    """FSDP2 ``fully_shard`` on every transformer block of the online encoder and of the teacher (but
+    ALBEF's fusion layers, whose image keys/values are computed outside their forward), then on the
+    whole model (embeddings, fusion layers, heads). Returns the 0-d parameters FSDP2
+    leaves out (replicated; their gradients need :func:`average_gradients`)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    scalars = [p for p in model.parameters() if p.dim() == 0]
+    options: dict[str, Any] = {"mp_policy": policy} if policy is not None else {}
+    encoders = [model.encoder]
+    teacher = getattr(model, "teacher", None)
+    if teacher is not None:
+        encoders.append(teacher.encoder)
+    for encoder in encoders:
+        for block in encoder.blocks():
+            if block.own_sharding_unit:
+                fully_shard(block, ignored_params=set(scalars), **options)
+    fully_shard(model, ignored_params=set(scalars), **options)
+    return [p for p in scalars if p.requires_grad]
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module) -> Iterator[None]:
+    """Full parameters on every rank for the duration (FSDP2; a no-op otherwise): evaluation calls
+    encoder methods outside the model's forward, where FSDP2 would not gather them."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        yield
+        return
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in sharded:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in sharded:
+            module.reshard()
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Average the gradients of replicated ``params`` over ranks (one all-reduce)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or not is_distributed():
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch_dist.all_reduce(flat)
+    flat /= world_size()
+    for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(part.view_as(grad))
+
+
+def set_gradient_sync(wrapped: nn.Module, enabled: bool) -> Any:
+    """A context for one micro-batch: gradients are reduced over ranks only when ``enabled`` (the
+    last micro-batch of an accumulation)."""
+    if isinstance(wrapped, nn.parallel.DistributedDataParallel) and not enabled:
+        return wrapped.no_sync()
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Full (unsharded) model and optimizer state on the CPU, keyed by parameter name; a collective
+    under FSDP (every rank calls it), a local copy otherwise."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict[str, Any],
+                    optimizer_state: dict[str, Any]) -> None:
+    """Load what :func:`full_state` returned into ``model`` / ``optimizer``, whatever the strategy
+    and world size they run with now. The model must match exactly; parameters without optimizer
+    state (never updated: no objective uses them) start with none, as they had."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, optimizer_state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
