@@ -140,6 +140,26 @@ def global_hard_reference(args: dict[str, Any]) -> dict[str, Any]:
             "image_draws": image_draws}
 
 
+def retrieval(args: dict[str, Any]) -> dict[str, Any]:
+    """Retrieval metrics (ITC, then ITM re-ranking) of a random 10-image / 20-caption gallery, query
+    blocks of 3 dealt out over the ranks."""
+    from vlkit.eval.retrieval import encode_gallery, evaluate_retrieval
+
+    model = model_for({"itc": ITCConfig(type="itc"), "itm": ITMConfig(type="itm")})
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(10, 3, 32, 32, generator=g)
+    ids = torch.randint(104, 512, (20, 6), generator=g)
+    ids[:, 0] = TOKENS.cls_id
+    mask = torch.ones(20, 6, dtype=torch.long)
+    txt2img = [i // 2 for i in range(20)]
+    img2txt = [[2 * i, 2 * i + 1] for i in range(10)]
+    with torch.no_grad():
+        gallery = encode_gallery(model.encoder, images.split(4), ids, mask, batch_size=8, device=torch.device("cpu"))
+        metrics = evaluate_retrieval(model.encoder, gallery, img2txt, txt2img, itm_head=model.objectives["itm"].head,
+                                     k_test=4, pair_batch=8, query_chunk=3)
+    return {"metrics": metrics}
+
+
 def train(args: dict[str, Any]) -> dict[str, Any]:
     """``run_pretraining`` exactly as ``vlkit train`` runs it under torchrun."""
     from vlkit.recipe import load_recipe
@@ -150,7 +170,8 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": metrics}
 
 
-SCENARIOS = {"itc": itc, "global_hard": global_hard, "global_hard_reference": global_hard_reference, "train": train}
+SCENARIOS = {"itc": itc, "global_hard": global_hard, "global_hard_reference": global_hard_reference,
+             "retrieval": retrieval, "train": train}
 
 
 def main() -> None:

@@ -118,6 +118,15 @@ def test_global_hard_negatives_come_from_every_rank_and_match_one_process(tmp_pa
     assert from_other_rank > 0
 
 
+# --------------------------------------------------------------------------- evaluation
+def test_retrieval_split_over_ranks_gives_the_single_process_metrics(tmp_path):
+    ranks = launch("retrieval", tmp_path / "two")
+    (single,) = launch("retrieval", tmp_path / "one", world=1)
+    assert 0 < single["metrics"]["r_mean"] < 100 and single["metrics"]["n_texts"] == 20
+    for rank in ranks:  # every rank returns the metrics of the whole gallery
+        assert rank["metrics"] == pytest.approx(single["metrics"], abs=1e-9)
+
+
 # --------------------------------------------------------------------------- whole runs
 SMALL = ["data.source.train_images=48", "data.source.val_images=6", "data.source.test_images=8",
          "data.source.vqa_per_image=1", "data.source.ve_per_image=1", "data.source.nlvr_per_image=0.5"]
@@ -186,3 +195,20 @@ def test_two_processes_train_the_one_process_model_and_resume_at_another_world_s
     # FSDP2 (parameters sharded per transformer block, the teacher's alongside) takes the same steps
     fsdp = train(tmp_path, "fsdp", 2, "train.strategy=fsdp")
     assert_same_weights(weights(fsdp, 6), weights(one, 6))
+
+
+@pytest.mark.slow
+def test_torchrun_command_trains_and_writes_metrics_once(tmp_path):
+    """The README's command, through torchrun and the CLI (small data, 3 steps)."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "vlkit", "train", "recipes/albef/tiny.yaml", "train.max_steps=3",
+               *SMALL, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "eval.batch_size=8",
+               "eval.k_test=4", "--out", str(out), "--no-progress"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("finished:") == 1  # rank 0 reports; rank 1 stays quiet
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["samples"] == 24
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [3]
