@@ -140,13 +140,20 @@ def shard_fsdp(model: nn.Module, *, bf16: bool = False) -> list[nn.Parameter]:
 @contextlib.contextmanager
 def unsharded(model: nn.Module) -> Iterator[None]:
     """Full parameters on every rank for the duration (FSDP2; a no-op otherwise): evaluation calls
-    encoder methods outside the model's forward, where FSDP2 would not gather them."""
+    encoder methods outside the model's forward, where FSDP2 would not gather them, and ranks may
+    run different numbers of block forwards (retrieval re-ranking is split over them), so nothing
+    may be gathered or resharded per forward."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover - torch without FSDP2
         yield
         return
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not sharded:
+        yield
+        return
+    root = sharded[0]
+    root.set_reshard_after_forward(False)  # forwards during evaluation keep the gathered weights
     for module in sharded:
         module.unshard()
     try:
@@ -154,6 +161,8 @@ def unsharded(model: nn.Module) -> Iterator[None]:
     finally:
         for module in sharded:
             module.reshard()
+        root.set_reshard_after_forward(True)  # FSDP2's training default: blocks reshard, the root does not
+        root.set_reshard_after_forward(False, recurse=False)
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:
