@@ -198,13 +198,14 @@ def test_two_processes_train_the_one_process_model_and_resume_at_another_world_s
 
 
 @pytest.mark.slow
-def test_fsdp_mome_with_global_hard_negatives_evaluates_mid_run(tmp_path):
-    """VLMo under FSDP2: every MoME block is its own unit; re-ranking during the evaluation runs a
-    different number of block forwards on each rank (the queries are split), which must not gather."""
+def test_fsdp_bf16_mome_with_global_hard_negatives_evaluates_mid_run(tmp_path):
+    """VLMo under FSDP2 in bf16: every MoME block is its own unit; re-ranking during the evaluation runs
+    a different number of block forwards on each rank (the queries are split), which must not gather,
+    and the gathered weights are bf16 (the evaluation runs under autocast)."""
     out = tmp_path / "vlmo"
     overrides = [*SMALL, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=4",
-                 "train.eval_every=2", "train.strategy=fsdp", "train.cpu_threads=1", "eval.batch_size=8",
-                 "eval.k_test=4"]
+                 "train.eval_every=2", "train.strategy=fsdp", "train.precision=bf16", "train.cpu_threads=1",
+                 "eval.batch_size=8", "eval.k_test=4"]
     (result, _) = launch("train", tmp_path / "result", {"recipe": "vlmo/tiny", "overrides": overrides, "out": str(out)})
     assert result["metrics"]["steps"] == 4 and 0 <= result["metrics"]["r_mean"] <= 100
 

@@ -160,7 +160,8 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
             if block % world != me:
                 continue
             rows = torch.arange(start, min(start + query_chunk, queries.shape[0]), device=device)
-            sims = queries[rows] @ keys.T  # [c, N_keys]
+            with torch.autocast(device.type, enabled=False):  # ranks from fp32 scores, under any autocast
+                sims = queries[rows] @ keys.T  # [c, N_keys]
             truth = positives[start:start + len(rows)]
             ranks[f"itc_{name}"][rows] = ground_truth_ranks(sims, truth).to(device)
             if reranker is None:

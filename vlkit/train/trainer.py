@@ -184,7 +184,8 @@ class Trainer:
         self.micro_batch = cfg.micro_batch(self.world)
         self.forward_model: torch.nn.Module = model  # DDP wraps it in fit(), after the unused-parameter probe
         self._replicated: list[torch.nn.Parameter] = []
-        if cfg.strategy == "fsdp":  # shards the parameters in place, before the optimizer sees them
+        self._fsdp = cfg.strategy == "fsdp" and self.world > 1
+        if self._fsdp:  # shards the parameters in place, before the optimizer sees them
             self.forward_model, self._replicated = wrap_model(model, cfg.strategy, device, bf16=use_bf16)
         self.optimizer = build_optimizer(model, cfg, device)  # after FSDP replaced the parameters
         self.scheduler = build_scheduler(self.optimizer, cfg)
@@ -407,7 +408,8 @@ class Trainer:
             return {}
         self.model.eval()
         try:
-            with unsharded(self.model):
+            # FSDP with bf16 gathers bf16 weights: the evaluation then runs under the training autocast
+            with unsharded(self.model), self._autocast() if self._fsdp else contextlib.nullcontext():
                 metrics = self.evaluate()
         finally:
             self.model.train()
