@@ -29,7 +29,7 @@ from vlkit.objectives.distill import DistillConfig  # noqa: E402
 from vlkit.objectives.itc import ITCConfig  # noqa: E402
 from vlkit.objectives.itm import ITMConfig  # noqa: E402
 from vlkit.objectives.negatives import GlobalHardNegativesConfig, masked_softmax  # noqa: E402
-from vlkit.train.distributed import init_from_environment, wrap_model  # noqa: E402
+from vlkit.train.distributed import init_from_environment, shutdown, wrap_model  # noqa: E402
 
 TOKENS = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, vocab_size=512)
 GLOBAL_IDX = [0, 1, 2, 3, 3, 4, 5, 0]  # ids 0 and 3 have captions on both ranks
@@ -140,6 +140,24 @@ def global_hard_reference(args: dict[str, Any]) -> dict[str, Any]:
             "image_draws": image_draws}
 
 
+def collectives(args: dict[str, Any]) -> dict[str, Any]:
+    """The gathers on ragged inputs: rank r holds r + 2 rows of width r + 3 (rows = 10·rank + i)."""
+    r = dist.rank()
+    rows = torch.arange(r + 2, dtype=torch.float64)[:, None] + 10 * r
+    ragged = rows.repeat(1, 3)  # [r + 2, 3]
+    wide = torch.ones(r + 2, r + 3, dtype=torch.long) * (r + 1)  # [r + 2, r + 3]
+    x = ragged.clone().requires_grad_(True)
+    gathered = dist.all_gather_with_grad(x, ragged=True)
+    weights = torch.arange(gathered.shape[0], dtype=torch.float64)[:, None] + 1  # row j weighted by j + 1
+    (weights * gathered).sum().backward()
+    y = ragged.clone().requires_grad_(True)
+    kept = dist.gather_keep_local(y, ragged=True)
+    kept.sum().backward()
+    return {"no_grad": dist.all_gather_no_grad(ragged, ragged=True), "with_grad": gathered.detach(),
+            "grad": x.grad, "keep_local_grad": y.grad, "padded": dist.all_gather_padded(wide, dim=1, pad_value=-1),
+            "sizes": dist.sizes(r + 2), "offset": dist.offset(r + 2, ragged=True)}
+
+
 def retrieval(args: dict[str, Any]) -> dict[str, Any]:
     """Retrieval metrics (ITC, then ITM re-ranking) of a random 10-image / 20-caption gallery, query
     blocks of 3 dealt out over the ranks."""
@@ -171,7 +189,7 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
 
 
 SCENARIOS = {"itc": itc, "global_hard": global_hard, "global_hard_reference": global_hard_reference,
-             "retrieval": retrieval, "train": train}
+             "retrieval": retrieval, "collectives": collectives, "train": train}
 
 
 def main() -> None:
@@ -182,8 +200,8 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))
     result = SCENARIOS[scenario](args)
     torch.save(result, Path(f"{prefix}.rank{rank}.pt"))
-    if scenario != "train" and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if scenario != "train":
+        shutdown()
 
 
 if __name__ == "__main__":

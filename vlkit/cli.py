@@ -127,8 +127,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DATA_ERROR
     except Interrupted as err:
-        again = f"vlkit {args.command} {args.recipe} {' '.join(args.overrides)} --out {out} --resume"
-        print(f"{err}; continue with: {again}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:
+            launcher = "torchrun [same options] -m vlkit" if "WORLD_SIZE" in os.environ else "vlkit"
+            again = f"{launcher} {args.command} {args.recipe} {' '.join(args.overrides)} --out {out} --resume"
+            print(f"{err}; continue with: {again}", file=sys.stderr)
         return 128 + err.signum
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\nfinished: {out}")
@@ -157,8 +159,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except AnnotationError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DATA_ERROR
-    print(f"\nevaluated {metrics['checkpoint']} → {Path(args.out) / 'metrics.json'}")
-    _print_metrics(metrics)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\nevaluated {metrics['checkpoint']} → {Path(args.out) / 'metrics.json'}")
+        _print_metrics(metrics)
     return 0
 
 

@@ -76,9 +76,15 @@ def init_from_environment(device: torch.device, timeout_minutes: float = 30.0) -
     return device
 
 
-def shutdown() -> None:
-    """Leave the process group (after the last collective)."""
+def shutdown(*, wait: bool = True) -> None:
+    """Leave the process group. ``wait``: first wait for every rank to be done (the normal end):
+    without it, a rank that tears its group down (rank 0 hosts the rendezvous store) while another
+    still finishes its last collective can abort that one at exit. After an error, when the other
+    ranks may be stuck elsewhere, leave at once."""
     if torch_dist.is_available() and torch_dist.is_initialized():
+        if wait:
+            with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to wait for
+                torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 

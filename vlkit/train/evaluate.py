@@ -4,7 +4,7 @@
 checkpoint's online weights (the momentum teacher is not used, as in ALBEF's evaluation), runs the
 recipe's ``eval`` section on its data source (retrieval recalls with ITM re-ranking, the swap probe),
 or its ``task`` when it has one (e.g. zero-shot classification), and writes ``out_dir/metrics.json``
-and ``out_dir/recipe.yaml``.
+and ``out_dir/recipe.yaml``. Under ``torchrun`` the ranks share retrieval's queries and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
+from vlkit import dist
 from vlkit.recipe import Recipe
 from vlkit.train import checkpoint as ckpt
+from vlkit.train.distributed import launched_by_torchrun, shutdown
 from vlkit.train.init import find_checkpoint
 from vlkit.train.pretrain import Pretraining
 
@@ -68,8 +70,18 @@ def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) 
     Returns:
         the metrics (also in ``out_dir/metrics.json``), with the ``checkpoint`` path and its ``step``.
     """
-    path = find_checkpoint(checkpoint)
-    out = Path(out_dir)
+    try:
+        result = _evaluate(recipe, find_checkpoint(checkpoint), Path(out_dir))
+    except BaseException:
+        if launched_by_torchrun():
+            shutdown(wait=False)
+        raise
+    if launched_by_torchrun():
+        shutdown()
+    return result
+
+
+def _evaluate(recipe: Recipe, path: Path, out: Path) -> dict[str, Any]:
     run = Pretraining(recipe, out, train_data=False)
     state = ckpt.load(path)
     load_online_weights(run.model, state["model"])
@@ -85,6 +97,8 @@ def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) 
         log.info("evaluating %s (step %d) on the `%s` split", path, int(state["step"]), recipe.eval.split)
         metrics = dict(evaluator())
     metrics.update(step=int(state["step"]), checkpoint=str(path))
+    if not dist.is_main():
+        return metrics
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     tmp = out / "metrics.json.tmp"

@@ -237,10 +237,14 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
             there is none), a path continues from that checkpoint, ``False`` starts fresh.
     """
     try:
-        return _run(recipe, out_dir, resume=resume, progress=progress)
-    finally:
+        result = _run(recipe, out_dir, resume=resume, progress=progress)
+    except BaseException:
         if launched_by_torchrun():
-            shutdown()
+            shutdown(wait=False)
+        raise
+    if launched_by_torchrun():
+        shutdown()
+    return result
 
 
 def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
