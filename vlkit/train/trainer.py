@@ -284,10 +284,11 @@ class Trainer:
 
     def _freeze_unused(self, batch: Batch) -> None:
         """Find the trainable parameters no objective uses (e.g. the fusion layers of a contrastive-only
-        recipe) with one forward and backward of ``batch`` (random state restored afterwards) and stop
+        recipe) with one forward and backward of ``batch`` (random state and buffers restored) and stop
         them requiring grad, as DDP needs: it would otherwise wait for their gradients forever. In one
         process their gradient is None and AdamW skips them, so training is the same."""
         rng = ckpt.rng_state()
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}  # e.g. BatchNorm statistics
         batch = batch.to(self.device)
         if self.on_device is not None:
             batch = self.on_device(batch)
@@ -296,6 +297,9 @@ class Trainer:
         names = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         self.optimizer.zero_grad(set_to_none=True)
         ckpt.restore_rng(rng)
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(buffers[name])
         unused = sorted(set().union(*map(set, dist.all_gather_object(names))))
         params = dict(self.model.named_parameters())
         for name in unused:
