@@ -23,7 +23,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 
 from vlkit.dist import (  # noqa: F401 - re-exported
     all_gather_no_grad,
+    all_gather_object,
     all_gather_with_grad,
     gather_keep_local,
     init_control_group,
@@ -40,6 +41,7 @@ from vlkit.dist import (  # noqa: F401 - re-exported
     rank,
     world_size,
 )
+from vlkit.train.checkpoint import restore_rng, rng_state
 
 log = logging.getLogger("vlkit.train")
 
@@ -181,6 +183,32 @@ def average_gradients(params: list[nn.Parameter]) -> None:
     flat /= world_size()
     for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
         grad.copy_(part.view_as(grad))
+
+
+def freeze_unused_parameters(model: nn.Module, loss_of_one_batch: Callable[[], torch.Tensor]) -> list[str]:
+    """Find the trainable parameters no objective uses (e.g. the fusion layers of a contrastive-only
+    recipe) with one forward and backward (``loss_of_one_batch``; random state and buffers restored,
+    gradients cleared) and stop them requiring grad, as DDP needs: it would otherwise wait for their
+    gradients forever. In one process their gradient is None and AdamW skips them, so training is the
+    same. Every rank must call it; returns the names (the union over ranks)."""
+    rng = rng_state()
+    buffers = {name: b.clone() for name, b in model.named_buffers()}  # e.g. BatchNorm statistics
+    loss_of_one_batch().backward()
+    params = dict(model.named_parameters())
+    names = [n for n, p in params.items() if p.requires_grad and p.grad is None]
+    for p in params.values():
+        p.grad = None
+    restore_rng(rng)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    unused = sorted(set().union(*map(set, all_gather_object(names))))
+    for name in unused:
+        params[name].requires_grad_(False)
+    if unused and is_main():
+        log.info("%d parameter tensors receive no gradient from this recipe's objectives and are left out of "
+                 "training (e.g. %s)", len(unused), ", ".join(unused[:3]))
+    return unused
 
 
 def set_gradient_sync(wrapped: nn.Module, enabled: bool) -> Any:

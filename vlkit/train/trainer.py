@@ -35,6 +35,7 @@ from vlkit.train import checkpoint as ckpt
 from vlkit.train.config import TrainConfig
 from vlkit.train.distributed import (
     average_gradients,
+    freeze_unused_parameters,
     full_state,
     load_full_state,
     set_gradient_sync,
@@ -282,31 +283,12 @@ class Trainer:
         self.model.after_step(results)
         return skipped
 
-    def _freeze_unused(self, batch: Batch) -> None:
-        """Find the trainable parameters no objective uses (e.g. the fusion layers of a contrastive-only
-        recipe) with one forward and backward of ``batch`` (random state and buffers restored) and stop
-        them requiring grad, as DDP needs: it would otherwise wait for their gradients forever. In one
-        process their gradient is None and AdamW skips them, so training is the same."""
-        rng = ckpt.rng_state()
-        buffers = {name: b.clone() for name, b in self.model.named_buffers()}  # e.g. BatchNorm statistics
+    def _probe_loss(self, batch: Batch) -> Tensor:
         batch = batch.to(self.device)
         if self.on_device is not None:
             batch = self.on_device(batch)
         with self._autocast():
-            self.model(batch, self.step).loss.backward()
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
-        self.optimizer.zero_grad(set_to_none=True)
-        ckpt.restore_rng(rng)
-        with torch.no_grad():
-            for name, buffer in self.model.named_buffers():
-                buffer.copy_(buffers[name])
-        unused = sorted(set().union(*map(set, dist.all_gather_object(names))))
-        params = dict(self.model.named_parameters())
-        for name in unused:
-            params[name].requires_grad_(False)
-        if unused and dist.is_main():
-            log.info("%d parameter tensors receive no gradient from this recipe's objectives and are left out of "
-                     "training (e.g. %s)", len(unused), ", ".join(unused[:3]))
+            return self.model(batch, self.step).loss
 
     def _agree(self, stop: bool, skipped: int) -> tuple[bool, int]:
         """Whether any rank was asked to stop, and the samples all ranks skipped in this step (one
@@ -331,7 +313,7 @@ class Trainer:
             first = next(batches)
             batches = itertools.chain([first], batches)
             if not self.cfg.find_unused_parameters:
-                self._freeze_unused(first)
+                freeze_unused_parameters(self.model, lambda: self._probe_loss(first))
             self.forward_model, _ = wrap_model(self.model, "ddp", self.device,
                                                find_unused_parameters=self.cfg.find_unused_parameters)
         window = _Window()
