@@ -39,6 +39,7 @@ setup(
         "webdataset>=1.0",
         "torchvision>=0.19",
         "imagehash>=4.3",  # perceptual hashes for `vlkit data filter` (near-duplicates of eval images)
+        "matplotlib>=3.7",  # PNG plots of benchmark sweeps and ablation reports
     ],
     extras_require={
         "dev": [

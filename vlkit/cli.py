@@ -11,6 +11,9 @@ Commands::
                                                (exit 2: recipe error or checkpoint that does not fit it)
     vlkit retrieve RECIPE --checkpoint CKPT [--image IMG | --image-index N] [--text T] [--plus T] [--minus T]
                    --out SHEET.png             composed-query image retrieval → contact sheet + JSON
+    vlkit bench RECIPE [KEY=VALUE ...] --out DIR [--steps N] [--batch-size B] [--warmup W] [--text-len L]
+                [--peak-tflops P] [--sweep | --flops-only]   training throughput on synthetic batches →
+                                               DIR/bench.json, bench.md (--flops-only: FLOPs on the meta device)
     vlkit data synth --out DIR [KEY=VALUE ...] generate the embedded synthetic dataset
     vlkit data pack ANN.json... --image-root R --out DIR [--resize-short S]   JSON → webdataset shards
     vlkit data filter ANN.json... --image-root R --out DIR [--eval EVAL.json...]   ALIGN's noisy-data
@@ -263,6 +266,12 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from vlkit.bench.command import run_bench_command
+
+    return run_bench_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkit", description="Vision-language pre-training toolkit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -293,6 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a checkpoint file, or a run folder (its newest checkpoint)")
     evaluate.add_argument("--out", required=True, help="folder for metrics.json and the resolved recipe")
     evaluate.set_defaults(func=_cmd_eval)
+
+    bench = commands.add_parser("bench", help="training throughput, FLOPs and MFU on synthetic batches")
+    _add_recipe_args(bench)
+    bench.add_argument("--out", required=True, help="folder for bench.json and bench.md (and the sweep's files)")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    bench.add_argument("--batch-size", type=int, default=None, help="per device (default: the recipe's batch_size)")
+    bench.add_argument("--text-len", type=int, default=None, help="every caption this long (default: a "
+                       "realistic caption-length histogram)")
+    bench.add_argument("--profile-steps", type=int, default=3, help="steps profiled for the breakdown (0: none)")
+    bench.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: measured)")
+    bench.add_argument("--flops-only", action="store_true", help="count executed vs reference FLOPs per sample on "
+                       "the meta device (any model size, seconds) → DIR/flops.json")
+    bench.add_argument("--sweep", action="store_true", help="attention backends × batch sizes × text lengths, "
+                       "with plots")
+    bench.add_argument("--sweep-batch-sizes", type=int, nargs="+", default=None, metavar="B")
+    bench.add_argument("--sweep-text-lens", type=int, nargs="+", default=None, metavar="L")
+    bench.add_argument("--sweep-backends", nargs="+", default=None, metavar="NAME")
+    bench.set_defaults(func=_cmd_bench)
 
     retrieve = commands.add_parser("retrieve", help="composed-query image retrieval → PNG contact sheet")
     _add_recipe_args(retrieve)

@@ -55,7 +55,8 @@ class PretrainModel(nn.Module):
         total: Tensor | None = None
         result = StepResult(loss=torch.zeros(()), step=step)
         for name, objective in self.objectives.items():
-            out = objective(step)
+            with torch.profiler.record_function(f"objective/{name}"):  # the profiler's per-objective ranges
+                out = objective(step)
             result.losses[f"loss/{name}"] = out.loss
             result.metrics.update({f"metric/{name}/{k}": v for k, v in out.metrics.items()})
             weighted = objective.cfg.weight_at(step_index) * out.loss

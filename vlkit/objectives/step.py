@@ -68,7 +68,7 @@ class TeacherView(_Memo):
 
     def _no_grad(self, compute: Callable[[], T]) -> Callable[[], T]:
         def run() -> T:
-            with torch.no_grad():
+            with torch.no_grad(), torch.profiler.record_function("teacher"):
                 return compute()
 
         return run

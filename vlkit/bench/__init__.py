@@ -1,0 +1,1 @@
+"""Throughput benchmarking: ``vlkit bench`` (synthetic on-device batches, timing, FLOPs, MFU, breakdown)."""

@@ -1,0 +1,84 @@
+"""Synthetic training batches for benchmarks, made on the training device (no data loading).
+
+Images are random ``uint8`` pixels normalized on the device; captions have random token ids with
+lengths drawn from :data:`CAPTION_TOKENS`, padded by the recipe's ``data.padding`` rule; the MLM
+objective's masker (and any other batch transform of the model) runs on them as in the loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlkit.data.batch import Batch
+from vlkit.data.tokenizer import TokenizedText, padded_length
+from vlkit.data.tokens import TextTokens
+from vlkit.data.transforms import DeviceNormalize
+
+CAPTION_TOKENS: dict[int, float] = {
+    8: 0.01, 9: 0.03, 10: 0.07, 11: 0.12, 12: 0.15, 13: 0.15, 14: 0.13, 15: 0.10, 16: 0.08, 17: 0.06,
+    18: 0.04, 19: 0.025, 20: 0.015, 22: 0.01, 25: 0.005,
+}
+"""Tokens per caption, ``[CLS]`` included, and their share: an approximation of COCO captions under the
+bert-base-uncased tokenizer (mean ≈ 13.9 tokens) [est]. Longer recipes' limits clip nothing here; a
+shorter ``data.max_text_len`` truncates."""
+
+BERT_TOKENS = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, vocab_size=30522)
+
+
+def text_tokens(vocab_size: int) -> TextTokens:
+    """BERT's special ids with the encoder's vocabulary size."""
+    return TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, vocab_size=vocab_size)
+
+
+def caption_lengths(n: int, max_len: int, rng: np.random.Generator, fixed: int | None = None) -> np.ndarray:
+    """``[n]`` token counts: ``fixed`` for every caption, else drawn from :data:`CAPTION_TOKENS`."""
+    if fixed is not None:
+        return np.full(n, min(fixed, max_len))
+    lengths, shares = zip(*CAPTION_TOKENS.items(), strict=True)
+    p = np.asarray(shares) / sum(shares)
+    return np.minimum(rng.choice(lengths, size=n, p=p), max_len)
+
+
+def mean_caption_tokens(max_len: int) -> float:
+    """Mean of :data:`CAPTION_TOKENS` clipped at ``max_len``."""
+    total = sum(CAPTION_TOKENS.values())
+    return sum(min(k, max_len) * v for k, v in CAPTION_TOKENS.items()) / total
+
+
+def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, device: torch.device, *,
+                      vocab_size: int, seed: int = 0, text_len: int | None = None) -> Iterator[Batch]:
+    """Endless batches for ``recipe`` (images at the encoder's size, the data section's text rules).
+
+    Args:
+        transforms: the model's batch transforms (e.g. the MLM masker).
+        vocab_size: the encoder's vocabulary (token ids are drawn below it, above the special ids).
+        text_len: every caption this many tokens (None: the histogram).
+    """
+    data = recipe.data
+    size = recipe.encoder.input_size
+    max_len = data.max_text_len if data is not None else 30
+    padding = data.padding if data is not None else "longest"
+    normalize = DeviceNormalize(data.normalize if data is not None else "imagenet")
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    step = 0
+    while True:
+        lengths = caption_lengths(batch_size, max_len, rng, text_len)
+        width = padded_length(int(lengths.max()), max_len, padding)
+        ids = torch.randint(1000 if vocab_size > 2000 else 104, vocab_size, (batch_size, width), generator=generator)
+        mask = torch.arange(width)[None, :] < torch.as_tensor(lengths)[:, None]
+        ids = torch.where(mask, ids, torch.zeros_like(ids))
+        ids[:, 0] = BERT_TOKENS.cls_id
+        word_ids = [[None] + [j for j in range(1, n)] + [None] * (width - n) for n in lengths.tolist()]
+        text = TokenizedText(ids, mask.long(), word_ids)
+        images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator)
+        batch = Batch(images, text.input_ids, text.attention_mask,
+                      torch.arange(step * batch_size, (step + 1) * batch_size))
+        for transform in transforms:
+            transform.apply_to(batch, text, rng)
+        yield normalize(batch.to(device, non_blocking=True))
+        step += 1

@@ -1,0 +1,274 @@
+"""``vlkit bench``: how fast a recipe trains on this machine, and where the time goes.
+
+One benchmark: build the recipe's model and optimizer on the device, make a pool of synthetic batches
+there (:mod:`vlkit.bench.batches`), run warm-up steps, time ``steps`` training steps (CUDA events on a
+GPU, the wall clock on the CPU; median and p10/p90), profile a few more for the per-phase and
+per-objective breakdown, count one step's executed FLOPs, and relate them to the official step's
+reference FLOPs and to the device's peak (measured with a matmul probe unless given).
+
+A step is forward (every objective; the momentum teacher inside), backward, clipping, the optimizer
+step and the EMA / queue update, at a steady-state step index (teacher consulted, ramps finished).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vlkit.bench.batches import synthetic_batches, text_tokens
+from vlkit.bench.flops import reference_flops
+from vlkit.build import build_encoder
+from vlkit.data.batch import Batch
+from vlkit.models.model import PretrainModel, build_pretrain_model
+from vlkit.nn.attention import resolve_backend
+from vlkit.objectives.base import ObjectiveContext
+from vlkit.recipe import Recipe
+from vlkit.train.optim import build_optimizer
+
+STEADY_STEP = 1_000_000
+"""Step index of benchmark steps: past every warm-up and ramp (teacher, distillation, hard negatives)."""
+
+
+@dataclass(kw_only=True)
+class BenchSettings:
+    """What to run.
+
+    Attributes:
+        steps: timed steps.
+        warmup: untimed steps first (allocator growth, kernel selection, compilation).
+        batch_size: samples per step on this device.
+        profile_steps: further steps under the profiler for the breakdown (0: none).
+        text_len: every caption this many tokens (None: the realistic length histogram).
+        peak_tflops: the device's peak in TFLOP/s for MFU (None: measure with a matmul probe).
+        pool: distinct synthetic batches cycled through (inputs not all cache-resident).
+    """
+
+    steps: int = 20
+    warmup: int = 5
+    batch_size: int = 64
+    profile_steps: int = 3
+    text_len: int | None = None
+    peak_tflops: float | None = None
+    pool: int = 4
+
+
+class BenchRun:
+    """A recipe's model, optimizer and synthetic batches on ``device``, and one training step."""
+
+    def __init__(self, recipe: Recipe, device: torch.device, settings: BenchSettings) -> None:
+        if not recipe.objectives:
+            raise ValueError("vlkit bench measures pre-training steps: the recipe has no objectives")
+        self.recipe, self.device, self.settings = recipe, device, settings
+        torch.manual_seed(recipe.seed)
+        with device if device.type == "meta" else contextlib.nullcontext():  # meta: shapes only, no memory
+            encoder = build_encoder(recipe.encoder)
+            vocab = encoder.word_embeddings().num_embeddings
+            self.model: PretrainModel = build_pretrain_model(
+                encoder, recipe.objectives, ObjectiveContext(encoder, text_tokens(vocab)), recipe.momentum)
+        self.model.to(device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, recipe.train, device)
+        bf16 = recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        batches = synthetic_batches(recipe, self.model.batch_transforms(), settings.batch_size, device,
+                                    vocab_size=vocab, seed=recipe.seed, text_len=settings.text_len)
+        self.pool: list[Batch] = [next(batches) for _ in range(settings.pool)]
+        self.calls = 0
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def next_batch(self) -> Batch:
+        batch = self.pool[self.calls % len(self.pool)]
+        self.calls += 1
+        return batch
+
+    def forward_backward(self, batch: Batch) -> Any:
+        with torch.profiler.record_function("phase/forward"), self._autocast():
+            result = self.model(batch, STEADY_STEP)
+        with torch.profiler.record_function("phase/backward"):
+            result.loss.backward()
+        return result
+
+    def step(self) -> None:
+        """One training step on the next pooled batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.forward_backward(self.next_batch())
+        with torch.profiler.record_function("phase/optimizer"):
+            if self.recipe.train.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.clip_grad_norm)
+            self.optimizer.step()
+        with torch.profiler.record_function("phase/ema_queue"):
+            self.model.after_step(result)
+
+    def text_width(self) -> float:
+        """Mean padded text length of the pooled batches."""
+        return statistics.fmean(b.input_ids.shape[1] for b in self.pool)
+
+
+def time_steps(step: Callable[[], None], n: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``n`` calls of ``step`` (CUDA events on a GPU: one sync at the end)."""
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        out.append(1000 * (time.perf_counter() - t0))
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def executed_flops(run: BenchRun) -> float:
+    """Matmul FLOPs of one forward + backward (teacher included) on the next pooled batch, per sample."""
+    batch = run.next_batch()
+    run.optimizer.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        run.forward_backward(batch)
+    run.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch.size
+
+
+def measure_peak_flops(device: torch.device) -> float:
+    """FLOP/s of a large matmul: bf16 8192³ on a GPU, fp32 1024³ on the CPU (the training dtypes)."""
+    n, dtype, reps = (8192, torch.bfloat16, 10) if device.type == "cuda" else (1024, torch.float32, 8)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = time_steps(lambda: a @ b, reps, device)
+    return 2 * n**3 / (statistics.median(times) / 1000)
+
+
+def breakdown(run: BenchRun, steps: int) -> dict[str, float]:
+    """Milliseconds per step of each profiled range (phases, objectives, the teacher); device time on a GPU.
+    Ranges nest: ``objective/*`` and ``teacher`` lie inside ``phase/forward``."""
+    if steps <= 0:
+        return {}
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU-only profiler otherwise logs a GPU probe failure
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if run.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            run.step()
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+    out = {}
+    for event in prof.key_averages():
+        if event.key.startswith(("phase/", "objective/", "teacher")):
+            total = event.device_time_total if run.device.type == "cuda" else event.cpu_time_total
+            out[event.key] = total / 1000 / steps
+    return dict(sorted(out.items()))
+
+
+def environment(device: torch.device, backend: str) -> dict[str, Any]:
+    """Versions and hardware the figures belong to."""
+    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
+                           "attention_backend": backend, "threads": torch.get_num_threads()}
+    try:
+        env["xformers"] = importlib.metadata.version("xformers")
+    except importlib.metadata.PackageNotFoundError:
+        env["xformers"] = None
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=10).stdout.split("\n")[0].strip()
+    else:
+        env["cpu"] = _cpu_name()
+    return env
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
+        for line in info:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def count_flops(recipe: Recipe, settings: BenchSettings) -> dict[str, Any]:
+    """Executed and reference FLOPs per sample of one step, on the meta device (no memory, no compute:
+    any model size, in seconds)."""
+    run = BenchRun(recipe, torch.device("meta"), settings)
+    executed = executed_flops(run)
+    width = run.text_width()
+    reference = reference_flops(recipe.encoder, recipe.objectives, round(width), settings.batch_size)
+    ref_total = reference["total"] if reference else None
+    return {"executed_flops_per_sample": executed, "reference_flops_per_sample": ref_total,
+            "reference_parts": reference, "executed_over_reference": executed / ref_total if ref_total else None,
+            "batch_size": settings.batch_size, "text_len_mean": width}
+
+
+def run_benchmark(recipe: Recipe, device: torch.device, settings: BenchSettings) -> dict[str, Any]:
+    """Build, warm up, time, profile and count; returns the figures ``bench.json`` holds."""
+    backend = resolve_backend(recipe.encoder.attention, device)
+    run = BenchRun(recipe, device, settings)
+    for _ in range(settings.warmup):
+        run.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_steps(run.step, settings.steps, device)
+    peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    phases = breakdown(run, settings.profile_steps)
+    executed = executed_flops(run)
+    width = run.text_width()
+    reference = reference_flops(recipe.encoder, recipe.objectives, round(width), settings.batch_size)
+    peak = settings.peak_tflops * 1e12 if settings.peak_tflops else measure_peak_flops(device)
+    median = statistics.median(times)
+    samples_per_s = settings.batch_size / (median / 1000)
+    ref_total = reference["total"] if reference else None
+    return {
+        "samples_per_s": samples_per_s,
+        "step_ms_median": median,
+        "step_ms_p10": percentile(times, 0.1),
+        "step_ms_p90": percentile(times, 0.9),
+        "executed_flops_per_sample": executed,
+        "reference_flops_per_sample": ref_total,
+        "reference_parts": reference,
+        "executed_over_reference": executed / ref_total if ref_total else None,
+        "mfu": executed * samples_per_s / peak,
+        "effective_mfu": ref_total * samples_per_s / peak if ref_total else None,
+        "peak_flops": peak,
+        "peak_flops_source": "given" if settings.peak_tflops else "measured (matmul probe)",
+        "peak_mem_bytes": int(peak_mem),
+        "peak_mem_kind": "max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        "backend": backend,
+        "device": str(device),
+        "batch_size": settings.batch_size,
+        "text_len_mean": width,
+        "steps": settings.steps,
+        "warmup": settings.warmup,
+        "precision": "bf16" if run.autocast_dtype is not None else "fp32",
+        "breakdown_ms": phases,
+        "step_ms_all": times,
+        "environment": environment(device, backend),
+    }
