@@ -62,6 +62,8 @@ def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, devic
     size = recipe.encoder.input_size
     max_len = data.max_text_len if data is not None else 30
     padding = data.padding if data is not None else "longest"
+    if recipe.train.compile and padding == "longest":  # as training pads for compiled blocks
+        padding = "multiple_of_8"
     normalize = DeviceNormalize(data.normalize if data is not None else "imagenet")
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device="cpu").manual_seed(seed)

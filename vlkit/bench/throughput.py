@@ -33,6 +33,7 @@ from vlkit.build import build_encoder
 from vlkit.data.batch import Batch
 from vlkit.models.model import PretrainModel, build_pretrain_model
 from vlkit.nn.attention import resolve_backend
+from vlkit.nn.checkpointing import compile_blocks
 from vlkit.objectives.base import ObjectiveContext
 from vlkit.recipe import Recipe
 from vlkit.train.optim import build_optimizer
@@ -78,6 +79,8 @@ class BenchRun:
             self.model: PretrainModel = build_pretrain_model(
                 encoder, recipe.objectives, ObjectiveContext(encoder, text_tokens(vocab)), recipe.momentum)
         self.model.to(device)
+        if recipe.train.compile:
+            compile_blocks(self.model, recipe.train.compile_mode)
         self.model.train()
         self.optimizer = build_optimizer(self.model, recipe.train, device)
         bf16 = recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")

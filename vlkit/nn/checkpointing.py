@@ -60,3 +60,19 @@ def set_grad_checkpointing(module: nn.Module, on: bool = True) -> int:
     for block in blocks:
         block.grad_checkpointing = on
     return len(blocks)
+
+
+def compile_blocks(module: nn.Module, mode: str = "default") -> int:
+    """``torch.compile`` every block inside ``module`` in place (each block its own compiled call, so a
+    deep copy made before, such as a momentum teacher, keeps its own weights); returns how many."""
+    import torch._dynamo
+
+    blocks = transformer_blocks(module)
+    # one graph per (block class, input shapes): text buckets × pair counts (B, 3B) × towers, online and
+    # teacher; the default limit of 8 would send the rest back to eager
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+    for block in blocks:
+        block.compile(dynamic=False, mode=mode)
+    return len(blocks)

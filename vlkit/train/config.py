@@ -24,6 +24,10 @@ class TrainConfig:
         strategy: with several processes (``torchrun``): ``ddp`` replicates the model and averages
             gradients; ``fsdp`` shards parameters, gradients and optimizer state (PyTorch FSDP2,
             per transformer block) for models that do not fit one device. Ignored in one process.
+        compile: ``torch.compile`` every transformer block (online and teacher; per block, as the step's
+            Python control flow stays eager). Shapes must repeat: text batches are padded to multiples
+            of 8 when ``data.padding`` is ``longest``. The first steps pay the compilation.
+        compile_mode: ``torch.compile``'s mode (``reduce-overhead`` adds CUDA graphs on GPUs).
         find_unused_parameters: DDP's option for models whose steps leave some parameters unused
             (e.g. NLVR2 bi-fusion leaves the encoder's own fusion layers idle); slower, so off.
         lr: peak learning rate (AdamW).
@@ -53,6 +57,8 @@ class TrainConfig:
     batch_size: int = 64
     grad_accum: int = 1
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     find_unused_parameters: bool = False
     lr: float = 1e-4
     min_lr: float = 1e-5

@@ -28,6 +28,7 @@ from vlkit.data.transforms import DeviceNormalize, decode_size, train_transform
 from vlkit.data.webdataset_source import ShardStream, WebDatasetSource
 from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel, build_pretrain_model
+from vlkit.nn.checkpointing import compile_blocks
 from vlkit.objectives.base import ObjectiveContext
 from vlkit.recipe import Recipe
 from vlkit.tasks.base import Task, TaskContext
@@ -129,6 +130,9 @@ class Pretraining:
         if recipe.init_from:
             initialize_from(self.model, recipe.init_from)
         self.model.to(self.device)
+        if recipe.train.compile:
+            compiled = compile_blocks(self.model, recipe.train.compile_mode)
+            log.info("torch.compile: %d transformer blocks (mode %s)", compiled, recipe.train.compile_mode)
         if self.rank > 0:  # identical weights on every rank; own dropout and sampling draws
             torch.manual_seed(recipe.seed + self.rank)
         crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
@@ -137,9 +141,13 @@ class Pretraining:
         transform = train_transform(size, None if data.normalize_on_device else data.normalize, crop_scale=crop,
                                     flip=data.flip, randaugment=augment)
         draft_size = decode_size(size, crop) if data.draft_decode else None
+        padding = data.padding
+        if recipe.train.compile and padding == "longest":  # compiled blocks need repeating shapes
+            padding = "multiple_of_8"
+            log.info("train.compile: text batches padded to multiples of 8 (data.padding was `longest`)")
         self.collate = PretrainCollate(self.tokenizer, data.max_text_len, data.drop_sep,
                                        self.model.batch_transforms(), seed=recipe.seed,
-                                       clean=CaptionCleaner(data.pre_caption, data.max_words), padding=data.padding)
+                                       clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
         self.stream: ShardStream | None = None
         self.annotations_skipped = 0
         if not train_data:
