@@ -14,7 +14,7 @@ import torch
 from vlkit.bench import report
 from vlkit.bench.throughput import BenchSettings, run_benchmark
 from vlkit.recipe import resolve
-from vlkit.train.pretrain import resolve_device, set_cpu_threads
+from vlkit.train.devices import resolve_device, set_cpu_threads
 
 log = logging.getLogger("vlkit.bench")
 
