@@ -16,7 +16,7 @@ def row(result: dict) -> str:
     return (f"| {result['recipe']} {' '.join(result.get('overrides', []))} | {env.get('gpu') or env.get('cpu')} | "
             f"{result['backend']} | {result['precision']} | {result['batch_size']} | {result['text_len_mean']:.1f} | "
             f"{result['samples_per_s']:.1f} | {result['step_ms_median']:.1f} | "
-            f"{result['executed_flops_per_sample'] / 1e9:.1f} | {100 * result['mfu']:.1f}% | {eff} | "
+            f"{result['executed_flops_per_sample'] / 1e9:.4g} | {100 * result['mfu']:.1f}% | {eff} | "
             f"{result['peak_mem_bytes'] / 2**30:.1f} GiB |")
 
 
