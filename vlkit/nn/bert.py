@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlkit.nn.attention import attention
@@ -45,6 +46,9 @@ class BertConfig:
         pad_token_id: id of ``[PAD]`` (its embedding row is zero-initialized).
         init_std: std of the normal initialization (BERT's ``initializer_range``: 0.02, tuned for
             width 768; narrow models need ~0.02·√(768/dim) to keep activations at that scale).
+        fused_projections: one matmul for self-attention's query, key and value and one for
+            cross-attention's key and value (their weights concatenated at each call; the same
+            parameters, checkpoints and results up to rounding) instead of three and two.
     """
 
     vocab_size: int = 30522
@@ -59,6 +63,7 @@ class BertConfig:
     attention_dropout: float = 0.1
     pad_token_id: int = 0
     init_std: float = 0.02
+    fused_projections: bool = False
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -136,6 +141,7 @@ class BertAttention(nn.Module):
         self.head_dim = cfg.dim // cfg.heads
         self.attn_drop = cfg.attention_dropout
         self.attention_backend = backend
+        self.fused = cfg.fused_projections
         # HF calls this sub-module `self`; keeping the name keeps the state-dict layout.
         self.self = BertProjections(cfg.dim, kv_dim or cfg.dim)
         self.output = BertResidualLN(cfg.dim, cfg.dim, cfg.eps, cfg.dropout)
@@ -148,14 +154,26 @@ class BertAttention(nn.Module):
 
     def kv(self, source: Tensor) -> KV:
         """Keys and values of ``source`` ``[B, M, Dkv]`` → two ``[B, M, H, Dh]`` tensors."""
+        if self.fused:
+            k, v = self._fused(source, (self.self.key, self.self.value))
+            return k, v
         return self._heads(self.self.key(source)), self._heads(self.self.value(source))
+
+    def _fused(self, x: Tensor, layers: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
+        """``layers`` applied to ``x`` as one matmul → one ``[B, L, H, Dh]`` tensor per layer."""
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = torch.cat([layer.bias for layer in layers])
+        return tuple(self._heads(part) for part in F.linear(x, weight, bias).chunk(len(layers), dim=-1))
 
     def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, kv: KV | None = None,
                 bias: Tensor | None = None) -> Tensor:
         """Attend from ``x`` ``[B, L, D]`` to itself, or to precomputed ``kv`` (cross-attention);
         ``bias`` is added to the logits (broadcast to ``[B, H, L, M]``; a causal mask for decoders)."""
-        k, v = self.kv(x) if kv is None else kv
-        q = self._heads(self.self.query(x))
+        if kv is None and self.fused:
+            q, k, v = self._fused(x, (self.self.query, self.self.key, self.self.value))
+        else:
+            k, v = self.kv(x) if kv is None else kv
+            q = self._heads(self.self.query(x))
         if self.probe is not None:
             if bias is not None:
                 raise ValueError("probed attention takes no bias")
