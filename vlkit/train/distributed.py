@@ -90,6 +90,20 @@ def shutdown(*, wait: bool = True) -> None:
         torch_dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def torchrun_scope() -> Iterator[None]:
+    """Around a command's work under ``torchrun``: leave the process group when it ends (after a
+    barrier on success, at once after an error); nothing in a single process."""
+    try:
+        yield
+    except BaseException:
+        if launched_by_torchrun():
+            shutdown(wait=False)
+        raise
+    if launched_by_torchrun():
+        shutdown()
+
+
 def wrap_model(model: nn.Module, strategy: Strategy, device: torch.device, *, bf16: bool = False,
                find_unused_parameters: bool = False) -> tuple[nn.Module, list[nn.Parameter]]:
     """The module the training step calls: ``model`` itself in one process, else DDP around it or

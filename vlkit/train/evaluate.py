@@ -20,7 +20,7 @@ import torch
 from vlkit import dist
 from vlkit.recipe import Recipe
 from vlkit.train import checkpoint as ckpt
-from vlkit.train.distributed import launched_by_torchrun, shutdown
+from vlkit.train.distributed import torchrun_scope
 from vlkit.train.init import find_checkpoint
 from vlkit.train.pretrain import Pretraining
 
@@ -70,15 +70,8 @@ def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) 
     Returns:
         the metrics (also in ``out_dir/metrics.json``), with the ``checkpoint`` path and its ``step``.
     """
-    try:
-        result = _evaluate(recipe, find_checkpoint(checkpoint), Path(out_dir))
-    except BaseException:
-        if launched_by_torchrun():
-            shutdown(wait=False)
-        raise
-    if launched_by_torchrun():
-        shutdown()
-    return result
+    with torchrun_scope():
+        return _evaluate(recipe, find_checkpoint(checkpoint), Path(out_dir))
 
 
 def _evaluate(recipe: Recipe, path: Path, out: Path) -> dict[str, Any]:

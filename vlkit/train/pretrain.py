@@ -33,7 +33,7 @@ from vlkit.recipe import Recipe
 from vlkit.tasks.base import Task, TaskContext
 from vlkit.train import checkpoint as ckpt
 from vlkit.train.devices import available_cores, resolve_device, set_cpu_threads  # noqa: F401 - re-exported
-from vlkit.train.distributed import init_from_environment, launched_by_torchrun, shutdown
+from vlkit.train.distributed import init_from_environment, torchrun_scope
 from vlkit.train.init import initialize_from
 from vlkit.train.trainer import RunPaths, Trainer
 
@@ -217,15 +217,8 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
         resume: ``True`` continues from the newest checkpoint in ``out_dir/checkpoints`` (an error if
             there is none), a path continues from that checkpoint, ``False`` starts fresh.
     """
-    try:
-        result = _run(recipe, out_dir, resume=resume, progress=progress)
-    except BaseException:
-        if launched_by_torchrun():
-            shutdown(wait=False)
-        raise
-    if launched_by_torchrun():
-        shutdown()
-    return result
+    with torchrun_scope():
+        return _run(recipe, out_dir, resume=resume, progress=progress)
 
 
 def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
