@@ -55,6 +55,8 @@ class Recipe:
         init_from: a checkpoint file or run folder whose weights initialize the model before training
             (every weight with the same name and shape: encoder, heads, momentum teacher, queues);
             null: random initialization.
+        freeze: glob patterns over the model's parameter names (``encoder.transformer.blocks.*.attn.*``)
+            whose parameters are not trained; the run logs how many parameters remain trainable.
     """
 
     description: str = ""
@@ -68,6 +70,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     task: Annotated[Any, Component("task")] | None = None
     init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, ready for YAML."""

@@ -34,6 +34,7 @@ from vlkit.tasks.base import Task, TaskContext
 from vlkit.train import checkpoint as ckpt
 from vlkit.train.devices import available_cores, resolve_device, set_cpu_threads  # noqa: F401 - re-exported
 from vlkit.train.distributed import init_from_environment, torchrun_scope
+from vlkit.train.freeze import freeze_parameters
 from vlkit.train.init import initialize_from
 from vlkit.train.trainer import RunPaths, Trainer
 
@@ -102,6 +103,8 @@ class Pretraining:
                                                          recipe.momentum)
         if recipe.init_from:
             initialize_from(self.model, recipe.init_from)
+        if recipe.freeze:
+            log.info("%s", freeze_parameters(self.model, recipe.freeze).summary())
         self.model.to(self.device)
         if recipe.train.compile:
             compiled = compile_blocks(self.model, recipe.train.compile_mode)
