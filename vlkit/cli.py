@@ -14,6 +14,9 @@ Commands::
     vlkit bench RECIPE [KEY=VALUE ...] --out DIR [--steps N] [--batch-size B] [--warmup W] [--text-len L]
                 [--peak-tflops P] [--sweep | --flops-only]   training throughput on synthetic batches →
                                                DIR/bench.json, bench.md (--flops-only: FLOPs on the meta device)
+    vlkit ablate GRID --out DIR                run a grid of recipe variants × seeds (finished runs skipped)
+                                               → DIR/results.md, results.csv, PNG plots
+    vlkit ablate --report DIR                  redraw the report from the finished runs
     vlkit data synth --out DIR [KEY=VALUE ...] generate the embedded synthetic dataset
     vlkit data pack ANN.json... --image-root R --out DIR [--resize-short S]   JSON → webdataset shards
     vlkit data filter ANN.json... --image-root R --out DIR [--eval EVAL.json...]   ALIGN's noisy-data
@@ -266,6 +269,29 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from vlkit.ablate.grid import GridError, load_grid
+    from vlkit.ablate.report import write_report
+    from vlkit.ablate.runner import run_grid
+
+    if args.report:
+        if not (Path(args.report) / "grid.json").is_file():
+            print(f"error: {args.report} holds no ablation (no grid.json)", file=sys.stderr)
+            return EXIT_RECIPE_ERROR
+        print(write_report(Path(args.report)))
+        return 0
+    if not args.grid or not args.out:
+        print("error: give a grid file and --out DIR (or --report DIR)", file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    try:
+        grid = load_grid(args.grid)  # every variant validated before any training
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    print(run_grid(grid, Path(args.out), progress=not args.no_progress))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from vlkit.bench.command import run_bench_command
 
@@ -321,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sweep-text-lens", type=int, nargs="+", default=None, metavar="L")
     bench.add_argument("--sweep-backends", nargs="+", default=None, metavar="NAME")
     bench.set_defaults(func=_cmd_bench)
+
+    ablate = commands.add_parser("ablate", help="run a grid of recipe variants and compare them (table + plots)")
+    ablate.add_argument("grid", nargs="?", help="the grid file (YAML), e.g. recipes/ablations/albef_objectives.yaml")
+    ablate.add_argument("--out", help="folder for the runs and the report")
+    ablate.add_argument("--report", metavar="DIR", help="only redraw DIR's report from its finished runs")
+    ablate.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+    ablate.set_defaults(func=_cmd_ablate)
 
     retrieve = commands.add_parser("retrieve", help="composed-query image retrieval → PNG contact sheet")
     _add_recipe_args(retrieve)

@@ -279,10 +279,15 @@ def shipped_recipes_dir() -> Path:
     return here.parent / "recipes"
 
 
+GRID_FOLDERS = ("ablations",)
+"""Folders of ``recipes/`` that hold ablation grids (``vlkit ablate``), not recipes."""
+
+
 def shipped_recipe_names() -> list[str]:
-    """Shipped recipes as ``family/name`` (e.g. ``albef/tiny``)."""
+    """Shipped recipes as ``family/name`` (e.g. ``albef/tiny``); ablation grids are not listed."""
     root = shipped_recipes_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    names = (p.relative_to(root) for p in root.rglob("*.yaml"))
+    return sorted(str(p.with_suffix("")) for p in names if p.parts[0] not in GRID_FOLDERS)
 
 
 def find_recipe(ref: str | os.PathLike[str]) -> Path:

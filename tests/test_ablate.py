@@ -1,0 +1,54 @@
+"""``vlkit ablate``: a grid of variants × seeds, validated before training, resumable, with its report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.test_train import SMALL_DATA
+from vlkit.ablate.grid import GridError, load_grid
+from vlkit.cli import main
+
+torch.set_num_threads(1)
+
+
+def write_grid(tmp_path, variants: str, extra: str = "") -> str:
+    overrides = "\n".join(f"  - {o}" for o in [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}",
+                                                 "train.batch_size=8", "train.steps=2", "train.log_every=1",
+                                                 "train.cpu_threads=1", "eval.batch_size=8", "eval.k_test=4"])
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"description: tiny test grid\nbase: dual/tiny\noverrides:\n{overrides}\n"
+                    f"metrics: [txt_r1, r_mean]\n{extra}variants:\n{variants}")
+    return str(path)
+
+
+def test_grid_runs_variants_and_seeds_then_reports(tmp_path):
+    grid = write_grid(tmp_path, "  plain: {}\n  smooth: {objectives.itc.label_smoothing: 0.0}\n", "seeds: [0, 1]\n")
+    out = tmp_path / "ablation"
+    assert main(["ablate", grid, "--out", str(out), "--no-progress"]) == 0
+    table = (out / "results.md").read_text()
+    assert "| plain | 2 |" in table and "| smooth | 2 |" in table and " ± " in table and "**" in table
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["variant"], r["seed"]) for r in rows] == [("plain", "0"), ("plain", "1"), ("smooth", "0"),
+                                                          ("smooth", "1")]
+    for name in ("bars_txt_r1.png", "bars_r_mean.png", "curves_loss.png"):
+        assert (out / name).stat().st_size > 0
+    finished = (out / "runs" / "plain" / "seed1" / "metrics.json").stat().st_mtime_ns
+    # a second invocation skips finished runs; --report redraws from them
+    assert main(["ablate", grid, "--out", str(out), "--no-progress"]) == 0
+    assert (out / "runs" / "plain" / "seed1" / "metrics.json").stat().st_mtime_ns == finished
+    (out / "results.md").unlink()
+    assert main(["ablate", "--report", str(out)]) == 0
+    assert (out / "results.md").read_text() == table
+    assert json.loads((out / "grid.json").read_text())["runs"] == {"plain": [0, 1], "smooth": [0, 1]}
+
+
+def test_a_bad_variant_key_stops_the_grid_before_training(tmp_path):
+    grid = write_grid(tmp_path, "  good: {}\n  bad: {objectives.itc.label_smothing: 0.1}\n")
+    with pytest.raises(GridError, match=r"variant `bad`.*label_smothing.*label_smoothing"):
+        load_grid(grid)
+    assert main(["ablate", grid, "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

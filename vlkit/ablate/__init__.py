@@ -1,0 +1,1 @@
+"""Ablations from recipes: ``vlkit ablate GRID --out DIR`` (see :mod:`vlkit.ablate.grid`)."""

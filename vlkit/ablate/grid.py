@@ -1,0 +1,128 @@
+"""Ablation grids: a base recipe, shared overrides, named variants, seeds and follow-up evaluations.
+
+A grid file (YAML, read with a safe loader)::
+
+    description: "ALBEF's objective ablation"
+    base: albef/tiny                  # a shipped recipe name or a path (relative to the grid file)
+    overrides: {train.steps: 600}     # for every variant: a mapping of dotted keys, or KEY=VALUE strings
+    seeds: [0, 1]                     # optional: one run per seed (default: the recipe's seed)
+    metrics: [txt_r1, img_r1, r_mean] # optional: the report's columns (default: every metric)
+    variants:
+      mlm_itm:       {objectives.itc: null, objectives.itm.negatives: random}
+      full: {}                        # the base recipe itself
+    followups:                        # optional: evaluations run from each variant's final checkpoint
+      vqa: {recipe: finetune/albef/vqa_tiny, overrides: {train.steps: 200}, metrics: [vqa_acc]}
+
+Every variant's recipe (and every follow-up's) is resolved and validated when the grid loads, so a
+wrong key stops the grid before any training, naming the variant and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlkit.recipe import Recipe, find_recipe, resolve
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class GridError(ValueError):
+    """A grid file that cannot be run (its message names the part)."""
+
+
+@dataclass
+class Followup:
+    """An evaluation run from each variant's checkpoint (a fine-tuning recipe with ``init_from`` set)."""
+
+    name: str
+    recipe: str
+    overrides: list[str]
+    metrics: list[str] | None = None
+
+
+@dataclass
+class Grid:
+    """A parsed grid (see the module docstring)."""
+
+    path: Path
+    base: str
+    overrides: list[str]
+    variants: dict[str, list[str]]
+    seeds: list[int] | None = None
+    metrics: list[str] | None = None
+    followups: list[Followup] = field(default_factory=list)
+    description: str = ""
+
+    def recipe(self, variant: str, seed: int | None = None) -> Recipe:
+        """The validated recipe of ``variant`` (with ``seed`` when given)."""
+        extra = [] if seed is None else [f"seed={seed}"]
+        return resolve(self.base, [*self.overrides, *self.variants[variant], *extra]).recipe
+
+    def seeds_of(self, variant: str) -> list[int]:
+        return self.seeds if self.seeds is not None else [self.recipe(variant).seed]
+
+
+def as_overrides(value: Any, where: str) -> list[str]:
+    """A mapping ``{dotted.key: value}`` or a list of ``KEY=VALUE`` strings → ``KEY=VALUE`` strings."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [f"{key}={yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+                for key, v in value.items()]
+    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
+        return list(value)
+    raise GridError(f"{where}: expected a mapping of dotted keys to values, or a list of KEY=VALUE strings")
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and check a grid file: every variant and follow-up recipe is resolved and validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} not found")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: a grid is a mapping with `base` and `variants`")
+    known = {"description", "base", "overrides", "seeds", "metrics", "variants", "followups"}
+    if unknown := sorted(set(raw) - known):
+        raise GridError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    if "base" not in raw or not raw.get("variants"):
+        raise GridError(f"{path}: a grid needs `base` (a recipe) and at least one entry under `variants`")
+    base = str(raw["base"])
+    local = path.parent / base
+    if local.is_file():
+        base = str(local)
+    find_recipe(base)
+    variants: dict[str, list[str]] = {}
+    for name, value in raw["variants"].items():
+        if not NAME.match(str(name)):
+            raise GridError(f"{path}: variant name `{name}` must use letters, digits, '_', '-' or '.' only")
+        variants[str(name)] = as_overrides(value, f"{path}: variant `{name}`")
+    seeds = raw.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds):
+        raise GridError(f"{path}: `seeds` must be a non-empty list of integers")
+    followups = []
+    for name, spec in (raw.get("followups") or {}).items():
+        if not isinstance(spec, dict) or "recipe" not in spec:
+            raise GridError(f"{path}: follow-up `{name}` needs a `recipe`")
+        followups.append(Followup(str(name), str(spec["recipe"]), as_overrides(spec.get("overrides"),
+                                                                                f"{path}: follow-up `{name}`"),
+                                  spec.get("metrics")))
+    grid = Grid(path=path, base=base, overrides=as_overrides(raw.get("overrides"), f"{path}: overrides"),
+                variants=variants, seeds=seeds, metrics=raw.get("metrics"), followups=followups,
+                description=str(raw.get("description", "")))
+    for variant in variants:  # fail before any training
+        try:
+            grid.recipe(variant)
+        except Exception as err:
+            raise GridError(f"{path}: variant `{variant}`: {err}") from err
+    for followup in followups:
+        try:
+            resolve(followup.recipe, [*followup.overrides, "init_from=null"])
+        except Exception as err:
+            raise GridError(f"{path}: follow-up `{followup.name}`: {err}") from err
+    return grid

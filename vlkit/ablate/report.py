@@ -1,0 +1,170 @@
+"""The comparison an ablation hands back: ``results.md`` (variants × metrics, mean ± std over seeds,
+the best per column in bold), ``results.csv`` (one row per run), a bar chart per metric with error
+bars, and training-loss / evaluation curves of every variant overlaid, read from the runs' TensorBoard
+logs. Everything is drawn from the finished runs under ``DIR/runs`` and ``DIR/grid.json``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("vlkit.ablate")
+
+BOOKKEEPING = {"steps", "samples", "images_skipped", "annotations_skipped", "n_images", "n_texts", "n_swaps",
+               "chance_r1", "step", "n", "n_skipped", "majority_acc"}
+
+
+def run_metrics(run: Path, followups: list[str]) -> dict[str, float] | None:
+    """A finished run's metrics (follow-ups' prefixed ``name/``), or None when it has not finished."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = {k: float(v) for k, v in json.loads(path.read_text()).items() if isinstance(v, int | float)}
+    for name in followups:
+        extra = run / name / "metrics.json"
+        if extra.is_file():
+            metrics.update({f"{name}/{k}": float(v) for k, v in json.loads(extra.read_text()).items()
+                            if isinstance(v, int | float)})
+    return metrics
+
+
+def collect(out: Path) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, float]]]]:
+    """``grid.json`` and the metrics of every finished run: variant → seed → metrics."""
+    grid = json.loads((out / "grid.json").read_text())
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for variant, seeds in grid["runs"].items():
+        for seed in seeds:
+            metrics = run_metrics(out / "runs" / variant / f"seed{seed}", grid["followups"])
+            if metrics is not None:
+                results.setdefault(variant, {})[seed] = metrics
+    return grid, results
+
+
+def columns(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+    """The grid's ``metrics`` (and its follow-ups'), else every metric but the bookkeeping ones."""
+    if grid.get("metrics"):
+        return list(grid["metrics"])
+    keys = {k for seeds in results.values() for m in seeds.values() for k in m}
+    return sorted(k for k in keys if k.rsplit("/", 1)[-1] not in BOOKKEEPING)
+
+
+def summary(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str]) -> str:
+    """Variants × metrics; mean ± std over seeds; the best mean per column in bold (higher is better)."""
+    stats = {v: {c: summary([m[c] for m in seeds.values() if c in m]) for c in cols
+                 if any(c in m for m in seeds.values())} for v, seeds in results.items()}
+    best = {c: max((s[c][0] for s in stats.values() if c in s), default=math.nan) for c in cols}
+    lines = [f"# {grid.get('description') or 'Ablation'}", "", f"`{grid['command']}`", "",
+             "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for variant in grid["runs"]:
+        if variant not in stats:
+            lines.append(f"| {variant} | 0 | " + " | ".join("—" for _ in cols) + " |")
+            continue
+        cells = []
+        for c in cols:
+            if c not in stats[variant]:
+                cells.append("—")
+                continue
+            mean, std = stats[variant][c]
+            text = f"{mean:.2f}" + (f" ± {std:.2f}" if len(results[variant]) > 1 else "")
+            cells.append(f"**{text}**" if mean == best[c] else text)
+        lines.append(f"| {variant} | {len(results[variant])} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± sample standard deviation over seeds; bold: the best mean of the column (higher is "
+              "better). Plots: `bars_<metric>.png`, `curves_loss.png`, `curves_<metric>.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, results: dict[str, dict[int, dict[str, float]]]) -> None:
+    keys = sorted({k for seeds in results.values() for m in seeds.values() for k in m})
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "seed", *keys])
+        for variant, seeds in results.items():
+            for seed, metrics in sorted(seeds.items()):
+                writer.writerow([variant, seed, *(metrics.get(k, "") for k in keys)])
+
+
+def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of a TensorBoard scalar in ``run/tb`` (empty when absent)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = run / "tb"
+    if not folder.is_dir():
+        return []
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags().get("scalars", []):
+        return []
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+
+
+def plots(out: Path, grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str]) -> None:
+    """Bar charts per metric and overlaid curves (loss; evaluation metrics logged at several steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in grid["runs"] if v in results]
+    for c in cols:
+        stats = [summary([m[c] for m in results[v].values() if c in m]) if any(c in m for m in results[v].values())
+                 else (math.nan, 0.0) for v in variants]
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(variants)), 3.5))
+        ax.bar(range(len(variants)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right")
+        ax.set_ylabel(c)
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"bars_{_safe(c)}.png", dpi=120)
+        plt.close(fig)
+    tags = [("loss/total", "curves_loss.png")] + [(f"eval/{c}", f"curves_{_safe(c)}.png") for c in cols
+                                                   if "/" not in c]
+    for tag, name in tags:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = 0
+        for variant in variants:
+            by_step: dict[int, list[float]] = {}
+            for seed in results[variant]:
+                for step, value in scalars(out / "runs" / variant / f"seed{seed}", tag):
+                    by_step.setdefault(step, []).append(value)
+            if len(by_step) < 2:
+                continue
+            steps = sorted(by_step)
+            ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], label=variant)
+            drawn += 1
+        if drawn:
+            ax.set_xlabel("step")
+            ax.set_ylabel(tag + " (mean over seeds)")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+
+def write_report(out: Path) -> str:
+    """Draw ``results.md``, ``results.csv`` and the plots from the finished runs; returns the table."""
+    grid, results = collect(out)
+    cols = columns(grid, results)
+    table = markdown(grid, results, cols)
+    (out / "results.md").write_text(table)
+    write_csv(out / "results.csv", results)
+    if results:
+        plots(out, grid, results, cols)
+    missing = [f"{v}/seed{s}" for v, seeds in grid["runs"].items() for s in seeds if s not in results.get(v, {})]
+    if missing:
+        log.warning("not finished yet (left out of the report): %s", ", ".join(missing))
+    return table
