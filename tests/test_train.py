@@ -41,6 +41,9 @@ def test_output_contract_and_metrics(tmp_path):
                 "swap_acc_itm", "swap_acc_itc"):
         assert key in written and key in metrics
     assert written["n_images"] == 8 and written["n_texts"] == 40 and written["steps"] == 4
+    report = (out / "report.md").read_text()  # final metrics and the curves, to look at
+    assert f"| **r_mean** | {written['r_mean']:.4g} |" in report and "![training curves](curves.png)" in report
+    assert (out / "curves.png").stat().st_size > 0 and "`loss/total`" in report
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:

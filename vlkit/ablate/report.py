@@ -13,6 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from vlkit.train.run_report import scalars as run_scalars
+
 log = logging.getLogger("vlkit.ablate")
 
 BOOKKEEPING = {"steps", "samples", "images_skipped", "annotations_skipped", "n_images", "n_texts", "n_swaps",
@@ -94,17 +96,8 @@ def write_csv(path: Path, results: dict[str, dict[int, dict[str, float]]]) -> No
 
 
 def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of a TensorBoard scalar in ``run/tb`` (empty when absent)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    folder = run / "tb"
-    if not folder.is_dir():
-        return []
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    events.Reload()
-    if tag not in events.Tags().get("scalars", []):
-        return []
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+    """``(step, value)`` of a TensorBoard scalar of ``run`` (empty when absent)."""
+    return run_scalars(run, tag).get(tag, [])
 
 
 def _safe(name: str) -> str:

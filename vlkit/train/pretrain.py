@@ -36,6 +36,7 @@ from vlkit.train.devices import available_cores, resolve_device, set_cpu_threads
 from vlkit.train.distributed import init_from_environment, torchrun_scope
 from vlkit.train.freeze import freeze_parameters
 from vlkit.train.init import initialize_from
+from vlkit.train.run_report import write_run_report
 from vlkit.train.trainer import RunPaths, Trainer
 
 log = logging.getLogger("vlkit.train")
@@ -239,4 +240,5 @@ def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, prog
                    annotations_skipped=run.annotations_skipped)
     if dist.is_main():
         run.paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_run_report(run.paths.out, metrics, recipe.description)
     return metrics

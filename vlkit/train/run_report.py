@@ -1,0 +1,71 @@
+"""``DIR/report.md`` and ``DIR/curves.png`` of a finished run: its final metrics and its training curves
+(every ``loss/*`` scalar, the learning rate, and evaluation metrics logged at several steps) read back
+from the run's TensorBoard log, so a user can look rather than read logs."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("vlkit.train")
+
+HEADLINE = ("r_mean", "txt_r1", "img_r1", "itc_r_mean", "swap_acc", "acc", "vqa_acc", "box_acc", "top1")
+
+
+def scalars(run: Path, tag: str | None = None) -> dict[str, list[tuple[int, float]]]:
+    """``tag`` → ``[(step, value)]`` from ``run/tb`` (every scalar, or just ``tag``); empty when absent."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = run / "tb"
+    if not folder.is_dir():
+        return {}
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = [t for t in events.Tags().get("scalars", []) if tag is None or t == tag]
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags}
+
+
+def _plot_curves(series: dict[str, list[tuple[int, float]]], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not series:
+        return False
+    cols = min(3, len(series))
+    rows = math.ceil(len(series) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (tag, points) in zip(axes.flat, series.items(), strict=False):
+        ax.plot([s for s, _ in points], [v for _, v in points])
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_run_report(out: Path, metrics: dict[str, Any], description: str = "") -> Path:
+    """Write ``out/report.md`` (and ``out/curves.png`` when the run logged curves); returns the report."""
+    logged = scalars(out)
+    curves = {t: p for t, p in sorted(logged.items())
+              if (t.startswith("loss/") or t == "lr" or t.startswith("eval/")) and len(p) >= 2}
+    drew = _plot_curves(curves, out / "curves.png")
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    first = [k for k in HEADLINE if k in numbers]
+    lines = [f"# {out.name}", ""] + ([description, ""] if description else [])
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| **{k}** | {numbers[k]:.4g} |" for k in first]
+    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(numbers.items()) if k not in first]
+    if drew:
+        lines += ["", "![training curves](curves.png)", "",
+                  "Curves: " + ", ".join(f"`{t}`" for t in curves) + " (TensorBoard: `tb/`)."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
