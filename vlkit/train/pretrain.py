@@ -186,7 +186,8 @@ class Pretraining:
         assert self.recipe.data is not None
         heads = {name: o.head for name, o in self.model.objectives.items() if hasattr(o, "head")}
         return TaskContext(self.model.encoder, heads, self.source, self.tokenizer, self.recipe.data, self.recipe.eval,
-                           self.recipe.encoder.input_size, self.device, out_dir=self.paths.out,
+                           self.recipe.encoder.input_size, self.device,
+                           out_dir=self.paths.out if dist.is_main() else None,  # rank 0 writes task files
                            objectives=dict(self.model.objectives.items()))
 
     def evaluator(self) -> Callable[[], dict[str, float]] | None:
