@@ -26,9 +26,6 @@ CAPTION_TOKENS: dict[int, float] = {
 bert-base-uncased tokenizer (mean ≈ 13.9 tokens) [est]. Longer recipes' limits clip nothing here; a
 shorter ``data.max_text_len`` truncates."""
 
-BERT_TOKENS = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, vocab_size=30522)
-
-
 def text_tokens(vocab_size: int) -> TextTokens:
     """BERT's special ids with the encoder's vocabulary size."""
     return TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, vocab_size=vocab_size)
@@ -41,12 +38,6 @@ def caption_lengths(n: int, max_len: int, rng: np.random.Generator, fixed: int |
     lengths, shares = zip(*CAPTION_TOKENS.items(), strict=True)
     p = np.asarray(shares) / sum(shares)
     return np.minimum(rng.choice(lengths, size=n, p=p), max_len)
-
-
-def mean_caption_tokens(max_len: int) -> float:
-    """Mean of :data:`CAPTION_TOKENS` clipped at ``max_len``."""
-    total = sum(CAPTION_TOKENS.values())
-    return sum(min(k, max_len) * v for k, v in CAPTION_TOKENS.items()) / total
 
 
 def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, device: torch.device, *,
@@ -74,7 +65,7 @@ def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, devic
         ids = torch.randint(1000 if vocab_size > 2000 else 104, vocab_size, (batch_size, width), generator=generator)
         mask = torch.arange(width)[None, :] < torch.as_tensor(lengths)[:, None]
         ids = torch.where(mask, ids, torch.zeros_like(ids))
-        ids[:, 0] = BERT_TOKENS.cls_id
+        ids[:, 0] = text_tokens(vocab_size).cls_id
         word_ids = [[None] + [j for j in range(1, n)] + [None] * (width - n) for n in lengths.tolist()]
         text = TokenizedText(ids, mask.long(), word_ids)
         images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator)
