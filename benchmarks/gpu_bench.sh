@@ -1,7 +1,8 @@
 #!/bin/bash
 # The GPU measurements of RESULTS.md in one command per recipe and backend (each well under 10 minutes on
 # an H100): ALBEF-base (256 px) and VLMo-base (224 px) at batch 64 and 128 per GPU, bf16, compile off and
-# on, the chosen attention backend; then a table of every bench.json under OUT.
+# on, CUDA graphs (compile mode reduce-overhead, batch 128), the chosen attention backend (ALBEF also with
+# packed text, eager); then a table of every bench.json under OUT.
 #
 #   bash benchmarks/gpu_bench.sh albef xformers [OUT]     # also: sdpa, math (math: batch 64, eager only)
 #   bash benchmarks/gpu_bench.sh vlmo sdpa [OUT]
@@ -37,4 +38,20 @@ for batch in $batches; do
             || echo "!! $name failed (see above)"
     done
 done
+if [ "$BACKEND" != math ]; then  # CUDA graphs: compiled blocks captured per text-length bucket
+    name="$RECIPE-$BACKEND-b128-reduce_overhead"
+    echo "== $name"
+    python -m vlkit bench "recipes/$RECIPE/base.yaml" "encoder.attention=$BACKEND" train.compile=true \
+        train.compile_mode=reduce-overhead --batch-size 128 --steps "$STEPS" --warmup "$WARMUP" --out "$OUT/$name" \
+        || echo "!! $name failed (see above)"
+fi
+if [ "$RECIPE" = albef ] && [ "$BACKEND" != math ]; then  # packed text on, eager (packing and compile exclude each other)
+    for batch in $batches; do
+        name="$RECIPE-$BACKEND-b$batch-pack_text"
+        echo "== $name"
+        python -m vlkit bench "recipes/$RECIPE/base.yaml" "encoder.attention=$BACKEND" encoder.pack_text=true \
+            --batch-size "$batch" --steps "$STEPS" --warmup "$WARMUP" --out "$OUT/$name" \
+            || echo "!! $name failed (see above)"
+    done
+fi
 python benchmarks/collect_bench.py "$OUT"

@@ -354,6 +354,10 @@ def check_consistency(recipe: Recipe, origins: Any) -> None:
         raise RecipeError(f"`data.max_text_len` is {recipe.data.max_text_len} but encoder `{encoder.type}` takes "
                           f"at most {encoder.max_text_tokens} text tokens", source=origins("data.max_text_len"),
                           key="data.max_text_len")
+    if getattr(encoder, "pack_text", False) and recipe.train.compile:
+        raise RecipeError("`encoder.pack_text` gives every batch another packed length, which recompiles the "
+                          "compiled blocks; use one of `encoder.pack_text` and `train.compile`",
+                          source=origins("encoder.pack_text"), key="encoder.pack_text")
     providers = [n for n, c in recipe.objectives.items() if getattr(c, "provides_similarity", False)]
     for name, cfg in recipe.objectives.items():
         key = f"objectives.{name}"

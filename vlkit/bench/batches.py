@@ -70,7 +70,8 @@ def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, devic
         text = TokenizedText(ids, mask.long(), word_ids)
         images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator)
         batch = Batch(images, text.input_ids, text.attention_mask,
-                      torch.arange(step * batch_size, (step + 1) * batch_size))
+                      torch.arange(step * batch_size, (step + 1) * batch_size),
+                      text_lengths=tuple(lengths.tolist()))
         for transform in transforms:
             transform.apply_to(batch, text, rng)
         yield normalize(batch.to(device, non_blocking=True))

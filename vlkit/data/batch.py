@@ -24,6 +24,8 @@ class Batch:
         mlm: masked copy of the text with the masked positions (when an MLM objective is on).
         extras: anything a plug-in's batch transform added.
         skipped: samples dropped from this batch because their image could not be read.
+        text_lengths: tokens per caption (``attention_mask`` row sums) as host ints, so that encoders
+            can pack text without reading the device; None when unknown.
     """
 
     images: Tensor | None
@@ -33,6 +35,12 @@ class Batch:
     mlm: MaskedTokens | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
+    text_lengths: tuple[int, ...] | None = None
+
+    @staticmethod
+    def lengths_of(attention_mask: Tensor) -> tuple[int, ...]:
+        """Row sums of a host-side ``[B, L]`` mask as ints (call it where the mask is made, on the CPU)."""
+        return tuple(attention_mask.sum(dim=1).tolist())
 
     @property
     def size(self) -> int:
@@ -44,4 +52,4 @@ class Batch:
 
         return Batch(move(self.images), move(self.input_ids), move(self.attention_mask), move(self.idx),
                      None if self.mlm is None else self.mlm.to(device, non_blocking),
-                     {k: move(v) for k, v in self.extras.items()}, self.skipped)
+                     {k: move(v) for k, v in self.extras.items()}, self.skipped, self.text_lengths)

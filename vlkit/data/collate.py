@@ -69,5 +69,5 @@ class PretrainCollate:
         text = self.tokenize_texts([s.caption for s in kept])
         batch = Batch(images=stack_images([s.image for s in kept]), input_ids=text.input_ids,
                       attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),
-                      skipped=len(samples) - len(kept))
+                      skipped=len(samples) - len(kept), text_lengths=Batch.lengths_of(text.attention_mask))
         return self.transform(batch, text, [s.key for s in kept])

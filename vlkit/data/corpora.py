@@ -203,7 +203,7 @@ class TextOnlyCollate(PretrainCollate):
     def __call__(self, samples: Sequence[TextSample]) -> Batch:  # type: ignore[override]
         text = self.tokenize_texts([s.text for s in samples])
         batch = Batch(images=None, input_ids=text.input_ids, attention_mask=text.attention_mask,
-                      idx=torch.tensor([s.idx for s in samples]))
+                      idx=torch.tensor([s.idx for s in samples]), text_lengths=Batch.lengths_of(text.attention_mask))
         return self.transform(batch, text, [s.key for s in samples])
 
 

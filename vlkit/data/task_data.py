@@ -167,7 +167,8 @@ class TaskCollate(PretrainCollate):
         images = stack_images([s.images[j] for j in range(per_sample) for s in kept])
         text = self.tokenize_texts([s.entry.text for s in kept])
         batch = Batch(images=images, input_ids=text.input_ids, attention_mask=text.attention_mask,
-                      idx=torch.tensor([s.entry.idx for s in kept]), skipped=len(samples) - len(kept))
+                      idx=torch.tensor([s.entry.idx for s in kept]), skipped=len(samples) - len(kept),
+                      text_lengths=Batch.lengths_of(text.attention_mask))
         if self.answer_tokens:
             batch.extras.update(self.answer_batch([s.entry.answers for s in kept]))
         elif self.answer_index is None:

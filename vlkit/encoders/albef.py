@@ -12,6 +12,7 @@ Module names follow the official code (``visual_encoder``, ``text_encoder``, ``v
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from vlkit.encoders.base import (
 )
 from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
 from vlkit.nn.bert import KV, BertConfig, BertStack
+from vlkit.nn.packing import TextPacking
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import register
 from vlkit.schema import ConfigError
@@ -41,12 +43,18 @@ class AlbefConfig(EncoderConfig):
         text: the BERT stack, text and fusion layers together (ALBEF: BERT-base, 12 layers).
         fusion_layer: index of the first text layer with cross-attention (ALBEF: 6).
         embed_dim: width of the contrastive features (ALBEF: 256).
+        pack_text: run the text layers on the real tokens only, packed into one sequence with a
+            block-diagonal attention mask (:mod:`vlkit.nn.packing`; the batch's host-side token
+            counts say where they are). Same results at the real positions; fewer FLOPs in the
+            text layers. Meant for the xformers backend (``BlockDiagonalMask``); sdpa and math build
+            an explicit ``[T, T]`` mask, exact but slower, for tests. Not with ``train.compile``.
     """
 
     image: ViTConfig = field(default_factory=ViTConfig)
     text: BertConfig = field(default_factory=BertConfig)
     fusion_layer: int = 6
     embed_dim: int = 256
+    pack_text: bool = False
 
     SIZES: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image": TINY_VIT, "text": TINY_BERT, "fusion_layer": 2, "embed_dim": 32},
@@ -85,8 +93,9 @@ class AlbefEncoder(Encoder):
     supports_fusion = True
 
     def __init__(self, visual_encoder: VisionTransformer, text_encoder: BertStack,
-                 vision_proj: nn.Linear, text_proj: nn.Linear) -> None:
+                 vision_proj: nn.Linear, text_proj: nn.Linear, pack_text: bool = False) -> None:
         super().__init__()
+        self.pack_text = pack_text
         self.visual_encoder = visual_encoder
         self.text_encoder = text_encoder
         self.vision_proj = vision_proj
@@ -108,11 +117,16 @@ class AlbefEncoder(Encoder):
         embeds = self.visual_encoder(images)
         return ImageEncoding(embeds=embeds, feat=l2_normalize(self.vision_proj(embeds[:, 0])))
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True) -> TextEncoding:
-        """``[B, L]`` → text-layer tokens ``[B, L, D]`` and (``unimodal``) feature ``[B, E]``."""
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True,
+                    lengths: Sequence[int] | None = None) -> TextEncoding:
+        """``[B, L]`` → text-layer tokens ``[B, L, D]`` and (``unimodal``) feature ``[B, E]``; packed
+        (see ``pack_text``) when on and the host-side ``lengths`` are given (zeros at the padding)."""
         mask = attention_mask.bool()
         stack = self.text_encoder
-        embeds = stack.run(stack.embed(input_ids), mask, stack.text_layers)
+        packing = None
+        if self.pack_text and lengths is not None:
+            packing = TextPacking.from_lengths(lengths, input_ids.shape[1], input_ids.device)
+        embeds = stack.run(stack.embed(input_ids), None if packing else mask, stack.text_layers, packing=packing)
         feat = l2_normalize(self.text_proj(embeds[:, 0])) if unimodal else None
         return TextEncoding(embeds=embeds, mask=mask, feat=feat)
 
@@ -158,4 +172,5 @@ def build_albef(cfg: AlbefConfig) -> AlbefEncoder:
                                backend=cfg.attention),
         vision_proj=nn.Linear(cfg.image.dim, cfg.embed_dim),
         text_proj=nn.Linear(cfg.text.dim, cfg.embed_dim),
+        pack_text=cfg.pack_text,
     )

@@ -9,6 +9,7 @@ hand the same encoding to several objectives.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -156,11 +157,13 @@ class Encoder(nn.Module):
         """``[B, 3, H, W]`` normalized images → :class:`ImageEncoding`."""
         raise NotImplementedError
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True) -> TextEncoding:
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True,
+                    lengths: Sequence[int] | None = None) -> TextEncoding:
         """``[B, L]`` token ids and mask → :class:`TextEncoding`.
 
         ``unimodal=False`` computes only what :meth:`fuse` needs (no contrastive feature), e.g. for
-        masked text that is only ever fused.
+        masked text that is only ever fused. ``lengths``: the ``B`` token counts as host ints (the
+        mask's row sums, known to the collate function) for encoders that pack text; others ignore it.
         """
         raise NotImplementedError
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -137,7 +138,8 @@ class DualEncoder(Encoder):
             pooled = tokens[:, 0]
         return ImageEncoding(embeds=tokens, feat=l2_normalize(self.vision_proj(pooled)))
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True) -> TextEncoding:
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True,
+                    lengths: Sequence[int] | None = None) -> TextEncoding:
         """``[B, L]`` → tokens ``[B, L, D]`` and feature ``[B, E]`` (from [CLS])."""
         mask = attention_mask.bool()
         tokens = self.text_tower(input_ids, mask)

@@ -19,6 +19,7 @@ Module names follow VLMo's checkpoints (``transformer.*``, ``relative_position_b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -272,7 +273,8 @@ class MomeEncoder(Encoder):
             vl_feat = l2_normalize(self.itc_vl_image_proj(vl[:, 0]))
         return ImageEncoding(embeds=hidden, feat=feat, vl_feat=vl_feat, inputs=inputs)
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True) -> TextEncoding:
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True,
+                    lengths: Sequence[int] | None = None) -> TextEncoding:
         """Text experts in every block, plus the VL path.
 
         Args:

@@ -13,6 +13,10 @@ Backends:
   with bf16 queries). On CUDA, masked calls are pinned to the memory-efficient kernel (it supports the
   mask's gradient; cuDNN has given NaN gradients for masked shapes with ``N % 128 == 64``).
 - ``math``: the plain reference, computed in fp32 and cast back; tests compare the others against it.
+
+Packed sequences (``packed``, a ``B == 1`` batch of sequences laid end to end) run on xformers with a
+``BlockDiagonalMask``; sdpa and math scatter packed self-attention into a padded batch with a key mask
+(the same work as unpacked attention, so the GEMMs around it keep the saving) and gather it back.
 - ``auto``: xformers on CUDA when it imports, else sdpa. It never picks a backend that cannot run on
   the tensors' device, and logs its choice once per device type.
 """
@@ -139,6 +143,11 @@ def attention(
     chosen = resolve_backend(backend, q.device)
     if chosen == "xformers":
         return _xformers(q, k, v, key_padding_mask, bias, dropout_p, scale, packed)
+    if packed is not None and packed.k is None:  # self-attention: attend in a padded batch, repack
+        index, mask = _padding_of(packed.q, q.device)
+        out = attention(*(_pad(x, index, len(packed.q), max(packed.q)) for x in (q, k, v)), key_padding_mask=mask,
+                        dropout_p=dropout_p, scale=scale, backend=chosen)
+        return out.flatten(0, 1).index_select(0, index).unsqueeze(0)
     if packed is not None:
         bias = _block_diagonal_bias(packed, q.device, torch.float32 if chosen == "math" else q.dtype)
     if chosen == "sdpa":
@@ -193,12 +202,30 @@ def _cuda_sdpa_kernels(masked: bool) -> list:
     return [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+@functools.lru_cache(maxsize=32)
+def _padding_of(lengths: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """For sequences of ``lengths`` packed end to end: ``[T]`` flat positions of their tokens in a
+    ``[n, max(lengths)]`` padded batch, and that batch's bool key mask (cached: every text layer of a
+    step asks for the same lengths)."""
+    width = max(lengths)
+    index = torch.cat([torch.arange(row * width, row * width + n) for row, n in enumerate(lengths)])
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return index.to(device), mask.to(device)
+
+
+def _pad(x: Tensor, index: Tensor, rows: int, width: int) -> Tensor:
+    """Packed ``[1, T, H, D]`` → padded ``[rows, width, H, D]`` (zeros at the padding)."""
+    out = x.new_zeros(rows * width, *x.shape[2:])
+    return out.index_copy(0, index, x[0]).unflatten(0, (rows, width))
+
+
 def _block_diagonal_bias(packed: PackedSeqlens, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Additive ``[1, 1, ΣNq, ΣNk]`` mask: 0 within a packed sequence, -inf across sequences."""
-    q_ids = torch.repeat_interleave(torch.arange(len(packed.q), device=device),
-                                    torch.tensor(packed.q, device=device))
-    k_ids = torch.repeat_interleave(torch.arange(len(packed.kv), device=device),
-                                    torch.tensor(packed.kv, device=device))
+    def segment_ids(lengths: tuple[int, ...]) -> Tensor:  # output size from the host: no device sync
+        return torch.repeat_interleave(torch.arange(len(lengths), device=device),
+                                       torch.tensor(lengths, device=device), output_size=sum(lengths))
+
+    q_ids, k_ids = segment_ids(packed.q), segment_ids(packed.kv)
     same = q_ids[:, None] == k_ids[None, :]
     zeros = torch.zeros((), dtype=dtype, device=device)
     return torch.where(same, zeros, float("-inf"))[None, None]

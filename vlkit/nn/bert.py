@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlkit.nn.attention import attention
+from vlkit.nn.attention import PackedSeqlens, attention
 from vlkit.nn.checkpointing import CheckpointedBlock
+from vlkit.nn.packing import TextPacking
 
 KV = tuple[Tensor, Tensor]
 """Keys and values of one cross-attention layer, each ``[B, M, H, Dh]``."""
@@ -166,20 +167,21 @@ class BertAttention(nn.Module):
         return tuple(self._heads(part) for part in F.linear(x, weight, bias).chunk(len(layers), dim=-1))
 
     def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, kv: KV | None = None,
-                bias: Tensor | None = None) -> Tensor:
+                bias: Tensor | None = None, packed: PackedSeqlens | None = None) -> Tensor:
         """Attend from ``x`` ``[B, L, D]`` to itself, or to precomputed ``kv`` (cross-attention);
-        ``bias`` is added to the logits (broadcast to ``[B, H, L, M]``; a causal mask for decoders)."""
+        ``bias`` is added to the logits (broadcast to ``[B, H, L, M]``; a causal mask for decoders);
+        ``packed``: ``x`` is ``[1, T, D]``, sequences of these lengths laid end to end."""
         if kv is None and self.fused:
             q, k, v = self._fused(x, (self.self.query, self.self.key, self.self.value))
         else:
             k, v = self.kv(x) if kv is None else kv
             q = self._heads(self.self.query(x))
         if self.probe is not None:
-            if bias is not None:
-                raise ValueError("probed attention takes no bias")
+            if bias is not None or packed is not None:
+                raise ValueError("probed attention takes no bias and no packed text")
             out = self._probed(q, k, v, key_padding_mask)
         else:
-            out = attention(q, k, v, key_padding_mask=key_padding_mask, bias=bias,
+            out = attention(q, k, v, key_padding_mask=key_padding_mask, bias=bias, packed=packed,
                             dropout_p=self.attn_drop if self.training else 0.0, backend=self.attention_backend)
         return self.output(out.flatten(-2), x)
 
@@ -239,7 +241,8 @@ class BertLayer(CheckpointedBlock):
         return self.crossattention.kv(image_embeds)
 
     def _block_forward(self, x: Tensor, mask: Tensor | None = None, cross_kv: KV | None = None,
-                        cross_mask: Tensor | None = None, self_bias: Tensor | None = None) -> Tensor:
+                        cross_mask: Tensor | None = None, self_bias: Tensor | None = None,
+                        packed: PackedSeqlens | None = None) -> Tensor:
         """One layer.
 
         Args:
@@ -248,9 +251,12 @@ class BertLayer(CheckpointedBlock):
             cross_kv: image keys/values for this layer, each ``[B, M, H, Dh]`` (fusion layers only).
             cross_mask: bool ``[B, M]`` over image tokens (None: all attended, as in ALBEF).
             self_bias: additive self-attention bias ``[1, 1, L, L]`` (a decoder's causal mask).
+            packed: ``x`` is ``[1, T, D]``, texts of these lengths end to end (``mask`` None; text layers only).
         """
-        x = self.attention(x, key_padding_mask=mask, bias=self_bias)
+        x = self.attention(x, key_padding_mask=mask, bias=self_bias, packed=packed)
         if self.crossattention is not None:
+            if packed is not None:
+                raise ValueError("fusion layers take padded text, not packed")
             if cross_kv is None:
                 raise ValueError("a fusion layer needs image keys/values (cross_kv)")
             x = self.crossattention(x, key_padding_mask=cross_mask, kv=cross_kv)
@@ -330,9 +336,18 @@ class BertStack(nn.Module):
         return [self.layers[i].cross_kv(image_embeds) for i in self.fusion_layers]
 
     def run(self, hidden: Tensor, mask: Tensor | None, layers: range,
-            image_kv: list[KV] | None = None, image_mask: Tensor | None = None) -> Tensor:
+            image_kv: list[KV] | None = None, image_mask: Tensor | None = None,
+            packing: TextPacking | None = None) -> Tensor:
         """Run ``layers`` over ``hidden`` ``[B, L, D]``; ``image_kv`` holds one entry per fusion
-        layer in ``layers`` (as returned by :meth:`image_kv`, already indexed to ``B`` rows)."""
+        layer in ``layers`` (as returned by :meth:`image_kv`, already indexed to ``B`` rows).
+
+        With ``packing`` (text layers only) the layers run on the real tokens alone, packed into one
+        sequence, and the result has zeros at the padding (real positions as without packing)."""
+        if packing is not None:
+            packed = packing.pack(hidden)
+            for i in layers:
+                packed = self.layers[i](packed, None, packed=packing.seqlens)
+            return packing.unpack(packed)
         for i in layers:
             layer = self.layers[i]
             kv = None

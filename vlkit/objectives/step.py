@@ -80,7 +80,8 @@ class TeacherView(_Memo):
     @property
     def text(self) -> TextEncoding:
         b = self.batch
-        return self.memo("text", self._no_grad(lambda: self.encoder.encode_text(b.input_ids, b.attention_mask)))
+        return self.memo("text", self._no_grad(
+            lambda: self.encoder.encode_text(b.input_ids, b.attention_mask, lengths=b.text_lengths)))
 
     @property
     def image_kv(self) -> Any:
@@ -91,7 +92,8 @@ class TeacherView(_Memo):
         mlm = _require_mlm(self.batch)
         b = self.batch
         return self.memo("masked_text", self._no_grad(
-            lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, unimodal=False)))
+            lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, unimodal=False,
+                                                   lengths=b.text_lengths)))
 
     def fuse(self, *, text: TextEncoding | None = None, image_index: Tensor | None = None,
              text_index: Tensor | None = None) -> FusedEncoding:
@@ -141,7 +143,8 @@ class Step(_Memo):
     def text(self) -> TextEncoding:
         """Online text encoding (once per step)."""
         b = self.batch
-        return self.memo("text", lambda: self.encoder.encode_text(b.input_ids, b.attention_mask))
+        return self.memo("text", lambda: self.encoder.encode_text(b.input_ids, b.attention_mask,
+                                                                  lengths=b.text_lengths))
 
     @property
     def image_kv(self) -> Any:
@@ -154,7 +157,8 @@ class Step(_Memo):
         mlm = _require_mlm(self.batch)
         b = self.batch
         return self.memo("masked_text",
-                         lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, unimodal=False))
+                         lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, unimodal=False,
+                                                   lengths=b.text_lengths))
 
     @property
     def teacher(self) -> TeacherView:
