@@ -10,6 +10,7 @@ import torch
 
 from tests.test_train import SMALL_DATA
 from vlkit.ablate.grid import GridError, load_grid
+from vlkit.build import build_encoder
 from vlkit.cli import main
 
 torch.set_num_threads(1)
@@ -52,3 +53,16 @@ def test_a_bad_variant_key_stops_the_grid_before_training(tmp_path):
         load_grid(grid)
     assert main(["ablate", grid, "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_a_variant_may_start_from_another_recipe(tmp_path):
+    grid = write_grid(tmp_path, "  dual: {}\n  albef: {base: albef/tiny, objectives.mlm: null}\n")
+    loaded = load_grid(grid)
+    assert loaded.recipe("dual").encoder.type == "dual"
+    albef = loaded.recipe("albef")
+    assert albef.encoder.type == "albef" and "mlm" not in albef.objectives and albef.train.steps == 2
+    shipped = load_grid("recipes/ablations/encoders.yaml")
+    recipes = {v: shipped.recipe(v) for v in shipped.variants}
+    assert [r.encoder.type for r in recipes.values()] == ["albef", "mome", "dual"]
+    counts = [sum(p.numel() for p in build_encoder(r.encoder, device="meta").parameters()) for r in recipes.values()]
+    assert max(counts) / min(counts) < 1.05, counts  # matched parameter counts

@@ -156,10 +156,15 @@ def test_text_only_batches_are_tokenized_and_masked_in_workers(text_files: list[
     assert single.to("cpu").images is None
 
 
-def test_pretraining_refuses_a_single_modality_source(text_files: list[Path], tmp_path: Path) -> None:
+def test_pretraining_refuses_pair_objectives_on_a_single_modality_source(text_files: list[Path],
+                                                                         tmp_path: Path) -> None:
     from vlkit.recipe import load_recipe
     from vlkit.train.pretrain import Pretraining
 
-    recipe = load_recipe("albef/tiny", ["data.source={type: text_only, files: [" + str(text_files[0]) + "]}"])
-    with pytest.raises(ValueError, match="holds texts only.*image-caption pairs"):
+    source = "data.source={type: text_only, files: [" + str(text_files[0]) + "]}"
+    recipe = load_recipe("albef/tiny", [source])
+    with pytest.raises(ValueError, match=r"objective `itc` \(itc\) learns from image-text pair batches.*text-only"):
+        Pretraining(recipe, tmp_path / "run")
+    recipe = load_recipe("albef/tiny", [source, "data.modality=image"])
+    with pytest.raises(ValueError, match="holds texts only; data.modality `image`"):
         Pretraining(recipe, tmp_path / "run")

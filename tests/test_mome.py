@@ -421,3 +421,23 @@ def test_forward_is_shape_static_on_the_meta_device() -> None:
         text = enc.encode_text(torch.zeros(3, 7, dtype=torch.long), torch.ones(3, 7))
         fused = enc.fuse(image, text, image_index=torch.zeros(3, dtype=torch.long))
     assert fused.cls.shape == (3, 64) and fused.image.shape == (3, 17, 64) and image.vl_feat.shape == (2, 64)
+
+
+def test_shared_ffn_is_one_standard_ffn_for_every_token() -> None:
+    """``experts: shared`` (the ablation's standard transformer): every route uses the one FFN."""
+    torch.manual_seed(0)
+    block = MultiwayBlock(32, 4, layer_scale=0.5, backend="math", shared_ffn=True).eval()
+    assert block.mlp_imag is None and block.norm2_imag is None and block.mlp_vl is None
+    x = torch.randn(2, 9, 32)
+    h = x + block.gamma_1 * block.attn(block.norm1(x))
+    want = h + block.gamma_2 * block.mlp_text(block.norm2_text(h))
+    for routes in ([("text", 4), ("image", 5)], [("image", 9)], [("vl", 9)]):
+        torch.testing.assert_close(block(x, routes), want, **TOL)
+    assert block.fusion_routes(4, 5) == [("text", 9)]
+    enc = randomized(tiny(vl_start=4, experts="shared"))
+    images, ids, mask = batch(pad_to=23)
+    with torch.no_grad():
+        fused = enc.fuse(enc.encode_image(images), enc.encode_text(ids, mask))
+    assert torch.isfinite(fused.cls).all()
+    with pytest.raises(ConfigError, match="vl_start"):
+        tiny(vl_start=2, experts="shared")

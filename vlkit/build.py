@@ -11,15 +11,20 @@ from torch import nn
 
 from vlkit import registry
 from vlkit.encoders.base import Encoder, EncoderConfig
+from vlkit.weights.apply import initialize_towers
 
 
-def build_encoder(cfg: EncoderConfig, device: torch.device | str | None = None) -> Encoder:
+def build_encoder(cfg: EncoderConfig, device: torch.device | str | None = None, *,
+                  load_weights: bool = True) -> Encoder:
     """The encoder registered under ``cfg.type``, built from ``cfg`` (on ``device``; ``"meta"`` builds
     the structure without allocating memory, for parameter counts), with activation checkpointing of
-    its transformer blocks when ``cfg.grad_checkpointing`` says so."""
+    its transformer blocks when ``cfg.grad_checkpointing`` says so. Towers whose config names ``init``
+    weights start from them (not on ``meta``, nor with ``load_weights=False``, e.g. when a checkpoint
+    will overwrite them anyway); ``encoder.init_reports`` says what each loaded."""
     entry = registry.get("encoder", cfg.type)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         encoder = entry.target(cfg)
+    encoder.init_reports = tuple(initialize_towers(encoder, cfg)) if load_weights else ()
     if cfg.grad_checkpointing:
         encoder.set_grad_checkpointing(True)
     return encoder

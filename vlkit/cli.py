@@ -21,6 +21,9 @@ Commands::
     vlkit data pack ANN.json... --image-root R --out DIR [--resize-short S]   JSON → webdataset shards
     vlkit data filter ANN.json... --image-root R --out DIR [--eval EVAL.json...]   ALIGN's noisy-data
                                                filters → filtered JSON lists + filter_report.json
+    vlkit convert albef|vlmo CKPT [KEY=VALUE ...] --out DIR [--recipe R] [--layout L] [--to official]
+                                               official ALBEF / VLMo checkpoint → DIR/checkpoints/ (init_from: DIR),
+                                               every key accounted for in DIR/conversion.md (and back: --to official)
     vlkit recipes list                         shipped recipes, one line each
     vlkit recipes show RECIPE [KEY=VALUE ...]  the resolved recipe (exit 2 on a recipe error)
         [--params]                             ... and parameter counts per part
@@ -298,6 +301,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench_command(args)
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from vlkit.convert import ConversionError, UnsafeCheckpoint, official_to_vlkit, vlkit_to_official
+
+    try:
+        if args.to == "official":
+            done = vlkit_to_official(args.family, args.checkpoint, args.out, recipe=args.recipe,
+                                     overrides=args.overrides, layout=args.layout)
+        else:
+            done = official_to_vlkit(args.family, args.checkpoint, args.out, recipe=args.recipe,
+                                     overrides=args.overrides, layout=args.layout, allow_pickle=args.allow_pickle)
+    except (ConversionError, UnsafeCheckpoint, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    print(done.accounting.summary())
+    print(f"wrote {done.path}; the full accounting is in {Path(args.out) / 'conversion.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkit", description="Vision-language pre-training toolkit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -403,6 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pHash Hamming distance (of 64 bits) that counts as a near-duplicate")
     filt.add_argument("--workers", type=int, default=8, help="image-decoding threads")
     filt.set_defaults(func=_cmd_data_filter)
+
+    convert = commands.add_parser("convert", help="official ALBEF / VLMo checkpoints → vlkit checkpoints (and back)")
+    convert.add_argument("family", choices=("albef", "vlmo"), help="whose checkpoint")
+    convert.add_argument("checkpoint", metavar="CKPT", help="the official file (with --to official: a vlkit "
+                         "checkpoint or run folder)")
+    convert.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the recipe")
+    convert.add_argument("--out", required=True, help="output folder (checkpoints/, recipe.yaml, conversion.md)")
+    convert.add_argument("--recipe", default=None, help="the recipe whose model the weights are for (default: "
+                         "albef/base or vlmo/base; with --to official: the one stored in the checkpoint)")
+    convert.add_argument("--layout", choices=("pretrain", "retrieval", "vqa", "nlvr2"), default=None,
+                         help="ALBEF layout; retrieval also covers grounding and SNLI-VE (default: detected from the "
+                         "keys; with --to official: the one converted from, else the model's)")
+    convert.add_argument("--to", choices=("vlkit", "official"), default="vlkit", help="direction (default: vlkit)")
+    convert.add_argument("--allow-pickle", action="store_true",
+                         help="trust the file: unpickle Python objects besides tensors (runs code from the file)")
+    convert.set_defaults(func=_cmd_convert)
 
     reg = commands.add_parser("registry", help="list registered encoders, objectives, heads, ...")
     reg.add_argument("kind", nargs="?", help=f"one of {', '.join(registry.KINDS)}")

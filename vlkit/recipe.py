@@ -57,6 +57,9 @@ class Recipe:
             null: random initialization.
         freeze: glob patterns over the model's parameter names (``encoder.transformer.blocks.*.attn.*``)
             whose parameters are not trained; the run logs how many parameters remain trainable.
+        strict: every weight load must account for every key: ``init_from`` leaves no model weight
+            new or reshaped and no checkpoint weight unused; a tower ``init`` leaves no checkpoint weight
+            unused. Off: such keys are reported (log and ``DIR/weights_report.json``) and training goes on.
     """
 
     description: str = ""
@@ -71,6 +74,7 @@ class Recipe:
     task: Annotated[Any, Component("task")] | None = None
     init_from: str | None = None
     freeze: list[str] = field(default_factory=list)
+    strict: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, ready for YAML."""

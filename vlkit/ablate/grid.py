@@ -10,6 +10,7 @@ A grid file (YAML, read with a safe loader)::
     variants:
       mlm_itm:       {objectives.itc: null, objectives.itm.negatives: random}
       full: {}                        # the base recipe itself
+      mome: {base: vlmo/tiny, encoder.mlp_ratio: 3.5}   # a variant may start from another recipe
     followups:                        # optional: evaluations run from each variant's final checkpoint
       vqa: {recipe: finetune/albef/vqa_tiny, overrides: {train.steps: 200}, metrics: [vqa_acc]}
 
@@ -57,11 +58,13 @@ class Grid:
     metrics: list[str] | None = None
     followups: list[Followup] = field(default_factory=list)
     description: str = ""
+    variant_bases: dict[str, str] = field(default_factory=dict)
 
     def recipe(self, variant: str, seed: int | None = None) -> Recipe:
         """The validated recipe of ``variant`` (with ``seed`` when given)."""
         extra = [] if seed is None else [f"seed={seed}"]
-        return resolve(self.base, [*self.overrides, *self.variants[variant], *extra]).recipe
+        base = self.variant_bases.get(variant, self.base)
+        return resolve(base, [*self.overrides, *self.variants[variant], *extra]).recipe
 
     def seeds_of(self, variant: str) -> list[int]:
         return self.seeds if self.seeds is not None else [self.recipe(variant).seed]
@@ -79,6 +82,15 @@ def as_overrides(value: Any, where: str) -> list[str]:
     raise GridError(f"{where}: expected a mapping of dotted keys to values, or a list of KEY=VALUE strings")
 
 
+def _recipe_ref(ref: str, grid_path: Path) -> str:
+    """A recipe named in a grid: a path relative to the grid file, else a shipped name or path (checked)."""
+    local = grid_path.parent / ref
+    if local.is_file():
+        ref = str(local)
+    find_recipe(ref)
+    return ref
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file: every variant and follow-up recipe is resolved and validated."""
     path = Path(path)
@@ -92,15 +104,15 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     if "base" not in raw or not raw.get("variants"):
         raise GridError(f"{path}: a grid needs `base` (a recipe) and at least one entry under `variants`")
-    base = str(raw["base"])
-    local = path.parent / base
-    if local.is_file():
-        base = str(local)
-    find_recipe(base)
+    base = _recipe_ref(str(raw["base"]), path)
     variants: dict[str, list[str]] = {}
+    variant_bases: dict[str, str] = {}
     for name, value in raw["variants"].items():
         if not NAME.match(str(name)):
             raise GridError(f"{path}: variant name `{name}` must use letters, digits, '_', '-' or '.' only")
+        if isinstance(value, dict) and "base" in value:  # this variant starts from another recipe
+            value = dict(value)
+            variant_bases[str(name)] = _recipe_ref(str(value.pop("base")), path)
         variants[str(name)] = as_overrides(value, f"{path}: variant `{name}`")
     seeds = raw.get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds):
@@ -114,7 +126,7 @@ def load_grid(path: str | Path) -> Grid:
                                   spec.get("metrics")))
     grid = Grid(path=path, base=base, overrides=as_overrides(raw.get("overrides"), f"{path}: overrides"),
                 variants=variants, seeds=seeds, metrics=raw.get("metrics"), followups=followups,
-                description=str(raw.get("description", "")))
+                description=str(raw.get("description", "")), variant_bases=variant_bases)
     for variant in variants:  # fail before any training
         try:
             grid.recipe(variant)

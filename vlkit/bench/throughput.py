@@ -74,7 +74,7 @@ class BenchRun:
         self.recipe, self.device, self.settings = recipe, device, settings
         torch.manual_seed(recipe.seed)
         with device if device.type == "meta" else contextlib.nullcontext():  # meta: shapes only, no memory
-            encoder = build_encoder(recipe.encoder)
+            encoder = build_encoder(recipe.encoder, load_weights=False)  # timing needs no pre-trained weights
             vocab = encoder.word_embeddings().num_embeddings
             self.model: PretrainModel = build_pretrain_model(
                 encoder, recipe.objectives, ObjectiveContext(encoder, text_tokens(vocab)), recipe.momentum)

@@ -50,6 +50,10 @@ class DataConfig:
             training; beyond it the file is rejected as having the wrong schema) and of unreadable
             images (checked as training goes; beyond it the run saves a checkpoint and stops).
         num_workers: data-loader worker processes (0: load in the training process).
+        modality: what a training sample holds: ``pair`` (image and caption), ``image`` or ``text``;
+            null: the source's own (pairs for synthetic, json_pairs, webdataset; images for image_only,
+            texts for text_only). ``image`` / ``text`` on a pair source train on one side of its pairs
+            (stage-wise pre-training on the same data). Image- and text-only runs have no retrieval evaluation.
         group_batches: keep annotation entries that share a ``group`` value next to each other in the
             training order, so they share a batch (hard-negative batching; the synthetic data groups
             each image with its compositional twin). Off: a plain shuffle, as the papers.
@@ -72,6 +76,7 @@ class DataConfig:
     max_bad_fraction: float = 0.01
     num_workers: int = 1
     group_batches: bool = False
+    modality: Literal["pair", "image", "text"] | None = None
 
     def __post_init__(self) -> None:
         if self.max_text_len < 2:

@@ -194,6 +194,21 @@ class TextCorpus(Dataset):
         return {**self.__dict__, "_handles": {}, "_pid": -1}
 
 
+class TextListDataset(Dataset):
+    """Texts held in memory (e.g. the captions of an image-text split trained as text only); access
+    ``key`` → :class:`TextSample` of item ``key % N``."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = list(texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, key: int) -> TextSample:
+        item = key % len(self.texts)
+        return TextSample(self.texts[item], item, key)
+
+
 @dataclass
 class TextOnlyCollate(PretrainCollate):
     """``list[TextSample]`` → :class:`Batch` with ``input_ids`` / ``attention_mask [B, L]``, ``idx [B]`` and

@@ -67,7 +67,7 @@ class DeviceNormalize:
     normalization: Normalization
 
     def __call__(self, batch: Batch) -> Batch:
-        if batch.images.dtype == torch.uint8:
+        if batch.images is not None and batch.images.dtype == torch.uint8:
             batch.images = normalize_on_device(batch.images, self.normalization)
         return batch
 

@@ -29,9 +29,11 @@ from vlkit.encoders.base import (
 from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
 from vlkit.nn.bert import KV, BertConfig, BertStack
 from vlkit.nn.packing import TextPacking
+from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import register
 from vlkit.schema import ConfigError
+from vlkit.weights.sources import tower_init_problem
 
 
 @dataclass(kw_only=True)
@@ -39,8 +41,9 @@ class AlbefConfig(EncoderConfig):
     """ALBEF encoder.
 
     Attributes:
-        image: the ViT (ALBEF: DeiT-B/16 at 256 px).
-        text: the BERT stack, text and fusion layers together (ALBEF: BERT-base, 12 layers).
+        image: the ViT (ALBEF: DeiT-B/16 at 256 px; ``image.init: timm:deit_base_patch16_224``).
+        text: the BERT stack, text and fusion layers together (ALBEF: BERT-base, 12 layers;
+            ``text.init: bert-base-uncased``).
         fusion_layer: index of the first text layer with cross-attention (ALBEF: 6).
         embed_dim: width of the contrastive features (ALBEF: 256).
         pack_text: run the text layers on the real tokens only, packed into one sequence with a
@@ -78,6 +81,10 @@ class AlbefConfig(EncoderConfig):
         if not 0 < self.fusion_layer < self.text.layers:
             raise ConfigError(f"must be in [1, {self.text.layers - 1}] (text.layers = {self.text.layers}) "
                               "so that there are text and fusion layers", key="fusion_layer")
+        if problem := tower_init_problem(self.image.init, "image", self.image.stem):
+            raise ConfigError(problem, key="image.init")
+        if problem := tower_init_problem(self.text.init, "text"):
+            raise ConfigError(problem, key="text.init")
 
 
 class AlbefEncoder(Encoder):
@@ -112,9 +119,15 @@ class AlbefEncoder(Encoder):
     def word_embeddings(self) -> nn.Embedding:
         return self.text_encoder.embeddings.word_embeddings
 
-    def encode_image(self, images: Tensor) -> ImageEncoding:
+    supports_patch_mask = True
+
+    def image_geometry(self) -> tuple[int, int, int]:
+        cfg = self.visual_encoder.cfg
+        return cfg.patch_size, cfg.grid ** 2, cfg.dim
+
+    def encode_image(self, images: Tensor, *, patch_mask: PatchMask | None = None) -> ImageEncoding:
         """``[B, 3, H, W]`` → tokens ``[B, 1+P, D]`` and feature ``[B, E]``."""
-        embeds = self.visual_encoder(images)
+        embeds = self.visual_encoder(images, patch_mask)
         return ImageEncoding(embeds=embeds, feat=l2_normalize(self.vision_proj(embeds[:, 0])))
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True,

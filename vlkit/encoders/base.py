@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlkit.nn.checkpointing import set_grad_checkpointing, transformer_blocks
+from vlkit.nn.patch_mask import PatchMask
 from vlkit.schema import ComponentConfig
 
 
@@ -139,6 +140,19 @@ class Encoder(nn.Module):
 
     supports_fusion: ClassVar[bool] = False
 
+    init_reports: tuple[Any, ...] = ()
+    """What the recipe's tower ``init`` keys loaded when this encoder was built, one
+    :class:`vlkit.weights.LoadReport` per key (empty: random initialization)."""
+
+    def hold_head_weights(self, head: str, state: dict[str, Tensor]) -> None:
+        """Keep weights a tower checkpoint brought for a head built later over this encoder (BERT's MLM
+        head under ``"mlm"``, in the head's own key layout)."""
+        self.__dict__.setdefault("_held_head_weights", {})[head] = state
+
+    def take_head_weights(self, head: str) -> dict[str, Tensor] | None:
+        """The weights held for ``head``, handed over once (None when there are none)."""
+        return self.__dict__.get("_held_head_weights", {}).pop(head, None)
+
     @property
     def embed_dim(self) -> int:
         """Width ``E`` of the contrastive features."""
@@ -153,8 +167,17 @@ class Encoder(nn.Module):
         """The text token embedding table (BERT ties its MLM decoder to it)."""
         raise NotImplementedError
 
-    def encode_image(self, images: Tensor) -> ImageEncoding:
-        """``[B, 3, H, W]`` normalized images → :class:`ImageEncoding`."""
+    def image_geometry(self) -> tuple[int, int, int]:
+        """``(patch_size, patches, width)`` of the image tokens: pixels per patch side, patches per
+        image, token width (what a masked-image-modelling head reads)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its image patches")
+
+    supports_patch_mask: ClassVar[bool] = False
+    """:meth:`encode_image` takes a ``patch_mask`` (masked image modelling)."""
+
+    def encode_image(self, images: Tensor, *, patch_mask: PatchMask | None = None) -> ImageEncoding:
+        """``[B, 3, H, W]`` normalized images → :class:`ImageEncoding`; ``patch_mask`` hides the patches it
+        names behind its token (encoders with ``supports_patch_mask``)."""
         raise NotImplementedError
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *, unimodal: bool = True,

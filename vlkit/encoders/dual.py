@@ -19,9 +19,11 @@ from torch import Tensor, nn
 from vlkit.encoders.base import Encoder, EncoderConfig, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
 from vlkit.nn.bert import BertConfig, BertStack
+from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import did_you_mean, register
 from vlkit.schema import ConfigError
+from vlkit.weights.sources import tower_init_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ class DualConfig(EncoderConfig):
 
     Attributes:
         image_backbone: ``vit`` (vlkit's ViT, shaped by ``image``) or a timm model name.
-        image: the ViT shape; with a timm backbone only ``image_size`` is used (the input side).
-        text: the BERT text tower (every layer a text layer).
+        image: the ViT shape; with a timm backbone only ``image_size`` (the input side) and ``init``
+            (the backbone's pre-trained weights: ``timm:<model>`` or a file in timm's layout) are used.
+        text: the BERT text tower (every layer a text layer; ``text.init`` loads a BERT).
         embed_dim: width of the shared embedding space.
         proj_bias: bias on the two projections.
     """
@@ -74,6 +77,11 @@ class DualConfig(EncoderConfig):
         elif self.image_backbone not in _timm_models():
             raise ConfigError(f"`{self.image_backbone}` is neither `vit` nor a timm model"
                               f"{did_you_mean(self.image_backbone, _timm_models())}", key="image_backbone")
+        stem = self.image.stem if self.image_backbone == "vit" else "patch"
+        if problem := tower_init_problem(self.image.init, "image", stem):
+            raise ConfigError(problem, key="image.init")
+        if problem := tower_init_problem(self.text.init, "text"):
+            raise ConfigError(problem, key="text.init")
 
 
 class TimmImageTower(nn.Module):
@@ -129,8 +137,11 @@ class DualEncoder(Encoder):
     def word_embeddings(self) -> nn.Embedding:
         return self.text_tower.embeddings.word_embeddings
 
-    def encode_image(self, images: Tensor) -> ImageEncoding:
-        """``[B, 3, H, W]`` → tokens ``[B, M, D]`` and feature ``[B, E]``."""
+    def encode_image(self, images: Tensor, *, patch_mask: PatchMask | None = None) -> ImageEncoding:
+        """``[B, 3, H, W]`` → tokens ``[B, M, D]`` and feature ``[B, E]`` (no ``patch_mask``: timm towers
+        have no masked inputs)."""
+        if patch_mask is not None:
+            raise ValueError("the dual encoder takes no patch_mask; masked image modelling needs albef or mome")
         if isinstance(self.image_tower, TimmImageTower):
             tokens, pooled = self.image_tower(images)
         else:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from vlkit.encoders.base import Encoder, EncoderConfig, FusedEncoding, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.nn.bert import BertConfig, BertEmbeddings
 from vlkit.nn.multiway import MultiwayTransformer, Route
+from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.relative_position import (
     fused_relative_position_index,
     image_relative_position_index,
@@ -39,6 +40,7 @@ from vlkit.nn.relative_position import (
 from vlkit.nn.stem import Stem, stem_problem
 from vlkit.registry import register
 from vlkit.schema import ConfigError
+from vlkit.weights.sources import tower_init_problem
 
 _SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {"image_size": 32, "patch_size": 8, "dim": 64, "depth": 4, "heads": 4, "vl_start": 2},
@@ -83,6 +85,15 @@ class MomeConfig(EncoderConfig):
             need ~0.02·√(768/dim) to keep activations at that scale).
         stem: patch embedding, ``patch`` (VLMo) or ``conv`` (for training small models from scratch;
             see :mod:`vlkit.nn.stem`).
+        experts: ``modality`` (VLMo: text, image and VL feed-forward experts) or ``shared`` (one FFN
+            per block for every token, a standard transformer, for ablations; needs ``vl_start = depth``).
+        init: BEiT or ViT weights to start the transformer from, loaded when the encoder is built
+            (VLMo's stage 1; :mod:`vlkit.weights.beit_mome`): ``timm:<model>``
+            (``timm:beit_base_patch16_224.in22k_ft_in22k_in1k``) or a local file / folder in timm's or
+            BEiT's layout. Attention, layer scales and BEiT's relative position tables are shared by all
+            experts; the FFN goes to the experts in ``init_experts``. null: random initialization.
+        init_experts: the experts that receive the checkpoint's FFN: ``image`` (VLMo), and optionally
+            ``text`` and ``vl`` (the others keep their random initialization).
     """
 
     image_size: int = 224
@@ -103,6 +114,9 @@ class MomeConfig(EncoderConfig):
     eps: float = 1e-6
     init_std: float = 0.02
     stem: Stem = "patch"
+    experts: Literal["modality", "shared"] = "modality"
+    init: str | None = None
+    init_experts: tuple[Literal["image", "text", "vl"], ...] = ("image",)
 
     SIZES: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {**_SHAPES["tiny"], **_RELATIVE, "embed_dim": 64, "drop_path": 0.0, "init_std": 0.07},
@@ -126,6 +140,11 @@ class MomeConfig(EncoderConfig):
         if not 0 <= self.vl_start <= self.depth:
             raise ConfigError(f"must be in [0, {self.depth}] (depth = {self.depth}; depth means no VL experts)",
                               key="vl_start")
+        if self.experts not in ("modality", "shared"):
+            raise ConfigError(f"is `{self.experts}`, not one of modality, shared", key="experts")
+        if self.experts == "shared" and self.vl_start != self.depth:
+            raise ConfigError(f"a shared FFN has no vision-language experts; set vl_start to depth ({self.depth})",
+                              key="experts")
         if self.position not in ("relative", "absolute"):
             raise ConfigError(f"is `{self.position}`, not one of relative, absolute", key="position")
         if self.position == "relative" and self.max_text_len > self.max_text_len_of_initckpt:
@@ -137,6 +156,11 @@ class MomeConfig(EncoderConfig):
             raise ConfigError(f"must be positive, got {self.mlp_ratio}", key="mlp_ratio")
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"must be in [0, 1), got {self.drop_path}", key="drop_path")
+        if problem := tower_init_problem(self.init, "image", self.stem):
+            raise ConfigError(problem, key="init")
+        if not self.init_experts or len(set(self.init_experts)) != len(self.init_experts):
+            raise ConfigError(f"names each expert once and at least one, got {list(self.init_experts)}",
+                              key="init_experts")
 
     @property
     def grid(self) -> int:
@@ -199,7 +223,7 @@ class MomeEncoder(Encoder):
             image_size=cfg.image_size, patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
             mlp_ratio=cfg.mlp_ratio, vl_start=cfg.vl_start, layer_scale=cfg.layer_scale,
             absolute_positions=not relative, eps=cfg.eps, drop_path=cfg.drop_path, init_std=cfg.init_std,
-            stem=cfg.stem, backend=cfg.attention)
+            stem=cfg.stem, backend=cfg.attention, shared_ffn=cfg.experts == "shared")
         self.relative_position_bias_table: nn.Parameter | None = None
         if relative:
             rows = num_buckets(cfg.grid, cfg.max_text_len_of_initckpt)
@@ -253,18 +277,24 @@ class MomeEncoder(Encoder):
     def word_embeddings(self) -> nn.Embedding:
         return self.text_embeddings.word_embeddings
 
-    def encode_image(self, images: Tensor) -> ImageEncoding:
+    supports_patch_mask = True
+
+    def image_geometry(self) -> tuple[int, int, int]:
+        return self.cfg.patch_size, self.cfg.grid ** 2, self.cfg.dim
+
+    def encode_image(self, images: Tensor, *, patch_mask: PatchMask | None = None) -> ImageEncoding:
         """Image experts in every block, plus the VL path.
 
         Args:
             images: ``[B, 3, H, W]`` at ``cfg.image_size``.
+            patch_mask: patches to hide behind a mask token (masked image modelling).
 
         Returns:
             ``embeds`` ``[B, 1+P, D]`` (final norm), ``feat`` ``[B, E]``, ``vl_feat`` ``[B, E]`` (None
             without VL experts) and ``inputs`` ``[B, 1+P, D]`` (patches + [CLS] (+ positions), without
             the token type) for :meth:`fuse`.
         """
-        inputs = self.transformer.embed(images)
+        inputs = self.transformer.embed(images, patch_mask)
         x = inputs + self.token_type_embeddings.weight[1]
         hidden, vl = self._unimodal(x, "image", None, self._biases("image", 0, x.device))
         feat = l2_normalize(self.itc_image_proj(hidden[:, 0]))
@@ -353,7 +383,7 @@ class MomeEncoder(Encoder):
             "shared (attention, layer scale, rel-pos table, final norm)": [
                 *(m for b in blocks for m in (b.norm1, b.attn)), *gammas,
                 *([] if self.relative_position_bias_table is None else [self.relative_position_bias_table]), t.norm],
-            "image experts": [m for b in blocks for m in (b.norm2_imag, b.mlp_imag)],
+            "image experts": [m for b in blocks for m in (b.norm2_imag, b.mlp_imag) if m is not None],
             "text experts": [m for b in blocks for m in (b.norm2_text, b.mlp_text)],
             "vl experts": [m for b in blocks for m in (b.norm2_vl, b.mlp_vl) if m is not None],
             "heads (pooler, itc projections)": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,8 @@ from torch import Tensor, nn
 from vlkit.encoders.base import Encoder
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -73,7 +76,27 @@ class MLMHead(nn.Module):
         cfg = cfg or MLMHeadConfig()
         embeddings = encoder.word_embeddings()
         tied = embeddings.weight if cfg.tie_word_embeddings else None
-        return cls(encoder.width, embeddings.num_embeddings, tied_weight=tied)
+        head = cls(encoder.width, embeddings.num_embeddings, tied_weight=tied)
+        if (state := encoder.take_head_weights("mlm")) is not None:  # BERT's head, from encoder.text.init
+            head.load_pretrained(state, embeddings.weight)
+        return head
+
+    @torch.no_grad()
+    def load_pretrained(self, state: dict[str, Tensor], word_embeddings: nn.Parameter) -> None:
+        """Start from a pre-trained head (BERT's ``cls.predictions``, in this module's key layout): a
+        decoder tied to ``word_embeddings`` stays tied; an untied one takes the checkpoint's decoder or,
+        where the checkpoint tied it (BERT), a copy of the word embeddings."""
+        state = dict(state)
+        decoder = state.pop("predictions.decoder.weight", None)
+        if self.predictions.decoder.weight is not word_embeddings:
+            state["predictions.decoder.weight"] = word_embeddings.detach().clone() if decoder is None else decoder
+        elif decoder is not None:
+            log.warning("MLM head: the checkpoint's decoder is not its word embeddings; the tied decoder keeps the "
+                        "word embeddings (set tie_word_embeddings: false to load it)")
+        unexpected = self.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"pre-trained MLM head weights without a place in the head: {unexpected}")
+        log.info("MLM head: %d tensors from the text tower's checkpoint", len(state))
 
     @property
     def vocab_size(self) -> int:

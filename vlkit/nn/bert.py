@@ -50,6 +50,12 @@ class BertConfig:
         fused_projections: one matmul for self-attention's query, key and value and one for
             cross-attention's key and value (their weights concatenated at each call; the same
             parameters, checkpoints and results up to rounding) instead of three and two.
+        init: pre-trained BERT weights to start from, loaded when the encoder is built
+            (:mod:`vlkit.weights`): a Hugging Face folder (``config.json`` + ``model.safetensors`` or
+            ``pytorch_model.bin``), a weights file, or a hub repository (``bert-base-uncased``, or
+            ``hf:<repo>``). Layer ``i`` of the checkpoint initializes layer ``i`` (text layers first,
+            then the fusion layers' self-attention and FFN; cross-attention stays new); BERT's MLM head
+            goes to the ``mlm`` objective's head. null: random initialization.
     """
 
     vocab_size: int = 30522
@@ -65,6 +71,7 @@ class BertConfig:
     pad_token_id: int = 0
     init_std: float = 0.02
     fused_projections: bool = False
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:

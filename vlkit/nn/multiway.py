@@ -22,6 +22,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from vlkit.nn.checkpointing import CheckpointedBlock
+from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import Stem, build_stem
 from vlkit.nn.vit import drop_path_rates
@@ -50,6 +51,8 @@ class MultiwayBlock(CheckpointedBlock):
         heads: attention heads.
         mlp_ratio: FFN width / ``D``.
         vl_expert: build the ``vl`` expert (``mlp_vl``, ``norm2_vl``).
+        shared_ffn: one FFN for every token (a standard transformer block, for ablations): only
+            ``mlp_text`` / ``norm2_text`` exist and every expert name routes to them.
         layer_scale: initial ``γ₁``, ``γ₂`` (VLMo: 0.1); None builds no layer scale.
         eps: LayerNorm epsilon.
         drop_path: stochastic-depth rate of this block.
@@ -58,16 +61,19 @@ class MultiwayBlock(CheckpointedBlock):
 
     def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, vl_expert: bool = False,
                  layer_scale: float | None = 0.1, eps: float = 1e-6, drop_path: float = 0.0,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", shared_ffn: bool = False) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SelfAttention(dim, heads, qkv_bias="qv", backend=backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if shared_ffn and vl_expert:
+            raise ValueError("a shared FFN has no vl expert")
+        self.shared_ffn = shared_ffn
         self.norm2_text = nn.LayerNorm(dim, eps=eps)
-        self.norm2_imag = nn.LayerNorm(dim, eps=eps)
         self.mlp_text = Mlp(dim, hidden)
-        self.mlp_imag = Mlp(dim, hidden)
+        self.norm2_imag: nn.LayerNorm | None = None if shared_ffn else nn.LayerNorm(dim, eps=eps)
+        self.mlp_imag: Mlp | None = None if shared_ffn else Mlp(dim, hidden)
         self.norm2_vl: nn.LayerNorm | None = nn.LayerNorm(dim, eps=eps) if vl_expert else None
         self.mlp_vl: Mlp | None = Mlp(dim, hidden) if vl_expert else None
         self.layer_scale = layer_scale
@@ -83,6 +89,8 @@ class MultiwayBlock(CheckpointedBlock):
 
     def expert(self, name: str) -> tuple[nn.Module, nn.Module]:
         """``(norm2, mlp)`` of expert ``name`` (``text``, ``image`` or ``vl``)."""
+        if self.shared_ffn and name in EXPERTS:
+            return self.norm2_text, self.mlp_text
         if name == "text":
             return self.norm2_text, self.mlp_text
         if name == "image":
@@ -98,6 +106,8 @@ class MultiwayBlock(CheckpointedBlock):
         text tokens through the text expert and image tokens through the image expert."""
         if self.has_vl_expert:
             return [("vl", text_len + image_len)]
+        if self.shared_ffn:
+            return [("text", text_len + image_len)]
         return [("text", text_len), ("image", image_len)]
 
     @staticmethod
@@ -151,12 +161,14 @@ class MultiwayTransformer(nn.Module):
         init_std: std of the weight initialization.
         stem: patch embedding, ``patch`` or ``conv`` (see :mod:`vlkit.nn.stem`).
         backend: attention backend.
+        shared_ffn: one FFN per block for all tokens (no experts; ``vl_start`` must be ``depth``).
     """
 
     def __init__(self, *, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, vl_start: int, layer_scale: float | None = 0.1,
                  absolute_positions: bool = False, eps: float = 1e-6, drop_path: float = 0.0,
-                 init_std: float = 0.02, stem: Stem = "patch", backend: str = "auto") -> None:
+                 init_std: float = 0.02, stem: Stem = "patch", backend: str = "auto",
+                 shared_ffn: bool = False) -> None:
         super().__init__()
         self.init_std = init_std
         self.grid = image_size // patch_size
@@ -168,7 +180,7 @@ class MultiwayTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
         self.blocks = nn.ModuleList(
             MultiwayBlock(dim, heads, mlp_ratio=mlp_ratio, vl_expert=i >= vl_start, layer_scale=layer_scale,
-                          eps=eps, drop_path=rate, backend=backend)
+                          eps=eps, drop_path=rate, backend=backend, shared_ffn=shared_ffn)
             for i, rate in enumerate(drop_path_rates(drop_path, depth))
         )
         self.norm = nn.LayerNorm(dim, eps=eps)
@@ -208,9 +220,12 @@ class MultiwayTransformer(nn.Module):
         """``1 + P``: [CLS] and the patches at the configured image size."""
         return 1 + self.grid**2
 
-    def embed(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` → ``[B, 1 + P, D]``: patches, [CLS] in front, absolute positions if any."""
+    def embed(self, images: Tensor, patch_mask: PatchMask | None = None) -> Tensor:
+        """``[B, 3, H, W]`` → ``[B, 1 + P, D]``: patches (those ``patch_mask`` names replaced by its
+        token), [CLS] in front, absolute positions if any."""
         x = self.patch_embed(images)
+        if patch_mask is not None:
+            x = patch_mask.apply(x)
         if x.shape[1] != self.grid**2:
             raise ValueError(f"images of {tuple(images.shape[-2:])} px give {x.shape[1]} patches; this encoder is "
                              f"built for {self.grid**2} patches (a {self.grid} × {self.grid} grid)")

@@ -15,6 +15,7 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import Tensor, nn
 
 from vlkit.nn.checkpointing import CheckpointedBlock
+from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import Stem, build_stem, stem_problem
 from vlkit.schema import ConfigError
@@ -38,6 +39,10 @@ class ViTConfig:
             tuned for width 768; narrow models need ~0.02·√(768/dim) to keep activations at that scale).
         stem: patch embedding: ``patch`` (ViT's linear patches) or ``conv`` (a convolutional stem for
             training small models from scratch; see :mod:`vlkit.nn.stem`).
+        init: pre-trained weights to start from, loaded when the encoder is built (:mod:`vlkit.weights`):
+            ``timm:<model>`` (``timm:deit_base_patch16_224``, downloaded by timm) or a local timm / DeiT
+            weights file (``.pth``, ``.bin``, ``.safetensors``) or Hugging Face style folder; the position
+            grid is resized to ``image_size``. null: random initialization.
     """
 
     image_size: int = 224
@@ -51,6 +56,7 @@ class ViTConfig:
     drop_path: float = 0.0
     init_std: float = 0.02
     stem: Stem = "patch"
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -131,18 +137,21 @@ class VisionTransformer(nn.Module):
     def dim(self) -> int:
         return self.cfg.dim
 
-    def embed(self, images: Tensor) -> Tensor:
-        """Patch embeddings with CLS and positions: ``[B, 3, H, W]`` → ``[B, 1+P, D]``."""
+    def embed(self, images: Tensor, patch_mask: PatchMask | None = None) -> Tensor:
+        """Patch embeddings with CLS and positions: ``[B, 3, H, W]`` → ``[B, 1+P, D]``; ``patch_mask``
+        replaces the chosen patch embeddings by its token (before positions are added)."""
         x = self.patch_embed(images)
+        if patch_mask is not None:
+            x = patch_mask.apply(x)
         if x.shape[1] != self.pos_embed.shape[1] - 1:
             raise ValueError(f"images of {tuple(images.shape[-2:])} px give {x.shape[1]} patches; this ViT "
                              f"is built for {self.cfg.image_size} px ({self.pos_embed.shape[1] - 1} patches)")
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat((cls, x), dim=1) + self.pos_embed
 
-    def forward(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` → ``[B, 1+P, D]`` (``image_embeds``)."""
-        x = self.embed(images)
+    def forward(self, images: Tensor, patch_mask: PatchMask | None = None) -> Tensor:
+        """``[B, 3, H, W]`` → ``[B, 1+P, D]`` (``image_embeds``), masked patches as ``patch_mask`` says."""
+        x = self.embed(images, patch_mask)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

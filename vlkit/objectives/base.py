@@ -44,6 +44,9 @@ class ObjectiveConfig(ComponentConfig):
     """The objective fuses images and text (needs an albef or mome encoder)."""
     provides_similarity: ClassVar[bool] = False
     """The objective defines in-batch contrastive logits that hard-negative samplers read."""
+    modalities: ClassVar[frozenset[str]] = frozenset({"pair"})
+    """What training samples it can learn from: ``pair`` (image and caption), ``image`` (image-only
+    batches, e.g. masked image modelling) and/or ``text`` (text-only batches, e.g. text-only MLM)."""
 
     @property
     def needs_teacher(self) -> bool:

@@ -1,6 +1,7 @@
 """Masked language modelling conditioned on the image (ALBEF / VLMo MLM), with optional momentum
-distillation. The vocabulary head runs on the masked positions only; the masked positions come from
-the data loader (:class:`vlkit.data.masking.TokenMasker`) as an index, so no device sync is needed."""
+distillation; on text-only batches (VLMo's stage 2) the masked text is encoded alone. The vocabulary
+head runs on the masked positions only; the masked positions come from the data loader
+(:class:`vlkit.data.masking.TokenMasker`) as an index, so no device sync is needed."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class MLMConfig(ObjectiveConfig, MaskingConfig):
     tie_word_embeddings: bool = True
 
     requires_fusion: ClassVar[bool] = True
+    modalities: ClassVar[frozenset[str]] = frozenset({"pair", "text"})
 
     @property
     def needs_teacher(self) -> bool:
@@ -76,16 +78,18 @@ class MLM(Objective):
         if mlm is None:
             raise RuntimeError("the batch carries no masked text; the data pipeline must apply this objective's "
                                "batch_transform()")
-        fused = step.fuse(text=step.masked_text)
-        logits = self.head(gather_positions(fused.text, mlm.positions)).float()
+        text_only = step.batch.images is None  # VLMo's stage 2: the text alone, through the text experts
+        tokens = step.masked_text_alone.embeds if text_only else step.fuse(text=step.masked_text).text
+        logits = self.head(gather_positions(tokens, mlm.positions)).float()
         loss = F.cross_entropy(logits, mlm.labels)
         metrics = {"acc": (logits.argmax(1) == mlm.labels).float().mean().detach(), "loss_ce": loss.detach()}
         if self.cfg.distill is not None and step.teacher_ready:
             alpha = self.cfg.distill.alpha_at(step.teacher_steps)
             teacher = step.teacher
             with torch.no_grad():
-                fused_m = teacher.fuse(text=teacher.masked_text)
-                logits_m = teacher.module(f"{self.name}.head")(gather_positions(fused_m.text, mlm.positions))
+                tokens_m = (teacher.masked_text_alone.embeds if text_only
+                            else teacher.fuse(text=teacher.masked_text).text)
+                logits_m = teacher.module(f"{self.name}.head")(gather_positions(tokens_m, mlm.positions))
             distill = soft_cross_entropy(logits, F.softmax(logits_m.float(), dim=-1))
             loss = (1 - alpha) * loss + alpha * distill
             metrics["loss_distill"] = distill.detach()

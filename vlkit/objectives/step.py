@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from vlkit.data.batch import Batch
 from vlkit.data.masking import MaskedTokens
 from vlkit.encoders.base import Encoder, FusedEncoding, ImageEncoding, TextEncoding
+from vlkit.nn.patch_mask import PatchMask
 
 if TYPE_CHECKING:
     from vlkit.models.model import PretrainModel
@@ -95,6 +96,13 @@ class TeacherView(_Memo):
             lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, unimodal=False,
                                                    lengths=b.text_lengths)))
 
+    @property
+    def masked_text_alone(self) -> TextEncoding:
+        mlm = _require_mlm(self.batch)
+        b = self.batch
+        return self.memo("masked_text_alone", self._no_grad(
+            lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, lengths=b.text_lengths)))
+
     def fuse(self, *, text: TextEncoding | None = None, image_index: Tensor | None = None,
              text_index: Tensor | None = None) -> FusedEncoding:
         """Teacher fusion of its image encoding with ``text`` (default: its unmasked text), no grad."""
@@ -159,6 +167,20 @@ class Step(_Memo):
         return self.memo("masked_text",
                          lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, unimodal=False,
                                                    lengths=b.text_lengths))
+
+    @property
+    def masked_text_alone(self) -> TextEncoding:
+        """The MLM-corrupted text encoded on its own, no image (text-only MLM; once per step)."""
+        mlm = _require_mlm(self.batch)
+        b = self.batch
+        return self.memo("masked_text_alone",
+                         lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, lengths=b.text_lengths))
+
+    def masked_image(self, patch_mask: PatchMask) -> ImageEncoding:
+        """The step's images with the patches ``patch_mask`` names hidden (not memoized: each mask differs)."""
+        if self.batch.images is None:
+            raise RuntimeError("this batch has no images")
+        return self.encoder.encode_image(self.batch.images, patch_mask=patch_mask)
 
     @property
     def teacher(self) -> TeacherView:

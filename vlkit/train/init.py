@@ -4,8 +4,9 @@ pre-training start from pre-trained weights."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +42,12 @@ class InitReport:
     new: list[str] = field(default_factory=list)
     reshaped: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Counts and names (for ``DIR/weights_report.json``)."""
+        counts = {"loaded": len(self.loaded), "new": len(self.new), "reshaped": len(self.reshaped),
+                  "unused": len(self.unused)}
+        return {"counts": counts, **asdict(self)}
 
     def summary(self) -> str:
         def first(names: list[str]) -> str:

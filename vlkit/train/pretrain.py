@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from vlkit import dist, registry
 from vlkit.build import build_encoder
 from vlkit.data.batch import Batch
 from vlkit.data.collate import PretrainCollate
+from vlkit.data.corpora import (
+    ImageFileDataset,
+    ImageOnlyCollate,
+    ImageOnlySource,
+    TextListDataset,
+    TextOnlyCollate,
+    TextOnlySource,
+)
 from vlkit.data.json_dataset import EpochSampler, PairDataset, read_parts
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
@@ -38,6 +47,7 @@ from vlkit.train.freeze import freeze_parameters
 from vlkit.train.init import initialize_from
 from vlkit.train.run_report import write_run_report
 from vlkit.train.trainer import RunPaths, Trainer
+from vlkit.weights.apply import tower_init_keys
 
 log = logging.getLogger("vlkit.train")
 
@@ -68,11 +78,8 @@ class Pretraining:
             threads = set_cpu_threads(recipe.train.cpu_threads, data.num_workers)
             log.info("CPU training with %d intra-op thread(s) and %d loader worker(s)", threads, data.num_workers)
         self.source: DataSource = registry.get("dataset", data.source.type).target(data.source)
-        if self.source.modality != "pair":
-            raise ValueError(
-                f"data.source `{data.source.type}` holds {self.source.modality}s only, but image-text pre-training "
-                f"(objectives {', '.join(recipe.objectives)}) needs image-caption pairs; use json_pairs, webdataset "
-                "or synthetic (single-modality corpora feed stage-wise objectives such as masked image modelling)")
+        self.modality: str = data.modality or self.source.modality
+        self._check_modality()
         log.info("preparing data (%s)", data.source.type)
         if not dist.is_main():
             dist.barrier()  # rank 0 prepares (e.g. generates the synthetic data) first
@@ -80,14 +87,22 @@ class Pretraining:
         if dist.is_main():
             dist.barrier()
         tokenizer_ref = data.tokenizer or self.source.tokenizer
-        if tokenizer_ref is None:
+        if tokenizer_ref is None and self.modality != "image":
             raise ValueError("set `data.tokenizer` to a BERT tokenizer folder; this data source brings none")
-        self.tokenizer = load_tokenizer(tokenizer_ref)
-        self.tokens = TextTokens.from_tokenizer(self.tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer_ref) if tokenizer_ref is not None else None
+        self.tokens = TextTokens.from_tokenizer(self.tokenizer) if self.tokenizer is not None else None
         torch.manual_seed(recipe.seed)
-        encoder = build_encoder(recipe.encoder)
+        if recipe.init_from and (towers := tower_init_keys(recipe.encoder)):
+            log.info("init_from is set: the checkpoint's weights replace %s, which are not loaded", ", ".join(towers))
+        encoder = build_encoder(recipe.encoder, load_weights=train_data and not recipe.init_from)
+        self.weight_loads: list[dict[str, Any]] = [r.to_dict() for r in encoder.init_reports]
+        for report in encoder.init_reports:
+            log.info("%s", report.summary())
+            if recipe.strict and report.unused:
+                raise ValueError(f"strict: {report.tower} left {len(report.unused)} checkpoint weights unused "
+                                 f"({', '.join(report.unused[:5])}); set strict: false to accept that")
         vocab = encoder.word_embeddings().num_embeddings
-        if self.tokens.vocab_size > vocab:
+        if self.tokens is not None and self.tokens.vocab_size > vocab:
             raise ValueError(f"the tokenizer has {self.tokens.vocab_size} ids but the encoder's vocabulary has {vocab} "
                              "rows; raise the encoder's vocab_size (e.g. encoder.text.vocab_size)")
         objectives = recipe.objectives
@@ -103,7 +118,11 @@ class Pretraining:
         self.model: PretrainModel = build_pretrain_model(encoder, objectives, ObjectiveContext(encoder, self.tokens),
                                                          recipe.momentum)
         if recipe.init_from:
-            initialize_from(self.model, recipe.init_from)
+            report = initialize_from(self.model, recipe.init_from)
+            self.weight_loads.append({"tower": "init_from", "source": recipe.init_from, **report.to_dict()})
+            if recipe.strict and (report.new or report.reshaped or report.unused):
+                raise ValueError(f"strict: init_from {recipe.init_from} does not account for every key: "
+                                 f"{report.summary()}; set strict: false to accept that")
         if recipe.freeze:
             log.info("%s", freeze_parameters(self.model, recipe.freeze).summary())
         self.model.to(self.device)
@@ -122,9 +141,10 @@ class Pretraining:
         if recipe.train.compile and padding == "longest":  # compiled blocks need repeating shapes
             padding = "multiple_of_8"
             log.info("train.compile: text batches padded to multiples of 8 (data.padding was `longest`)")
-        self.collate = PretrainCollate(self.tokenizer, data.max_text_len, data.drop_sep,
-                                       self.model.batch_transforms(), seed=recipe.seed,
-                                       clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
+        collate = {"pair": PretrainCollate, "text": TextOnlyCollate}.get(self.modality)
+        self.collate: Any = ImageOnlyCollate() if collate is None else collate(
+            self.tokenizer, data.max_text_len, data.drop_sep, self.model.batch_transforms(), seed=recipe.seed,
+            clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
         self.stream: ShardStream | None = None
         self.annotations_skipped = 0
         if not train_data:
@@ -134,6 +154,9 @@ class Pretraining:
             self.dataset = self.task.train_dataset(self.source, data, transform, seed=recipe.seed,
                                                    draft_size=draft_size)
             self.train_entries = None
+            return
+        if self.modality != "pair":
+            self._single_modality_data(transform, draft_size)
             return
         if isinstance(self.source, WebDatasetSource):  # streamed shards: no annotation lists to read
             if data.group_batches:
@@ -148,12 +171,63 @@ class Pretraining:
         self.annotations_skipped = self.train_entries.skipped
         self.dataset = PairDataset(self.train_entries.entries, transform, seed=recipe.seed, draft_size=draft_size)
 
+    def _check_modality(self) -> None:
+        """Before anything heavy: the data's modality fits the source and every objective."""
+        recipe, source = self.recipe, self.source
+        if source.modality != "pair" and self.modality != source.modality:
+            raise ValueError(f"data.source `{recipe.data.source.type}` holds {source.modality}s only; "
+                             f"data.modality `{self.modality}` needs a source with {self.modality}s")
+        if self.task is not None and self.task.trains_own_objectives:
+            if self.modality != "pair":
+                raise ValueError(f"task `{recipe.task.type}` trains on image-text pairs; data.modality is "
+                                 f"`{self.modality}`")
+            return
+        for name, cfg in recipe.objectives.items():
+            if self.modality not in cfg.modalities:
+                wants = " or ".join(f"{m}-only" if m != "pair" else "image-text pair" for m in sorted(cfg.modalities))
+                raise ValueError(f"objective `{name}` ({cfg.type}) learns from {wants} batches, but this run's data "
+                                 f"gives {self.modality}{'s' if self.modality == 'pair' else '-only batches'} "
+                                 "(data.modality / data.source); remove the objective or change the data")
+
+    def _single_modality_data(self, transform: Callable[..., Tensor], draft_size: int | None) -> None:
+        """The training set of an image-only or text-only run: a corpus source's, or one side of a
+        pair source's training split (its images, or all its captions)."""
+        data = self.recipe.data
+        assert data is not None
+        self.train_entries = None
+        if isinstance(self.source, ImageOnlySource):
+            dataset = self.source.dataset(transform, seed=self.recipe.seed, rank=self.rank, world_size=self.world,
+                                          draft_size=draft_size)
+            if isinstance(dataset, ShardStream):
+                self.stream = dataset
+            else:
+                self.dataset = dataset
+            return
+        if isinstance(self.source, TextOnlySource):
+            self.dataset = self.source.dataset(data.max_bad_fraction)
+            return
+        if isinstance(self.source, WebDatasetSource):
+            raise ValueError(f"data.modality `{self.modality}` on webdataset pairs is not supported; use an "
+                             "image_only source with `shards` (images) or a text_only source (texts)")
+        entries = read_parts(self.source.split_parts(data.train_split), max_bad_fraction=data.max_bad_fraction)
+        self.annotations_skipped = entries.skipped
+        if self.modality == "image":
+            self.dataset = ImageFileDataset([e.image for e in entries.entries], transform, seed=self.recipe.seed,
+                                            draft_size=draft_size)
+        else:
+            self.dataset = TextListDataset([caption for e in entries.entries for caption in e.captions])
+        if not len(self.dataset):
+            raise ValueError(f"the `{data.train_split}` split has no usable entries")
+        log.info("%s-only training on the %s split of `%s`: %d %ss", self.modality, data.train_split,
+                 data.source.type, len(self.dataset), self.modality)
+
     def _stream_batches(self, start: int) -> Iterator[Batch]:
         """Endless micro-batches from the shard stream, epoch after epoch (epochs of
         ``epoch_samples``); a resume continues at ``start``'s epoch with fresh draws, not a replay."""
         data = self.recipe.data
-        assert data is not None and self.stream is not None and isinstance(self.source, WebDatasetSource)
-        epoch = start // self.source.cfg.epoch_samples
+        assert data is not None and self.stream is not None
+        epoch_samples = self.source.cfg.epoch_samples  # webdataset and image_only shards
+        epoch = start // epoch_samples
         while True:
             self.stream.set_epoch(epoch)
             yield from torch.utils.data.DataLoader(
@@ -196,6 +270,9 @@ class Pretraining:
         if self.task is not None:
             task, ctx = self.task, self.task_context()
             return lambda: task.evaluate(ctx)
+        if self.modality != "pair":
+            log.info("no evaluation: %s-only training (evaluate a later image-text stage instead)", self.modality)
+            return None
         try:
             self.source.split_files(self.recipe.eval.split)
         except ValueError as err:
@@ -228,6 +305,9 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
 
 def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
     run = Pretraining(recipe, out_dir)
+    if dist.is_main() and run.weight_loads:  # what every weight load took, left new and left unused
+        run.paths.out.mkdir(parents=True, exist_ok=True)
+        (run.paths.out / "weights_report.json").write_text(json.dumps(run.weight_loads, indent=2) + "\n")
     start = None
     if resume is True:
         start = ckpt.latest_checkpoint(run.paths.checkpoints)
@@ -237,7 +317,8 @@ def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, prog
         start = Path(resume)
     trainer = run.trainer(progress=progress)
     metrics: dict[str, Any] = dict(trainer.fit(resume=start))
-    metrics.update(steps=trainer.step, samples=trainer.samples, images_skipped=trainer.skipped,
+    metrics.update(encoder_parameters=sum(p.numel() for p in run.model.encoder.parameters()),
+                   steps=trainer.step, samples=trainer.samples, images_skipped=trainer.skipped,
                    annotations_skipped=run.annotations_skipped)
     if dist.is_main():
         run.paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -18,6 +18,7 @@ def scalars(run: Path, tag: str | None = None) -> dict[str, list[tuple[int, floa
     """``tag`` → ``[(step, value)]`` from ``run/tb`` (every scalar, or just ``tag``); empty when absent."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader logs each file it reaches the end of
     folder = run / "tb"
     if not folder.is_dir():
         return {}
