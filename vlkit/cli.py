@@ -310,7 +310,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                      overrides=args.overrides, layout=args.layout)
         else:
             done = official_to_vlkit(args.family, args.checkpoint, args.out, recipe=args.recipe,
-                                     overrides=args.overrides, layout=args.layout, allow_pickle=args.allow_pickle)
+                                     overrides=args.overrides, layout=args.layout)
     except (ConversionError, UnsafeCheckpoint, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RECIPE_ERROR
@@ -437,8 +437,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ALBEF layout; retrieval also covers grounding and SNLI-VE (default: detected from the "
                          "keys; with --to official: the one converted from, else the model's)")
     convert.add_argument("--to", choices=("vlkit", "official"), default="vlkit", help="direction (default: vlkit)")
-    convert.add_argument("--allow-pickle", action="store_true",
-                         help="trust the file: unpickle Python objects besides tensors (runs code from the file)")
     convert.set_defaults(func=_cmd_convert)
 
     reg = commands.add_parser("registry", help="list registered encoders, objectives, heads, ...")

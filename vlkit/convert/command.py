@@ -50,8 +50,7 @@ def _layout(family: str, target: Target, name: str) -> Layout:
 
 
 def official_to_vlkit(family: str, checkpoint: str | Path, out: str | Path, *, recipe: str | None = None,
-                      overrides: list[str] | None = None, layout: str | None = None,
-                      allow_pickle: bool = False) -> Converted:
+                      overrides: list[str] | None = None, layout: str | None = None) -> Converted:
     """Convert an official checkpoint into ``out/checkpoints/step_00000000.pt`` for the recipe's model.
 
     Args:
@@ -61,11 +60,10 @@ def official_to_vlkit(family: str, checkpoint: str | Path, out: str | Path, *, r
         recipe: the recipe whose model the weights are for (default: the family's base recipe).
         overrides: dotted recipe overrides.
         layout: ALBEF layout (default: detected from the keys).
-        allow_pickle: trust the file and unpickle it fully.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family `{family}`; choose one of {', '.join(FAMILIES)}")
-    source, where = load_official(checkpoint, allow_pickle=allow_pickle)
+    source, where = load_official(checkpoint)
     log.info("%s: %d tensors from %s", checkpoint, len(source), where)
     resolved, recipe_name = _recipe(family, recipe, list(overrides or []))
     hint = albef.class_count(source) if family == "albef" else vlmo.class_count(source)

@@ -2,8 +2,8 @@
 
 Official files are read with ``torch.load(weights_only=True)``: tensors and plain containers only.
 Training scripts often pickle other objects beside the weights (an ``argparse.Namespace`` config,
-Lightning's hyper-parameters); such a file is refused with advice, unless the caller explicitly trusts
-it (``allow_pickle``).
+Lightning's hyper-parameters); such a file is refused with a command that keeps only its weights
+(run by the user, in a Python they trust): vlkit never unpickles code from data.
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ class UnsafeCheckpoint(ValueError):
     """The file holds Python objects that ``weights_only`` loading refuses."""
 
 
-def load_official(path: str | Path, *, allow_pickle: bool = False) -> tuple[dict[str, Tensor], str]:
+def load_official(path: str | Path) -> tuple[dict[str, Tensor], str]:
     """The state dict of an official checkpoint and where in the file it was (``model``, ``state_dict``, ...).
 
     Raises:
         FileNotFoundError: no such file.
-        UnsafeCheckpoint: the file needs full unpickling and ``allow_pickle`` is off.
+        UnsafeCheckpoint: the file needs full unpickling (vlkit never unpickles code from data).
         ValueError: no dictionary of tensors found.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         first = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
@@ -51,10 +51,8 @@ def load_official(path: str | Path, *, allow_pickle: bool = False) -> tuple[dict
             "Either keep only the weights once, in a Python you trust:\n"
             f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
             f"torch.save({{k: c[k] for k in ('model', 'state_dict', 'module') if k in c}}, '{path}.weights.pt')\"\n"
-            "and convert that file, or pass --allow-pickle if you trust this file (it runs code from it)."
+            "and convert that file."
         ) from None
-    if allow_pickle:
-        log.warning("loaded %s with full unpickling (--allow-pickle)", path)
     return find_state_dict(obj, str(path))
 
 
