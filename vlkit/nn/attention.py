@@ -207,10 +207,11 @@ def _padding_of(lengths: tuple[int, ...], device: torch.device) -> tuple[Tensor,
     """For sequences of ``lengths`` packed end to end: ``[T]`` flat positions of their tokens in a
     ``[n, max(lengths)]`` padded batch, and that batch's bool key mask (cached: every text layer of a
     step asks for the same lengths)."""
+    from vlkit.nn.packing import real_token_positions  # packing imports this module
+
     width = max(lengths)
-    index = torch.cat([torch.arange(row * width, row * width + n) for row, n in enumerate(lengths)])
     mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-    return index.to(device), mask.to(device)
+    return real_token_positions(lengths, width).to(device), mask.to(device)
 
 
 def _pad(x: Tensor, index: Tensor, rows: int, width: int) -> Tensor:

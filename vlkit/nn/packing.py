@@ -20,6 +20,17 @@ from torch import Tensor
 from vlkit.nn.attention import PackedSeqlens
 
 
+def real_token_positions(lengths: Sequence[int], width: int) -> Tensor:
+    """``[Σ lengths]`` flat positions ``b * width + i`` (``i < lengths[b]``) of right-padded rows, on the
+    host (vectorized: no Python loop over the batch)."""
+    counts = torch.tensor(lengths)
+    total = int(sum(lengths))  # host ints: shapes known without reading a tensor
+    starts = torch.cumsum(counts, 0) - counts  # where each row begins in the packed sequence
+    rows = torch.repeat_interleave(torch.arange(len(lengths)), counts, output_size=total)
+    within = torch.arange(total) - torch.repeat_interleave(starts, counts, output_size=total)
+    return rows * width + within
+
+
 @dataclass(frozen=True)
 class TextPacking:
     """Where the real tokens of a right-padded ``[B, L]`` batch sit.
@@ -47,7 +58,7 @@ class TextPacking:
         if any(not 0 < n <= width for n in lengths):
             raise ValueError(f"packed text lengths must be in [1, {width}], got {lengths}")
         device = torch.device(device)
-        flat = torch.cat([torch.arange(row * width, row * width + n) for row, n in enumerate(lengths)])
+        flat = real_token_positions(lengths, width)
         if device.type == "cuda":  # pinned, so the copy is asynchronous
             flat = flat.pin_memory()
         return cls(PackedSeqlens(lengths), flat.to(device, non_blocking=True), len(lengths), width)
