@@ -33,6 +33,7 @@ setup(
         "pyyaml>=6.0",
         "tensorboard>=2.14",
         "tokenizers>=0.15",
+        "safetensors>=0.4",  # released weights (DIR/model.safetensors) and tower files, read without pickle
         "tqdm>=4.60",
         "numpy>=1.24",
         "pillow>=9.0",

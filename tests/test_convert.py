@@ -16,6 +16,7 @@ from vlkit.cli import main
 from vlkit.convert import ConversionError, UnsafeCheckpoint, load_official, official_to_vlkit, vlkit_to_official
 from vlkit.convert.target import build_model
 from vlkit.recipe import resolve
+from vlkit.train import weights_file
 from vlkit.train.init import initialize_from
 
 torch.set_num_threads(1)
@@ -186,6 +187,15 @@ def test_albef_layouts_convert_load_and_round_trip(tmp_path: Path, layout: str) 
             assert layout == "nlvr2" and (key.startswith("ta_head.") or key == "temp"), key
             continue
         assert torch.equal(official[key], value) and official[key].dtype == value.dtype, key
+
+    released = weights_file.load_weights(tmp_path / "vlkit" / "model.safetensors")  # the same weights, no pickle
+    assert released["converted_from"]["layout"] == layout
+    assert released["recipe"] == (tmp_path / "vlkit" / "recipe.yaml").read_text()
+    weights = released["model"]
+    assert sorted(weights) == sorted(state) and all(torch.equal(weights[k], state[k]) for k in state)
+    again = vlkit_to_official("albef", tmp_path / "vlkit" / "model.safetensors", tmp_path / "official_st")
+    assert again.path.name == back.path.name
+    assert all(torch.equal(v, official[k]) for k, v in torch.load(again.path, weights_only=True)["model"].items())
 
 
 def test_albef_pretrain_mapping_details(tmp_path: Path) -> None:

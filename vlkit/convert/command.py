@@ -17,8 +17,7 @@ from vlkit.convert.layout import Layout
 from vlkit.convert.report import Accounting
 from vlkit.convert.target import Target
 from vlkit.recipe import Recipe, resolve, validate_recipe
-from vlkit.train import checkpoint as ckpt
-from vlkit.train.init import find_checkpoint
+from vlkit.train.init import find_checkpoint, read_checkpoint
 
 log = logging.getLogger("vlkit.convert")
 
@@ -104,7 +103,7 @@ def vlkit_to_official(family: str, checkpoint: str | Path, out: str | Path, *, r
     if family not in FAMILIES:
         raise ValueError(f"unknown family `{family}`; choose one of {', '.join(FAMILIES)}")
     path = find_checkpoint(checkpoint)
-    loaded = ckpt.load(path)
+    loaded = read_checkpoint(path)
     state: dict[str, Tensor] = loaded["model"]
     overrides = list(overrides or [])
     stored = None if recipe else _stored_recipe(loaded, overrides)

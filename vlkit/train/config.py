@@ -49,6 +49,8 @@ class TrainConfig:
         log_every: steps between logged scalars (and host syncs for them).
         ckpt_every: steps between checkpoints (0: only at the end and on interruption).
         keep_last: checkpoints kept on disk.
+        save_weights: with every checkpoint, also write the model's weights to ``DIR/model.safetensors``
+            (the resolved recipe in its metadata): the file to release, loadable without unpickling.
         eval_every: steps between evaluations (0: only at the end).
     """
 
@@ -75,6 +77,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 0
     keep_last: int = 2
+    save_weights: bool = True
     eval_every: int = 0
 
     def __post_init__(self) -> None:

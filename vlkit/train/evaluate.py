@@ -19,9 +19,8 @@ import torch
 
 from vlkit import dist
 from vlkit.recipe import Recipe
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.distributed import torchrun_scope
-from vlkit.train.init import find_checkpoint
+from vlkit.train.init import find_checkpoint, read_checkpoint
 from vlkit.train.pretrain import Pretraining
 
 log = logging.getLogger("vlkit.eval")
@@ -76,7 +75,7 @@ def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) 
 
 def _evaluate(recipe: Recipe, path: Path, out: Path) -> dict[str, Any]:
     run = Pretraining(recipe, out, train_data=False)
-    state = ckpt.load(path)
+    state = read_checkpoint(path)
     load_online_weights(run.model, state["model"])
     run.model.eval()
     if recipe.task is not None:

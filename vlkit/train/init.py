@@ -12,19 +12,33 @@ import torch
 from torch import nn
 
 from vlkit.train import checkpoint as ckpt
+from vlkit.train import weights_file
 
 log = logging.getLogger("vlkit.train")
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a file; for a run folder (or its ``checkpoints/``), the newest checkpoint."""
+    """``path`` itself if it is a file (a training checkpoint ``.pt`` or a vlkit ``.safetensors``); for a
+    run folder (or its ``checkpoints/``), the newest training checkpoint, else the folder's
+    ``model.safetensors`` (a released model is that file alone)."""
     path = Path(path)
     if path.is_file():
         return path
     for folder in (path / "checkpoints", path):
         if folder.is_dir() and (found := ckpt.latest_checkpoint(folder)) is not None:
             return found
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt file or a run folder with checkpoints/)")
+    if (path / weights_file.FILE_NAME).is_file():
+        return path / weights_file.FILE_NAME
+    raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt or .safetensors file, or a run folder with "
+                            f"checkpoints/ or {weights_file.FILE_NAME})")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint or a vlkit weights file, as a dict with at least ``model``, ``step``
+    and ``recipe`` (both formats load without unpickling code)."""
+    if path.suffix == ".safetensors":
+        return weights_file.load_weights(path)
+    return ckpt.load(path)
 
 
 @dataclass
@@ -113,7 +127,7 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor],
 def initialize_from(model: nn.Module, source: str | Path) -> InitReport:
     """Load the matching weights of the checkpoint at ``source`` (file or run folder) into ``model``."""
     path = find_checkpoint(source)
-    report = load_matching(model, ckpt.load(path)["model"], model_aliases(model))
+    report = load_matching(model, read_checkpoint(path)["model"], model_aliases(model))
     if not report.loaded:
         raise ValueError(f"init_from {path}: no weight of the checkpoint fits this model ({report.summary()})")
     log.info("init_from %s: %s", path, report.summary())

@@ -17,9 +17,8 @@ from vlkit.data.transforms import eval_transform
 from vlkit.eval.composed import compose, contact_sheet, rank
 from vlkit.eval.zeroshot import image_features
 from vlkit.recipe import Recipe
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.evaluate import load_online_weights
-from vlkit.train.init import find_checkpoint
+from vlkit.train.init import find_checkpoint, read_checkpoint
 from vlkit.train.pretrain import Pretraining
 
 
@@ -55,7 +54,7 @@ def run_retrieval_query(recipe: Recipe, checkpoint: str | Path, query: Query, ou
                         gallery_folder: Path | None = None) -> list[dict[str, Any]]:
     """Rank the gallery for ``query``; writes ``out`` (PNG) and ``out`` with ``.json``; returns the results."""
     run = Pretraining(recipe, out.parent, train_data=False)
-    load_online_weights(run.model, ckpt.load(find_checkpoint(checkpoint))["model"])
+    load_online_weights(run.model, read_checkpoint(find_checkpoint(checkpoint))["model"])
     run.model.eval()
     ctx = run.task_context()
     paths = gallery_images(run, recipe, gallery_folder)

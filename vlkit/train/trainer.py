@@ -32,6 +32,7 @@ from vlkit import dist
 from vlkit.data.batch import Batch
 from vlkit.models.model import PretrainModel
 from vlkit.train import checkpoint as ckpt
+from vlkit.train import weights_file
 from vlkit.train.config import TrainConfig
 from vlkit.train.distributed import (
     average_gradients,
@@ -86,13 +87,17 @@ class _NoWriter:
 
 @dataclass
 class RunPaths:
-    """Where a run writes: ``recipe.yaml``, ``checkpoints/``, ``tb/``, ``metrics.json``."""
+    """Where a run writes: ``recipe.yaml``, ``checkpoints/``, ``model.safetensors``, ``tb/``, ``metrics.json``."""
 
     out: Path
 
     @property
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
+
+    @property
+    def weights(self) -> Path:
+        return self.out / weights_file.FILE_NAME
 
     @property
     def tensorboard(self) -> Path:
@@ -198,8 +203,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
-        """Write a checkpoint of the current state (refusing a non-finite one) and prune old ones.
-        Every rank calls it (FSDP gathers shards); rank 0 writes."""
+        """Write a checkpoint of the current state (refusing a non-finite one), the weights file beside
+        it (``train.save_weights``), and prune old checkpoints. Every rank calls it (FSDP gathers
+        shards); rank 0 writes."""
         self._check_finite()
         path = ckpt.checkpoint_path(self.paths.checkpoints, self.step)
         model_state, optimizer_state = full_state(self.model, self.optimizer)
@@ -210,6 +216,9 @@ class Trainer:
                 "model": model_state, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                 "rng": rng_ranks[0], "rng_ranks": rng_ranks, "world_size": self.world, "recipe": self.recipe_yaml,
             }, path)
+            if self.cfg.save_weights:
+                weights_file.save_weights(self.paths.weights, model_state, recipe_yaml=self.recipe_yaml,
+                                          step=self.step, samples=self.samples)
             ckpt.prune(self.paths.checkpoints, self.cfg.keep_last)
         dist.barrier()
         return path

@@ -1,0 +1,114 @@
+"""Released weights: ``model.safetensors`` with the resolved recipe in its metadata.
+
+A training checkpoint (``checkpoints/step_N.pt``) is a pickle, read with ``weights_only=True``; the
+weights file beside it is plain safetensors, which loads without unpickling anything and is what a
+released vlkit model should be. It holds the model's full state dict (teacher copies and queues
+included, so ``init_from`` continues pre-training exactly) and, as string metadata:
+
+- ``format`` (``vlkit-weights``) and ``version``;
+- ``recipe``: the resolved recipe (YAML) the weights were trained with;
+- ``step`` and ``samples``: the training position they were written at;
+- ``aliases``: tied weights (BERT's MLM decoder is the word-embedding matrix) are stored once; this
+  JSON map names each dropped key and the stored key it shares storage with;
+- ``converted_from`` (JSON, optional): the official checkpoint and layout ``vlkit convert`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FORMAT = "vlkit-weights"
+VERSION = 1
+FILE_NAME = "model.safetensors"
+
+
+def _identity(tensor: Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]:
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+            tensor.dtype)
+
+
+def deduplicate(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Store each tied tensor once.
+
+    Returns:
+        the tensors to write (contiguous copies on the CPU) and ``{dropped key: kept key}`` for keys
+        that are the very same view of one storage as a kept key.
+    """
+    kept: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_of: dict[tuple, str] = {}
+    for name, tensor in state.items():
+        identity = _identity(tensor)
+        if tensor.numel() and identity in first_of:
+            aliases[name] = first_of[identity]
+            continue
+        if tensor.numel():
+            first_of[identity] = name
+        kept[name] = tensor.detach().to("cpu", copy=True).contiguous()  # a copy: no storage shared with anything
+    return kept, aliases
+
+
+def save_weights(path: Path, state: dict[str, Tensor], *, recipe_yaml: str, step: int, samples: int,
+                 converted_from: dict[str, str] | None = None) -> Path:
+    """Write ``state`` (a model state dict) and its metadata to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    tensors, aliases = deduplicate(state)
+    metadata = {"format": FORMAT, "version": str(VERSION), "recipe": recipe_yaml, "step": str(int(step)),
+                "samples": str(int(samples)), "aliases": json.dumps(aliases, sort_keys=True)}
+    if converted_from:
+        metadata["converted_from"] = json.dumps(converted_from, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return dict(handle.metadata() or {})
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """A vlkit weights file as a checkpoint-like dict: ``model`` (every key, tied ones restored as
+    shared tensors), ``step``, ``samples``, ``recipe`` and, if present, ``converted_from``.
+
+    Raises:
+        ValueError: the file is not a vlkit weights file (e.g. a plain Hugging Face ``model.safetensors``).
+    """
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is a safetensors file without vlkit's metadata (format={metadata.get('format')!r}); "
+                         "to start a tower from it use encoder.image.init / encoder.text.init instead of init_from")
+    if int(metadata.get("version", "0")) > VERSION:
+        raise ValueError(f"{path} is vlkit weights version {metadata['version']}; this vlkit reads up to {VERSION}")
+    state = load_file(str(path), device="cpu")
+    for alias, owner in json.loads(metadata.get("aliases", "{}")).items():
+        if owner not in state:
+            raise ValueError(f"{path}: tied key {alias} refers to {owner}, which the file does not hold")
+        state[alias] = state[owner]
+    loaded: dict[str, Any] = {"model": state, "step": int(metadata.get("step", 0)),
+                              "samples": int(metadata.get("samples", 0)), "recipe": metadata.get("recipe")}
+    if "converted_from" in metadata:
+        loaded["converted_from"] = json.loads(metadata["converted_from"])
+    return loaded
