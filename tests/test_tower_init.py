@@ -97,8 +97,7 @@ def test_real_minilm_split_into_albef_text_and_fusion_layers(minilm):
     assert any("layers 3–5 → fusion layers" in n for n in encoder.init_reports[0].notes)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_mlm(tmp_path_factory) -> tuple[str, transformers.BertForMaskedLM]:
+def save_tiny_bert_mlm(folder: Path) -> transformers.BertForMaskedLM:
     """A BertForMaskedLM shaped like recipes/albef/tiny.yaml's text stack, saved as an HF folder."""
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -107,9 +106,14 @@ def tiny_bert_mlm(tmp_path_factory) -> tuple[str, transformers.BertForMaskedLM]:
     with torch.no_grad():
         model.cls.predictions.bias.normal_()
         model.cls.predictions.transform.LayerNorm.bias.normal_()
-    folder = tmp_path_factory.mktemp("bert") / "tiny-bert"
     model.save_pretrained(folder)
-    return str(folder), model
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_mlm(tmp_path_factory) -> tuple[str, transformers.BertForMaskedLM]:
+    folder = tmp_path_factory.mktemp("bert") / "tiny-bert"
+    return str(folder), save_tiny_bert_mlm(folder)
 
 
 def test_bert_layers_split_into_albef_text_and_fusion_layers(tiny_bert_mlm):

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tests.test_tower_init import save, timm_vit
+from tests.test_tower_init import save, save_tiny_bert_mlm, timm_vit
 from vlkit.cli import main
 from vlkit.recipe import load_recipe
 from vlkit.train import checkpoint as ckpt
@@ -134,3 +134,18 @@ def test_strict_tower_init_refuses_unused_checkpoint_weights(data_root: Path, tm
                       tmp_path / "ok")
     (report,) = run.weight_loads
     assert report["counts"]["unused"] == 0 and report["counts"]["loaded"] > 0
+
+
+def test_bert_mlm_head_without_an_mlm_objective_is_unused_and_strict_refuses_it(data_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    save_tiny_bert_mlm(tmp_path / "bert")
+    text = f"encoder.text.init={tmp_path / 'bert'}"
+    run = Pretraining(recipe(data_root, text, "strict=true"), tmp_path / "with-mlm")  # the mlm head takes it
+    (report,) = run.weight_loads
+    assert report["counts"]["unused"] == 0 and report["counts"]["held"] > 0
+    run = Pretraining(recipe(data_root, text, "objectives.mlm=null"), tmp_path / "no-mlm")
+    (report,) = run.weight_loads
+    assert report["counts"]["held"] == 0 and "cls.predictions.transform.dense.weight" in report["unused"]
+    assert any("no objective builds the mlm head" in note for note in report["notes"])
+    with pytest.raises(ValueError, match=r"strict: encoder.text.init left \d+ checkpoint weights unused \(cls"):
+        Pretraining(recipe(data_root, text, "objectives.mlm=null", "strict=true"), tmp_path / "strict")

@@ -153,6 +153,11 @@ class Encoder(nn.Module):
         """The weights held for ``head``, handed over once (None when there are none)."""
         return self.__dict__.get("_held_head_weights", {}).pop(head, None)
 
+    def drop_untaken_head_weights(self) -> list[str]:
+        """Forget the held weights no head took (e.g. BERT's MLM head in a recipe without ``mlm``);
+        returns the names of those heads."""
+        return sorted(self.__dict__.pop("_held_head_weights", {}))
+
     @property
     def embed_dim(self) -> int:
         """Width ``E`` of the contrastive features."""

@@ -34,6 +34,7 @@ from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tokens import TextTokens
 from vlkit.data.transforms import DeviceNormalize, decode_size, train_transform
 from vlkit.data.webdataset_source import ShardStream, WebDatasetSource
+from vlkit.encoders.base import Encoder
 from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel, build_pretrain_model
 from vlkit.nn.checkpointing import compile_blocks
@@ -95,12 +96,6 @@ class Pretraining:
         if recipe.init_from and (towers := tower_init_keys(recipe.encoder)):
             log.info("init_from is set: the checkpoint's weights replace %s, which are not loaded", ", ".join(towers))
         encoder = build_encoder(recipe.encoder, load_weights=train_data and not recipe.init_from)
-        self.weight_loads: list[dict[str, Any]] = [r.to_dict() for r in encoder.init_reports]
-        for report in encoder.init_reports:
-            log.info("%s", report.summary())
-            if recipe.strict and report.unused:
-                raise ValueError(f"strict: {report.tower} left {len(report.unused)} checkpoint weights unused "
-                                 f"({', '.join(report.unused[:5])}); set strict: false to accept that")
         vocab = encoder.word_embeddings().num_embeddings
         if self.tokens is not None and self.tokens.vocab_size > vocab:
             raise ValueError(f"the tokenizer has {self.tokens.vocab_size} ids but the encoder's vocabulary has {vocab} "
@@ -117,6 +112,7 @@ class Pretraining:
                                  "encoder has no fusion layers (use an albef or mome encoder)")
         self.model: PretrainModel = build_pretrain_model(encoder, objectives, ObjectiveContext(encoder, self.tokens),
                                                          recipe.momentum)
+        self.weight_loads: list[dict[str, Any]] = self._tower_reports(encoder, recipe.strict)
         if recipe.init_from:
             report = initialize_from(self.model, recipe.init_from)
             self.weight_loads.append({"tower": "init_from", "source": recipe.init_from, **report.to_dict()})
@@ -170,6 +166,23 @@ class Pretraining:
             raise ValueError(f"the `{data.train_split}` split has no usable entries")
         self.annotations_skipped = self.train_entries.skipped
         self.dataset = PairDataset(self.train_entries.entries, transform, seed=recipe.seed, draft_size=draft_size)
+
+    @staticmethod
+    def _tower_reports(encoder: Encoder, strict: bool) -> list[dict[str, Any]]:
+        """The tower ``init`` reports, once the objectives' heads have taken the weights held for them
+        (weights held for a head no objective builds become unused); under ``strict``, unused weights
+        are an error."""
+        untaken = encoder.drop_untaken_head_weights()
+        for report in encoder.init_reports:
+            if untaken and report.held:
+                report.unused.extend(report.held)
+                report.notes.append(f"no objective builds the {', '.join(untaken)} head: its weights are unused")
+                report.held.clear()
+            log.info("%s", report.summary())
+            if strict and report.unused:
+                raise ValueError(f"strict: {report.tower} left {len(report.unused)} checkpoint weights unused "
+                                 f"({', '.join(report.unused[:5])}); set strict: false to accept that")
+        return [report.to_dict() for report in encoder.init_reports]
 
     def _check_modality(self) -> None:
         """Before anything heavy: the data's modality fits the source and every objective."""
