@@ -10,6 +10,7 @@ import torch
 
 from tests.test_train import SMALL_DATA
 from vlkit.ablate.grid import GridError, load_grid
+from vlkit.ablate.report import markdown
 from vlkit.build import build_encoder
 from vlkit.cli import main
 
@@ -66,3 +67,23 @@ def test_a_variant_may_start_from_another_recipe(tmp_path):
     assert [r.encoder.type for r in recipes.values()] == ["albef", "mome", "dual"]
     counts = [sum(p.numel() for p in build_encoder(r.encoder, device="meta").parameters()) for r in recipes.values()]
     assert max(counts) / min(counts) < 1.05, counts  # matched parameter counts
+
+
+def test_parameter_counts_are_shown_whole_and_never_marked_best():
+    grid = {"description": "d", "command": "vlkit ablate g.yaml", "runs": {"big": [1, 2], "small": [1, 2]}}
+    results = {"big": {1: {"r_mean": 40.0, "encoder_parameters": 524128.0}, 2: {"r_mean": 42.0,
+                                                                                 "encoder_parameters": 524128.0}},
+               "small": {1: {"r_mean": 30.0, "encoder_parameters": 316640.0}, 2: {"r_mean": 34.0,
+                                                                                  "encoder_parameters": 316640.0}}}
+    rows = markdown(grid, results, ["r_mean", "encoder_parameters"]).splitlines()
+    assert "| big | 2 | **41.00 ± 1.41** | 524,128 |" in rows
+    assert "| small | 2 | 32.00 ± 2.83 | 316,640 |" in rows
+
+
+def test_shipped_vlmo_grid_changes_only_what_each_variant_names():
+    shipped = load_grid("recipes/ablations/vlmo_experts.yaml")
+    mome, local = shipped.recipe("mome").to_dict(), shipped.recipe("in_batch_hard").to_dict()
+    assert mome["objectives"]["itm"]["negatives"] == {"type": "global_hard", "ramp_steps": 4000, "gather": "inputs"}
+    local["objectives"]["itm"]["negatives"]["type"] = "global_hard"
+    local["objectives"]["itm"]["negatives"]["gather"] = "inputs"
+    assert local == mome  # the same schedule of hardness: only the sampler differs

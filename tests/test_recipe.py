@@ -175,13 +175,15 @@ def test_configs_from_dict_apply_presets_like_recipes():
         AlbefConfig.from_dict({"imag": {}})
 
 
-def test_changing_a_components_type_drops_the_inherited_settings(tmp_path):
+def test_changing_a_components_type_drops_the_inherited_settings(tmp_path, caplog):
     """Settings of one registered part mean nothing to another: a child (or an override) that changes
-    `type` replaces the inherited mapping instead of merging into it."""
+    `type` replaces the inherited mapping instead of merging into it; an override says what it dropped."""
     write(tmp_path, "base.yaml", "encoder: {type: albef, size: tiny, fusion_layer: 3}\n")
     child = write(tmp_path, "child.yaml", "base: base.yaml\nencoder: {type: mome, size: tiny}\n")
     assert load_recipe(child).encoder.type == "mome"
-    recipe = load_recipe(tmp_path / "base.yaml", ["encoder.type=dual", "encoder.size=tiny"])
+    with caplog.at_level("WARNING", logger="vlkit.recipe"):
+        recipe = load_recipe(tmp_path / "base.yaml", ["encoder.type=dual", "encoder.size=tiny"])
+    assert "`encoder` changes from albef to dual, which drops its other settings (fusion_layer, size)" in caplog.text
     assert recipe.encoder.type == "dual" and recipe.encoder.size == "tiny"
     merged = load_recipe(tmp_path / "base.yaml", ["encoder.type=albef", "encoder.embed_dim=8"])
     assert merged.encoder.fusion_layer == 3  # same type: settings merge as usual

@@ -15,6 +15,7 @@ A recipe is resolved in four steps, all before anything heavy starts:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from vlkit.models.momentum import MomentumConfig
 from vlkit.schema import Component, ComponentMap, RecipeError, deep_merge, to_dict, validate
 from vlkit.train.config import TrainConfig
 
+log = logging.getLogger("vlkit.recipe")
 COMMAND_LINE = "command line"
 
 
@@ -267,7 +269,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], prov: _Prove
                 )
             node = child
         if keys[-1] == "type" and node.get("type") not in (None, value):
-            node.clear()  # another registered part: the old part's settings do not apply to it
+            if dropped := sorted(k for k in node if k != "type"):  # another registered part: the old
+                parent = ".".join(keys[:-1])                         # part's settings do not apply to it
+                log.warning("%s: `%s` changes from %s to %s, which drops its other settings (%s); set them "
+                            "together, e.g. %s='{type: %s, %s: ...}'", source, parent, node["type"], value,
+                            ", ".join(dropped), parent, value, dropped[0])
+            node.clear()
         node[keys[-1]] = value
         prov.mark(".".join(keys), value, source)
     return out

@@ -21,6 +21,12 @@ BOOKKEEPING = {"steps", "samples", "images_skipped", "annotations_skipped", "n_i
                "chance_r1", "step", "n", "n_skipped", "majority_acc"}
 
 
+def descriptive(column: str) -> bool:
+    """A column that describes a variant rather than scores it (``encoder_parameters``): shown as an
+    integer, never marked best."""
+    return column.endswith("parameters")
+
+
 def run_metrics(run: Path, followups: list[str]) -> dict[str, float] | None:
     """A finished run's metrics (follow-ups' prefixed ``name/``), or None when it has not finished."""
     path = run / "metrics.json"
@@ -64,7 +70,8 @@ def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]
     """Variants × metrics; mean ± std over seeds; the best mean per column in bold (higher is better)."""
     stats = {v: {c: summary([m[c] for m in seeds.values() if c in m]) for c in cols
                  if any(c in m for m in seeds.values())} for v, seeds in results.items()}
-    best = {c: max((s[c][0] for s in stats.values() if c in s), default=math.nan) for c in cols}
+    best = {c: max((s[c][0] for s in stats.values() if c in s), default=math.nan) if not descriptive(c) else math.nan
+            for c in cols}
     lines = [f"# {grid.get('description') or 'Ablation'}", "", f"`{grid['command']}`", "",
              "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for variant in grid["runs"]:
@@ -77,11 +84,13 @@ def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]
                 cells.append("—")
                 continue
             mean, std = stats[variant][c]
-            text = f"{mean:.2f}" + (f" ± {std:.2f}" if len(results[variant]) > 1 else "")
+            text = f"{mean:,.0f}" if descriptive(c) else f"{mean:.2f}"
+            text += f" ± {std:.2f}" if len(results[variant]) > 1 and not descriptive(c) else ""
             cells.append(f"**{text}**" if mean == best[c] else text)
         lines.append(f"| {variant} | {len(results[variant])} | " + " | ".join(cells) + " |")
     lines += ["", "Mean ± sample standard deviation over seeds; bold: the best mean of the column (higher is "
-              "better). Plots: `bars_<metric>.png`, `curves_loss.png`, `curves_<metric>.png`."]
+              "better; parameter counts describe the variant and are not marked). Plots: `bars_<metric>.png`, "
+              "`curves_loss.png`, `curves_<metric>.png`."]
     return "\n".join(lines) + "\n"
 
 
