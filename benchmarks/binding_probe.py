@@ -75,6 +75,7 @@ def main() -> None:
     encoder: Encoder = build_encoder(recipe.encoder)
     if args.image_tower is not None:
         encoder.visual_encoder.load_state_dict(torch.load(args.image_tower, map_location="cpu", weights_only=True))
+        print(f"image tower from {args.image_tower}", flush=True)
     head = ITMHead.build(encoder)
     tokenizer = load_tokenizer(root / "tokenizer")
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION[recipe.data.normalize])

@@ -34,3 +34,19 @@ def test_retrieval_evaluation_benchmark_runs_at_toy_size(tmp_path: Path) -> None
     row = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout.strip())
     assert row["texts"] == 60 and row["fused_pairs"] == 90 * 4 and 0.0 <= row["r_mean"] <= 100.0
     assert "| 30 | 60 | 4 | 7 | 360 |" in results.read_text()
+
+
+def test_shape_supervision_then_binding_probe_from_its_tower(tmp_path: Path) -> None:
+    data = [f"data.source.root={tmp_path / 'data'}", "data.source.train_images=40", "data.source.val_images=4",
+            "data.source.test_images=12"]
+    tower = tmp_path / "tower.pt"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "shape_supervision.py"), "recipes/albef/tiny.yaml", *data,
+           "--steps", "2", "--batch-size", "8", "--eval-every", "1", "--save", str(tower)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in rows] == [1, 2] and all(0.0 <= r["shape_acc"] <= 1.0 for r in rows)
+    assert tower.stat().st_size > 0
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_probe.py"), "recipes/albef/tiny.yaml", *data,
+           "--image-tower", str(tower), "--steps", "2", "--batch-size", "4", "--eval-every", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
+    assert f"image tower from {tower}" in out and "step     2" in out and "swap_acc" in out
