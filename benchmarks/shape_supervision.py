@@ -11,7 +11,7 @@ starts from, to ask whether shape features are what binding lacks.
     python benchmarks/binding_probe.py recipes/albef/tiny.yaml --image-tower runs/shape_tower.pt
 
 Measured (2 CPU cores, torch 2.15.0, 2026-11-23, the two commands above): shape presence 0.57 at step
-100, 0.93 at 400, 0.997 at 600 (31 s; colours 1.00 from step 100) — the tower learns shapes quickly
+100, 0.93 at 400, 0.997 at 600 (28 s; colours 1.00 from step 100) — the tower learns shapes quickly
 when supervised. The binding probe started from that tower still stays at chance (``swap_acc`` 0.49 at
 step 2000, train accuracy 0.59: only the random-caption negatives are learned), so shape features are
 not what the fusion path lacks.
