@@ -50,3 +50,18 @@ def test_shape_supervision_then_binding_probe_from_its_tower(tmp_path: Path) -> 
            "--image-tower", str(tower), "--steps", "2", "--batch-size", "4", "--eval-every", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
     assert f"image tower from {tower}" in out and "step     2" in out and "swap_acc" in out
+
+
+def test_binding_sides_probes_a_trained_run(tmp_path: Path) -> None:
+    data = [f"data.source.root={tmp_path / 'data'}", "data.source.train_images=40", "data.source.val_images=4",
+            "data.source.test_images=12"]
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "vlkit", "train", "recipes/albef/tiny.yaml", *data, "train.steps=2",
+             "train.batch_size=8", "eval.k_test=4", "--out", str(run)]
+    subprocess.run(train, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_sides.py"), str(run), "--probe-steps", "3"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result) == {"text_side", "text_side_bag_of_words", "mlm_swap", "image_side"}
+    assert set(result["mlm_swap"]) == {"attribute", "relation"}
+    assert all(0.0 <= result[k] <= 1.0 for k in ("text_side", "text_side_bag_of_words", "image_side"))
