@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,11 +42,15 @@ def test_shape_supervision_then_binding_probe_from_its_tower(tmp_path: Path) -> 
             "data.source.test_images=12"]
     tower = tmp_path / "tower.pt"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "shape_supervision.py"), "recipes/albef/tiny.yaml", *data,
-           "--steps", "2", "--batch-size", "8", "--eval-every", "1", "--save", str(tower)]
+           "--steps", "2", "--batch-size", "8", "--eval-every", "1", "--save", str(tower),
+           "--save-init", str(tmp_path / "init.pt")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["step"] for r in rows] == [1, 2] and all(0.0 <= r["shape_acc"] <= 1.0 for r in rows)
     assert tower.stat().st_size > 0
+    init = torch.load(tmp_path / "init.pt", weights_only=True)
+    assert init["format"] == "vlkit-train-state" and init["model"].keys() == {
+        f"encoder.visual_encoder.{k}" for k in torch.load(tower, weights_only=True)}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_probe.py"), "recipes/albef/tiny.yaml", *data,
            "--image-tower", str(tower), "--steps", "2", "--batch-size", "4", "--eval-every", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
