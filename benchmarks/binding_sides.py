@@ -78,16 +78,18 @@ def fit(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor, steps: int
         return (model(*(x[cut:] for x in inputs)).argmax(1) == target[cut:]).float().mean().item()
 
 
+def load_pixels(run: Pretraining, paths: list[Path]) -> Tensor:
+    """The recipe's evaluation transform of each image: ``[N, 3, S, S]``."""
+    assert run.recipe.data is not None
+    images = ImageFolderList(paths, eval_transform(run.recipe.encoder.input_size, run.recipe.data.normalize))
+    return torch.stack([images[k] for k in range(len(images))])
+
+
 def image_side(run: Pretraining, scenes: list[dict[str, Any]], root: Path, steps: int = 1500) -> float:
     """Held-out accuracy of :class:`ShapeQueryReadout` on the frozen image tokens."""
-    recipe = run.recipe
-    assert recipe.data is not None
-    images = ImageFolderList([root / s["image"] for s in scenes], eval_transform(recipe.encoder.input_size,
-                                                                                 recipe.data.normalize))
-    encoder = run.model.encoder
+    pixels = load_pixels(run, [root / s["image"] for s in scenes])
     with torch.no_grad():
-        tokens = torch.cat([encoder.encode_image(torch.stack([images[k] for k in range(i, min(i + 250, len(images)))]))
-                            .embeds for i in range(0, len(images), 250)])
+        tokens = torch.cat([run.model.encoder.encode_image(chunk).embeds for chunk in pixels.split(250)])
     rows, shape, colour = [], [], []
     for index, scene in enumerate(scenes):
         counts = Counter(o["shape"] for o in scene["objects"])
@@ -134,15 +136,14 @@ def mlm_swap(run: Pretraining, probes: list[dict[str, Any]], root: Path) -> dict
     """Per swap kind, how often the masked true tokens outscore the swapped ones under the MLM head."""
     model, recipe = run.model, run.recipe
     assert recipe.data is not None
-    images = ImageFolderList([root / p["image"] for p in probes], eval_transform(recipe.encoder.input_size,
-                                                                                 recipe.data.normalize))
+    pixels = load_pixels(run, [root / p["image"] for p in probes])
     true = tokenize(run.tokenizer, [p["caption"] for p in probes], recipe.data.max_text_len)
     swapped = tokenize(run.tokenizer, [p["swapped"] for p in probes], recipe.data.max_text_len)
     differ = true.input_ids != swapped.input_ids
     masked = true.input_ids.masked_fill(differ, run.tokenizer.mask_token_id)
     encoder, head = model.encoder, model.objectives["mlm"].head
     with torch.no_grad():
-        image = encoder.encode_image(torch.stack([images[k] for k in range(len(images))]))
+        image = encoder.encode_image(pixels)
         text = encoder.encode_text(masked, true.attention_mask, unimodal=False)
         log_probs = head(encoder.fuse(image, text).text).log_softmax(-1)
 
