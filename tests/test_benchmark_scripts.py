@@ -3,6 +3,7 @@ full runs, not from here)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from vlkit.nn.bert import BertConfig, BertEmbeddings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,3 +73,34 @@ def test_binding_sides_probes_a_trained_run(tmp_path: Path) -> None:
     assert set(result) == {"text_side", "text_side_bag_of_words", "mlm_swap", "image_side"}
     assert set(result["mlm_swap"]) == {"attribute", "relation"}
     assert all(0.0 <= result[k] <= 1.0 for k in ("text_side", "text_side_bag_of_words", "image_side"))
+
+
+def test_binding_oracle_trains_on_object_tokens_and_pixels(tmp_path: Path) -> None:
+    data = [f"data.source.root={tmp_path / 'data'}", "data.source.train_images=40", "data.source.val_images=4",
+            "data.source.test_images=12"]
+    for image in ("oracle", "pixels"):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_oracle.py"), "recipes/albef/tiny.yaml", *data,
+               "--image", image, "--text-mixing", "conv", "--itm-weight", "1", "--steps", "2", "--batch-size", "4",
+               "--eval-every", "1"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
+        steps = [line for line in out.splitlines() if line.startswith("step")]
+        assert len(steps) == 2 and all("mlm_swap attr" in s and "itm_swap attr" in s for s in steps), out
+
+
+def test_local_mix_embeddings_with_a_zero_mix_are_bert_embeddings() -> None:
+    spec = importlib.util.spec_from_file_location("binding_oracle", ROOT / "benchmarks" / "binding_oracle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    inner = BertEmbeddings(BertConfig(vocab_size=50, dim=16, layers=1, heads=2, intermediate=32, max_positions=12))
+    wrapped = module.LocalMixEmbeddings(inner).eval()
+    ids = torch.randint(1, 50, (3, 9))
+    torch.nn.init.zeros_(wrapped.mix.weight)
+    torch.nn.init.zeros_(wrapped.mix.bias)
+    torch.testing.assert_close(wrapped(ids), inner.eval()(ids))
+    assert wrapped.word_embeddings is inner.word_embeddings
+    torch.nn.init.normal_(wrapped.mix.weight)
+    changed = ids.clone()
+    changed[:, 4] = (changed[:, 4] % 49) + 1
+    moved = (wrapped(changed) - wrapped(ids)).norm(dim=-1)
+    assert (moved[:, [3, 5]] > 1e-3).all() and (moved[:, [1, 7]] < 1e-6).all()  # only neighbours see token 4
