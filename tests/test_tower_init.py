@@ -71,6 +71,22 @@ def test_real_minilm_loads_into_text_tower_and_matches_transformers(minilm):
     assert (got - expected)[real].abs().max().item() <= TOL
 
 
+def test_real_minilm_with_local_mixing_still_matches_transformers(minilm):
+    """``local_mixing`` is zeroed on import: the tower computes MiniLM exactly; its kernel is reported new."""
+    encoder = build("dual/tiny", f"encoder.text={MINILM_TEXT}, init: {minilm}, local_mixing: 3}}")
+    (report,) = encoder.init_reports
+    assert sorted(report.new) == ["embeddings.local_mixing.conv.bias", "embeddings.local_mixing.conv.weight"]
+    assert any("local_mixing starts at zero" in note for note in report.notes)
+    reference = transformers.BertModel.from_pretrained(minilm, add_pooling_layer=False, attn_implementation="eager")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference.eval()(**batch).last_hidden_state
+        got = encoder.text_tower(batch["input_ids"], batch["attention_mask"].bool())
+    real = batch["attention_mask"].bool()
+    assert (got - expected)[real].abs().max().item() <= TOL
+
+
 def test_vocab_and_width_mismatch_name_both_values(minilm):
     with pytest.raises(TowerInitError, match=r"vocabulary has 30522 .*encoder\.text\.vocab_size is 512"):
         build("dual/tiny", f"encoder.text.init={minilm}")

@@ -169,6 +169,10 @@ def load_bert(stack: BertStack, source: Source, key: str = "encoder.text.init",
     elif head:
         report.held.clear()
     load_mapped(stack, mapped, report, state)
+    if stack.embeddings.local_mixing is not None:
+        stack.embeddings.local_mixing.zero_()
+        report.notes.append(f"{base}.local_mixing starts at zero: the stack computes the checkpoint's BERT "
+                            "until it trains")
     restore_prefix(report, prefix, normalized)
     log.info("%s", report.summary())
     return report
