@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlkit.nn.bert import BertConfig, BertEmbeddings
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,32 +73,42 @@ def test_binding_sides_probes_a_trained_run(tmp_path: Path) -> None:
     assert all(0.0 <= result[k] <= 1.0 for k in ("text_side", "text_side_bag_of_words", "image_side"))
 
 
-def test_binding_oracle_trains_on_object_tokens_and_pixels(tmp_path: Path) -> None:
+def test_binding_oracle_trains_on_object_tokens_cells_and_pixels(tmp_path: Path) -> None:
     data = [f"data.source.root={tmp_path / 'data'}", "data.source.train_images=40", "data.source.val_images=4",
             "data.source.test_images=12"]
-    for image in ("oracle", "pixels"):
+    for image in ("oracle", "grid", "pixels"):
         cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_oracle.py"), "recipes/albef/tiny.yaml", *data,
                "--image", image, "--text-mixing", "conv", "--itm-weight", "1", "--steps", "2", "--batch-size", "4",
-               "--eval-every", "1"]
+               "--eval-every", "1", *(["--swap-negatives"] if image == "grid" else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
         steps = [line for line in out.splitlines() if line.startswith("step")]
         assert len(steps) == 2 and all("mlm_swap attr" in s and "itm_swap attr" in s for s in steps), out
 
 
-def test_local_mix_embeddings_with_a_zero_mix_are_bert_embeddings() -> None:
+def test_dense_tower_then_binding_oracle_on_its_frozen_patches(tmp_path: Path) -> None:
+    data = [f"data.source.root={tmp_path / 'data'}", "data.source.train_images=40", "data.source.val_images=4",
+            "data.source.test_images=12"]
+    tower = tmp_path / "dense.pt"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "shape_supervision.py"), "recipes/albef/tiny.yaml", *data,
+           "--dense", "--steps", "2", "--batch-size", "8", "--eval-every", "1", "--save", str(tower)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in rows] == [1, 2] and all(0.0 <= r["color_acc"] <= 1.0 for r in rows)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_oracle.py"), "recipes/albef/tiny.yaml", *data,
+           "--image", "pixels", "--image-tower", str(tower), "--freeze-tower", "--text-mixing", "conv",
+           "--itm-weight", "1", "--steps", "1", "--batch-size", "4", "--eval-every", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
+    assert "itm_swap attr" in out
+
+
+def test_scene_grid_labels_the_cells_an_object_covers() -> None:
     spec = importlib.util.spec_from_file_location("binding_oracle", ROOT / "benchmarks" / "binding_oracle.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    torch.manual_seed(0)
-    inner = BertEmbeddings(BertConfig(vocab_size=50, dim=16, layers=1, heads=2, intermediate=32, max_positions=12))
-    wrapped = module.LocalMixEmbeddings(inner).eval()
-    ids = torch.randint(1, 50, (3, 9))
-    torch.nn.init.zeros_(wrapped.mix.weight)
-    torch.nn.init.zeros_(wrapped.mix.bias)
-    torch.testing.assert_close(wrapped(ids), inner.eval()(ids))
-    assert wrapped.word_embeddings is inner.word_embeddings
-    torch.nn.init.normal_(wrapped.mix.weight)
-    changed = ids.clone()
-    changed[:, 4] = (changed[:, 4] % 49) + 1
-    moved = (wrapped(changed) - wrapped(ids)).norm(dim=-1)
-    assert (moved[:, [3, 5]] > 1e-3).all() and (moved[:, [1, 7]] < 1e-6).all()  # only neighbours see token 4
+    scene = {"objects": [{"shape": "circle", "color": "red", "x": 20, "y": 40, "extent": 16}]}
+    cells, _ = module.scene_grid([scene], 64, 8)  # cell centres 4, 12, ..., 60: |centre - 20| <= 8 → 12, 20, 28
+    grid = cells.view(8, 8, 2)
+    covered = grid[..., 0] >= 0
+    assert covered.nonzero().tolist() == [[r, c] for r in (4, 5) for c in (1, 2, 3)]
+    assert grid[4, 1].tolist() == [list(module.COLORS).index("red"), module.SHAPES.index("circle")]
+    assert (grid[~covered] == -1).all()
