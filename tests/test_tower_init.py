@@ -54,13 +54,8 @@ def minilm() -> str:
 MINILM_TEXT = "{dim: 384, layers: 6, heads: 12, intermediate: 1536, max_positions: 512, vocab_size: 30522"
 
 
-def test_real_minilm_loads_into_text_tower_and_matches_transformers(minilm):
-    """all-MiniLM-L6-v2 (a BERT, bert-base-uncased vocabulary) → the dual encoder's text tower (all six
-    layers text layers): same hidden states as transformers.BertModel (fp32, eval)."""
-    encoder = build("dual/tiny", f"encoder.text={MINILM_TEXT}, init: {minilm}}}")
-    (report,) = encoder.init_reports
-    assert len(report.loaded) == 101 and not report.new and sorted(report.unused) == ["pooler.dense.bias",
-                                                                                     "pooler.dense.weight"]
+def assert_text_tower_is_minilm(encoder, minilm: str) -> None:
+    """The dual encoder's text tower gives transformers.BertModel's MiniLM hidden states (fp32, eval, ``TOL``)."""
     reference = transformers.BertModel.from_pretrained(minilm, add_pooling_layer=False, attn_implementation="eager")
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm)
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
@@ -69,6 +64,16 @@ def test_real_minilm_loads_into_text_tower_and_matches_transformers(minilm):
         got = encoder.text_tower(batch["input_ids"], batch["attention_mask"].bool())
     real = batch["attention_mask"].bool()
     assert (got - expected)[real].abs().max().item() <= TOL
+
+
+def test_real_minilm_loads_into_text_tower_and_matches_transformers(minilm):
+    """all-MiniLM-L6-v2 (a BERT, bert-base-uncased vocabulary) → the dual encoder's text tower (all six
+    layers text layers): same hidden states as transformers.BertModel (fp32, eval)."""
+    encoder = build("dual/tiny", f"encoder.text={MINILM_TEXT}, init: {minilm}}}")
+    (report,) = encoder.init_reports
+    assert len(report.loaded) == 101 and not report.new and sorted(report.unused) == ["pooler.dense.bias",
+                                                                                     "pooler.dense.weight"]
+    assert_text_tower_is_minilm(encoder, minilm)
 
 
 def test_real_minilm_with_local_mixing_still_matches_transformers(minilm):
@@ -77,14 +82,7 @@ def test_real_minilm_with_local_mixing_still_matches_transformers(minilm):
     (report,) = encoder.init_reports
     assert sorted(report.new) == ["embeddings.local_mixing.conv.bias", "embeddings.local_mixing.conv.weight"]
     assert any("local_mixing starts at zero" in note for note in report.notes)
-    reference = transformers.BertModel.from_pretrained(minilm, add_pooling_layer=False, attn_implementation="eager")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm)
-    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        expected = reference.eval()(**batch).last_hidden_state
-        got = encoder.text_tower(batch["input_ids"], batch["attention_mask"].bool())
-    real = batch["attention_mask"].bool()
-    assert (got - expected)[real].abs().max().item() <= TOL
+    assert_text_tower_is_minilm(encoder, minilm)
 
 
 def test_vocab_and_width_mismatch_name_both_values(minilm):
