@@ -199,7 +199,7 @@ def main() -> None:
     groups: dict[int, list[int]] = {}
     for k, record in enumerate(train):
         groups.setdefault(record["group"], []).append(k)
-    swapped_of: dict[str, list[str]] = {}
+    swapped_of: dict[tuple[int, str], list[str]] = {}
     if args.swap_negatives:
         per_image = {r["image_id"]: len(r["caption"]) for r in train}
         for scene in read_scenes(root, "train"):
@@ -207,7 +207,7 @@ def main() -> None:
                 outs = [t.text for t in (swap(c, "attribute"), swap(c, "relation")) if t is not None]
                 outs = [t for t in outs if not is_true(t, scene)]
                 if outs:
-                    swapped_of.setdefault(f"{scene.image_id}|{c.text}", []).extend(outs)
+                    swapped_of.setdefault((scene.image_id, c.text), []).extend(outs)
         print(f"{len(swapped_of)} training captions with swap negatives", flush=True)
     twin = {a: b for g in groups.values() if len(g) == 2 for a, b in (g, g[::-1])}
 
@@ -228,12 +228,14 @@ def main() -> None:
         train_inputs = (read_pixels(root, [r["image"] for r in train]),)
         probe_inputs = (read_pixels(root, [p["image"] for p in probes]),)
         if args.stem_extra:
-            pe = encoder.visual_encoder.patch_embed
-            w = pe.proj.in_channels
-            extra = []
+            stem = encoder.visual_encoder.patch_embed
+            if not hasattr(stem, "stem"):
+                raise SystemExit("--stem-extra needs a recipe with encoder.image.stem: conv")
+            width = stem.proj.in_channels
+            extra: list[nn.Module] = []
             for _ in range(args.stem_extra):
-                extra += [nn.Conv2d(w, w, 3, padding=1), ChannelLayerNorm(w), nn.GELU()]
-            pe.stem = nn.Sequential(*pe.stem, *extra)
+                extra += [nn.Conv2d(width, width, 3, padding=1), ChannelLayerNorm(width), nn.GELU()]
+            stem.stem = nn.Sequential(*stem.stem, *extra)
         if args.image_tower is not None:
             state = torch.load(args.image_tower, map_location="cpu", weights_only=True)
             encoder.visual_encoder.load_state_dict(state)
@@ -296,7 +298,7 @@ def main() -> None:
             negatives = [captions[twin[i]][c % len(captions[twin[i]])] if i in twin
                          else captions[rng.integers(len(train))][0] for i, c in zip(rows, index, strict=True)]
             for k, (i, text_) in enumerate(zip(rows, positives, strict=True)):
-                options = swapped_of.get(f"{train[i]['image_id']}|{text_}")
+                options = swapped_of.get((train[i]["image_id"], text_))
                 if options:
                     negatives[k] = options[rng.integers(len(options))]
             pairs = encode_image(train_inputs, np.concatenate((rows, rows)))

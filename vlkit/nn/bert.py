@@ -55,7 +55,7 @@ class BertConfig:
             A vlkit deviation for small models trained from scratch: with absolute positions alone a
             tiny text tower barely learns which noun a colour word belongs to (``benchmarks/binding_oracle.py``).
             Its kernel starts random (PyTorch's Conv1d default: a zero kernel learns far more slowly,
-            MLM swap 0.64 vs 0.86 in that benchmark); importing BERT weights (``init``) zeroes it, so
+            ITM swap 0.64 vs 0.86 there with ``--image grid``); importing BERT weights (``init``) zeroes it, so
             the stack then computes exactly the checkpoint's BERT until it trains.
         init: pre-trained BERT weights to start from, loaded when the encoder is built
             (:mod:`vlkit.weights`): a Hugging Face folder (``config.json`` + ``model.safetensors`` or
