@@ -4,9 +4,13 @@ already sees objects?
 ``--image oracle`` replaces the image tower by *object tokens* built from the synthetic scene files
 (``scenes_*.json``): per object, embedding(colour) + embedding(shape) + embedding(x bucket) +
 embedding(y bucket) on an 8×8 grid, after a learned [CLS]; ``[B, 1+4, D]``, empty slots a learned
-token. ``--image grid`` gives the fusion layers the patch layout instead: one token per 8×8 cell,
-embedding(colour) + embedding(shape) of the object covering the cell centre (a background class
-elsewhere) + a learned position; ``[B, 1+64, D]``. ``--image pixels`` keeps the recipe's image tower
+token (``--xy linear``: a linear map of the two centred bucket coordinates replaces the position
+embeddings, so "further left" is a direction from the first step). ``--image grid`` gives the fusion
+layers the patch layout instead: one token per 8×8 cell, embedding(colour) + embedding(shape) of the
+object covering the cell centre (a background class elsewhere) + a learned position (``--grid-pos
+sincos``: fixed 2-D sin-cos positions); ``[B, 1+64, D]``; ``--grid-layers N`` runs N self-attention
+blocks with a learned BEiT-style 2-D relative-position bias over the cells first, so a cell can gather
+what lies above / left of it. ``--image pixels`` keeps the recipe's image tower
 (``--image-tower`` loads a state dict, ``--freeze-tower`` stops its training, ``--stem-extra N`` adds
 N stride-1 3×3 convolutions at the patch grid to the conv stem: receptive field 15 → 47 px with 2).
 ``--text-mixing conv`` sets ``encoder.text.local_mixing=3`` (a depthwise 3-tap convolution over
@@ -17,7 +21,10 @@ attributes or its related phrases swapped (NegCLIP-style, built with the generat
 
 Training: MLM in which colour, shape and relation words are masked with probability ``--bind-mask``
 (others 15%), plus ``--itm-weight`` × ITM on twins: B (image, caption) positives and B (image, its
-compositional twin's same-numbered caption) negatives — the ``swap_acc`` target itself. Every
+compositional twin's same-numbered caption) negatives — the ``swap_acc`` target itself
+(``--relations-only``: only images of position twins and their two focus captions, so the negative is
+the same words with the relation reversed, e.g. "the blue square is above / below the yellow circle";
+the ITM loss is printed as ``itm_loss``). Every
 ``--eval-every`` steps, on the test split's swap probes: ``mlm_swap`` (every token where caption and
 swapped caption differ is masked; the true tokens' summed log-probability must beat the swapped ones';
 chance 0.5), ``itm_swap`` (the ITM head's match logit of the true caption above the swapped one, the
@@ -59,6 +66,36 @@ helps, nor a tower taught only which shapes an image holds. Relations (which obj
 above which) stay at chance in every row — with the cells' positions in the tokens, after 4,000
 steps, and with swapped-phrase negatives on every caption (which, hard from the first step, also stop
 ITM from learning attributes) — so they need a mechanism this stack lacks.
+
+Relations alone (2026-11-24, same machine; ``--relations-only --itm-weight 3 --lr 1e-3 --steps 2000``
+unless noted; ``itm_loss`` of the last step's batch; ln 2 = 0.693 is a constant output):
+
+| image | options | steps | wall | itm_loss | itm_swap |
+|---|---|---|---|---|---|
+| oracle | ``--xy linear`` | 2000 | 149 s | 0.693 (0.694 at step 500) | 0.55 / 0.50 |
+| oracle | bucket embeddings | 2000 | 148 s | 0.693 | 0.52 / 0.49 |
+| oracle | ``--xy linear``, ``encoder.text.layers=6`` (four fusion layers) | 2000 | 202 s | 0.693 | 0.48 / 0.48 |
+| oracle | ``--xy linear`` | 8000 | 546 s | 0.693 (at every 1,000th step) | 0.50 / 0.51 |
+
+With every word and every image a positive exactly as often as a negative, the ITM head never leaves
+its constant output — not even to memorize the training pairs — with ordinal coordinates and with
+twice the fusion depth. The decision is a three-way interaction (relation word × which phrase is the
+subject × the two objects' positions) with no lower-order term for gradient descent to start from;
+attribute binding, by contrast, rides on the query-key match that cross-attention computes anyway.
+Adding the twin objective's other captions back (``--itm-weight 1``, all captions, 1500 steps,
+``--text-mixing conv`` unless the row sets ``local_mixing``) with mechanisms meant to give relations a
+foothold leaves them at chance too:
+
+| image | options | wall | itm_swap |
+|---|---|---|---|
+| grid | ``--grid-pos sincos`` | 148 s | 0.84 / 0.51 |
+| grid | ``--grid-pos sincos --grid-layers 2`` | 273 s | 0.87 / 0.52 |
+| grid | ``--grid-pos sincos``, ``encoder.text.layers=6`` | 219 s | 0.87 / 0.51 |
+| grid | ``encoder.text.local_mixing=5`` | 153 s | 0.81 / 0.47 |
+| grid | ``encoder.text.local_mixing=7`` (a noun's window reaches the relation word) | 152 s | 0.62 / 0.51 |
+
+(Overrides go right after the recipe: ``binding_oracle.py recipes/albef/tiny.yaml encoder.text.layers=6
+--image grid ...``.)
 """
 
 from __future__ import annotations
@@ -73,6 +110,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.layers import Mlp, build_sincos2d_pos_embed
 from torch import Tensor, nn
 
 from vlkit.build import build_encoder
@@ -85,6 +123,8 @@ from vlkit.data.transforms import NORMALIZATION
 from vlkit.encoders.base import Encoder, ImageEncoding
 from vlkit.heads.itm import ITMHead
 from vlkit.heads.mlm import MLMHead
+from vlkit.nn.relative_position import image_relative_position_index
+from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import ChannelLayerNorm
 from vlkit.recipe import load_recipe
 from vlkit.registry import get as registry_get
@@ -97,16 +137,23 @@ class ObjectTokens(nn.Module):
     """Scene objects ``[B, 4, 4]`` (colour, shape, x bucket, y bucket) and presence ``[B, 4]`` →
     image tokens ``[B, 1+4, D]``."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, xy: str = "embedding") -> None:
         super().__init__()
         self.colour, self.shape = nn.Embedding(len(COLORS), dim), nn.Embedding(len(SHAPES), dim)
-        self.x, self.y = nn.Embedding(GRID, dim), nn.Embedding(GRID, dim)
+        self.linear_xy = xy == "linear"
+        if self.linear_xy:  # ordinal from the start: a linear map of the centred bucket coordinates
+            self.xy = nn.Linear(2, dim)
+        else:
+            self.x, self.y = nn.Embedding(GRID, dim), nn.Embedding(GRID, dim)
         self.cls, self.empty = nn.Parameter(0.02 * torch.randn(dim)), nn.Parameter(0.02 * torch.randn(dim))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, objects: Tensor, present: Tensor) -> Tensor:
-        x = (self.colour(objects[..., 0]) + self.shape(objects[..., 1])
-             + self.x(objects[..., 2]) + self.y(objects[..., 3]))
+        if self.linear_xy:
+            where = self.xy(objects[..., 2:4].float() / GRID - 0.5)
+        else:
+            where = self.x(objects[..., 2]) + self.y(objects[..., 3])
+        x = self.colour(objects[..., 0]) + self.shape(objects[..., 1]) + where
         x = torch.where(present[..., None], x, self.empty)
         return self.norm(torch.cat((self.cls.expand(len(x), 1, -1), x), 1))
 
@@ -123,19 +170,47 @@ def scene_objects(scenes: list[dict[str, Any]], size: int) -> tuple[Tensor, Tens
     return objects, present
 
 
-class GridTokens(nn.Module):
-    """Per-cell scene labels ``[B, G*G, 2]`` (colour, shape; -1 background) → ``[B, 1+G*G, D]``."""
+class RelativeCellBlock(nn.Module):
+    """Pre-LN transformer block over ``[B, 1+G*G, D]`` cell tokens whose self-attention carries a learned
+    BEiT-style 2-D relative-position bias (one per head and patch offset), so that a head can attend
+    "to the cells below me" from the first step."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn, self.mlp = SelfAttention(dim, heads), Mlp(dim, 4 * dim)
+        self.register_buffer("index", image_relative_position_index(GRID), persistent=False)
+        self.table = nn.Parameter(torch.zeros(int(self.index.max()) + 1, heads))
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.table[self.index].permute(2, 0, 1)[None]  # [1, H, 1+G*G, 1+G*G]
+        x = x + self.attn(self.norm1(x), bias=bias)
+        return x + self.mlp(self.norm2(x))
+
+
+class GridTokens(nn.Module):
+    """Per-cell scene labels ``[B, G*G, 2]`` (colour, shape; -1 background) → ``[B, 1+G*G, D]``.
+
+    ``pos``: ``learned`` positions, or fixed 2-D ``sincos`` ones (ordinal from the start);
+    ``layers``: :class:`RelativeCellBlock` s run over the cells before the fusion layers see them."""
+
+    def __init__(self, dim: int, pos: str = "learned", layers: int = 0) -> None:
         super().__init__()
         self.colour, self.shape = nn.Embedding(len(COLORS) + 1, dim), nn.Embedding(len(SHAPES) + 1, dim)
-        self.pos = nn.Parameter(0.07 * torch.randn(GRID * GRID, dim))
+        if pos == "sincos":
+            self.register_buffer("pos", build_sincos2d_pos_embed([GRID, GRID], dim), persistent=False)
+        else:
+            self.pos = nn.Parameter(0.07 * torch.randn(GRID * GRID, dim))
         self.cls = nn.Parameter(0.02 * torch.randn(dim))
+        self.blocks = nn.ModuleList(RelativeCellBlock(dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, cells: Tensor, _: Tensor) -> Tensor:
         x = self.colour(cells[..., 0] + 1) + self.shape(cells[..., 1] + 1) + self.pos
-        return self.norm(torch.cat((self.cls.expand(len(x), 1, -1), x), 1))
+        x = torch.cat((self.cls.expand(len(x), 1, -1), x), 1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
 
 
 def scene_grid(scenes: list[dict[str, Any]], size: int, grid: int = GRID) -> tuple[Tensor, Tensor]:
@@ -173,6 +248,14 @@ def main() -> None:
     parser.add_argument("--itm-weight", type=float, default=0.0, help="weight of ITM on twins (0: MLM only)")
     parser.add_argument("--swap-negatives", action="store_true",
                         help="ITM text negatives: the positive caption with its attributes or related phrases swapped")
+    parser.add_argument("--xy", choices=("embedding", "linear"), default="embedding",
+                        help="(oracle) object positions as bucket embeddings or a linear map of the coordinates")
+    parser.add_argument("--grid-pos", choices=("learned", "sincos"), default="learned", help="(grid) cell positions")
+    parser.add_argument("--grid-layers", type=int, default=0,
+                        help="(grid) self-attention blocks with 2-D relative-position bias over the cells")
+    parser.add_argument("--relations-only", action="store_true",
+                        help="train on position twins' focus captions only (ITM negative: the twin's caption, "
+                             "the same words with the relation reversed)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -210,6 +293,12 @@ def main() -> None:
                     swapped_of.setdefault((scene.image_id, c.text), []).extend(outs)
         print(f"{len(swapped_of)} training captions with swap negatives", flush=True)
     twin = {a: b for g in groups.values() if len(g) == 2 for a, b in (g, g[::-1])}
+    position_twin = {s.image_id for s in read_scenes(root, "train") if s.twin_kind == "position"}
+    position_rows = np.array([k for k in twin if {train[k]["image_id"], train[twin[k]]["image_id"]} & position_twin])
+    if args.relations_only:
+        if not len(position_rows):
+            raise SystemExit("--relations-only: the training split has no position twins (data.source.twin_fraction)")
+        print(f"relations only: {len(position_rows)} images of position twins, focus captions", flush=True)
 
     modules: list[nn.Module] = [encoder, mlm, itm]
     if args.image in ("oracle", "grid"):
@@ -218,7 +307,9 @@ def main() -> None:
         test_scenes = {s["image_id"]: s for s in json.loads((root / "scenes_test.json").read_text())}
         train_inputs = read(json.loads((root / "scenes_train.json").read_text()), size)
         probe_inputs = read([test_scenes[p["image_id"]] for p in probes], size)
-        oracle = (ObjectTokens if args.image == "oracle" else GridTokens)(encoder.image_geometry()[2])
+        width = encoder.image_geometry()[2]
+        oracle = ObjectTokens(width, args.xy) if args.image == "oracle" else GridTokens(width, args.grid_pos,
+                                                                                        args.grid_layers)
         modules.append(oracle)
 
         def encode_image(inputs: tuple[Tensor, ...], rows: Any) -> ImageEncoding:
@@ -281,7 +372,7 @@ def main() -> None:
     print(f"{len(train)} images, {len(twin) // 2} twin pairs, {len(probes)} swap probes; chance 0.5", flush=True)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
-        rows = rng.integers(0, len(train), b)
+        rows = rng.choice(position_rows, b) if args.relations_only else rng.integers(0, len(train), b)
         chosen = [captions[i][rng.integers(len(captions[i]))] for i in rows]
         tokens = tokenize(tokenizer, chosen, length)
         ids = tokens.input_ids
@@ -293,7 +384,7 @@ def main() -> None:
                                                         tokens.attention_mask, unimodal=False))
         loss = F.cross_entropy(mlm(fused.text[masked]), ids[masked])
         if args.itm_weight > 0:
-            index = rng.integers(0, 5, b)
+            index = rng.integers(0, 2 if args.relations_only else 5, b)  # captions 0 and 1 relate the focus pair
             positives = [captions[i][c % len(captions[i])] for i, c in zip(rows, index, strict=True)]
             negatives = [captions[twin[i]][c % len(captions[twin[i]])] if i in twin
                          else captions[rng.integers(len(train))][0] for i, c in zip(rows, index, strict=True)]
@@ -303,14 +394,16 @@ def main() -> None:
                     negatives[k] = options[rng.integers(len(options))]
             pairs = encode_image(train_inputs, np.concatenate((rows, rows)))
             logits = itm(encoder.fuse(pairs, text(positives + negatives)).cls)
-            loss = loss + args.itm_weight * F.cross_entropy(logits, torch.cat((torch.ones(b), torch.zeros(b))).long())
+            itm_loss = F.cross_entropy(logits, torch.cat((torch.ones(b), torch.zeros(b))).long())
+            loss = loss + args.itm_weight * itm_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % args.eval_every == 0 or step == args.steps:
             elapsed = time.perf_counter() - start
-            print(f"step {step:5d}  {elapsed:5.0f}s  loss {loss.item():.3f}  {evaluate()}", flush=True)
+            itm_part = f"itm_loss {itm_loss.item():.3f}  " if args.itm_weight > 0 else ""
+            print(f"step {step:5d}  {elapsed:5.0f}s  loss {loss.item():.3f}  {itm_part}{evaluate()}", flush=True)
 
 
 if __name__ == "__main__":

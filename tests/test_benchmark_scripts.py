@@ -76,13 +76,17 @@ def test_binding_sides_probes_a_trained_run(tmp_path: Path) -> None:
 def test_binding_oracle_trains_on_object_tokens_cells_and_pixels(tmp_path: Path) -> None:
     data = [f"data.source.root={tmp_path / 'data'}", "data.source.train_images=40", "data.source.val_images=4",
             "data.source.test_images=12"]
-    for image in ("oracle", "grid", "pixels"):
+    options = {"oracle": ["--xy", "linear", "--relations-only"],
+               "grid": ["--swap-negatives", "--grid-pos", "sincos", "--grid-layers", "1"], "pixels": []}
+    for image, extra in options.items():
         cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_oracle.py"), "recipes/albef/tiny.yaml", *data,
                "--image", image, "--text-mixing", "conv", "--itm-weight", "1", "--steps", "2", "--batch-size", "4",
-               "--eval-every", "1", *(["--swap-negatives"] if image == "grid" else [])]
+               "--eval-every", "1", *extra]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT).stdout
         steps = [line for line in out.splitlines() if line.startswith("step")]
-        assert len(steps) == 2 and all("mlm_swap attr" in s and "itm_swap attr" in s for s in steps), out
+        assert len(steps) == 2 and all("itm_loss" in s and "mlm_swap attr" in s and "itm_swap attr" in s
+                                       for s in steps), out
+        assert ("relations only:" in out) == ("--relations-only" in extra), out
 
 
 def test_dense_tower_then_binding_oracle_on_its_frozen_patches(tmp_path: Path) -> None:
