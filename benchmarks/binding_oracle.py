@@ -293,9 +293,10 @@ def main() -> None:
                     swapped_of.setdefault((scene.image_id, c.text), []).extend(outs)
         print(f"{len(swapped_of)} training captions with swap negatives", flush=True)
     twin = {a: b for g in groups.values() if len(g) == 2 for a, b in (g, g[::-1])}
-    position_twin = {s.image_id for s in read_scenes(root, "train") if s.twin_kind == "position"}
-    position_rows = np.array([k for k in twin if {train[k]["image_id"], train[twin[k]]["image_id"]} & position_twin])
+    position_rows = np.zeros(0, dtype=np.int64)
     if args.relations_only:
+        moved = {s.image_id for s in read_scenes(root, "train") if s.twin_kind == "position"}
+        position_rows = np.array([k for k in twin if {train[k]["image_id"], train[twin[k]]["image_id"]} & moved])
         if not len(position_rows):
             raise SystemExit("--relations-only: the training split has no position twins (data.source.twin_fraction)")
         print(f"relations only: {len(position_rows)} images of position twins, focus captions", flush=True)
