@@ -376,6 +376,14 @@ def check_consistency(recipe: Recipe, origins: Any) -> None:
             raise RecipeError(f"`{key}` ({cfg.type}) fuses images and text, but encoder `{encoder.type}` has no "
                               "fusion layers; use an albef or mome encoder or remove the objective",
                               source=origins(key), key=key)
+        if getattr(cfg, "reads_boxes", False) and recipe.data is not None:
+            moving = [k for k, on in (("crop_scale", recipe.data.crop_scale), ("flip", recipe.data.flip),
+                                      ("randaugment", recipe.data.randaugment)) if on]
+            if moving:
+                fixes = ", ".join(f"data.{k}: " + ("false" if k == "flip" else "null") for k in moving)
+                raise RecipeError(f"`{key}` ({cfg.type}) reads annotated boxes, but `data.{moving[0]}` moves the "
+                                  f"pixels under them; set {fixes}", source=origins(f"data.{moving[0]}"),
+                                  key=f"data.{moving[0]}")
         if getattr(cfg, "needs_teacher", False) and recipe.momentum is None:
             raise RecipeError(f"`{key}` ({cfg.type}) reads the momentum teacher (queue or distillation); "
                               "add a `momentum:` section (e.g. momentum: {decay: 0.995})",

@@ -14,6 +14,11 @@ from vlkit.data.json_dataset import Sample
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import Padding, TokenizedText, tokenize
 
+PHRASES = "phrases"
+"""``Batch.extras`` key: per row, the caption's grounded phrases (:class:`~vlkit.data.phrases.PhraseBox`)."""
+PHRASES_VOIDED = "phrases_voided"
+"""``Batch.extras`` key: phrases dropped because caption cleaning changed their caption's characters."""
+
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     """``B × [3, H, W]`` → ``[B, 3, H, W]``; in a loader worker, stacked straight into shared memory
@@ -70,4 +75,7 @@ class PretrainCollate:
         batch = Batch(images=stack_images([s.image for s in kept]), input_ids=text.input_ids,
                       attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),
                       skipped=len(samples) - len(kept), text_lengths=Batch.lengths_of(text.attention_mask))
+        if any(s.phrases for s in kept):  # spans index the caption as written: cleaning that changes it voids them
+            batch.extras[PHRASES] = [s.phrases if self.clean(s.caption) == s.caption else () for s in kept]
+            batch.extras[PHRASES_VOIDED] = sum(len(s.phrases) for s in kept if self.clean(s.caption) != s.caption)
         return self.transform(batch, text, [s.key for s in kept])

@@ -23,6 +23,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vlkit.data.phrases import PhraseBox, phrases_problem, read_phrases
+
 log = logging.getLogger("vlkit.data")
 
 
@@ -32,13 +34,15 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One annotated image: path (absolute), captions, image id (``idx``) and an optional ``group``
-    (entries sharing one, e.g. an image and its compositional twin, can be batched together)."""
+    """One annotated image: path (absolute), captions, image id (``idx``), an optional ``group``
+    (entries sharing one, e.g. an image and its compositional twin, can be batched together) and
+    optional grounded ``phrases`` per caption (boxes in pixels; see :mod:`vlkit.data.phrases`)."""
 
     image: Path
     captions: tuple[str, ...]
     idx: int
     group: int | str | None = None
+    phrases: tuple[tuple[PhraseBox, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ def entry_problem(item: Any) -> str | None:
         return "no `caption` (a string or a list of strings)"
     if not all(isinstance(c, str) and c.strip() for c in captions):
         return "an empty or non-string caption"
-    return None
+    return phrases_problem(item, captions)
 
 
 def read_annotation_list(path: str | Path, entries: str) -> list[Any]:
@@ -123,7 +127,8 @@ def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0
             idx = idx if isinstance(idx, int) and not isinstance(idx, bool) else len(entries)
             group = item.get("group")
             group = group if isinstance(group, (int, str)) and not isinstance(group, bool) else None
-            entries.append(Entry(Path(part.image_root) / item["image"], tuple(captions), idx, group))
+            entries.append(Entry(Path(part.image_root) / item["image"], tuple(captions), idx, group,
+                                 read_phrases(item)))
             part_of.append(p)
         if bad:
             skipped += len(bad)
@@ -154,21 +159,26 @@ def load_image(source: Path | bytes, draft_size: int | None = None) -> Image.Ima
     """
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            stored_size = img.size
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
-            return img.convert("RGB")
+            rgb = img.convert("RGB")
+            rgb.info["stored_size"] = stored_size  # before any draft reduction (annotation boxes use it)
+            return rgb
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
 
 
 @dataclass
 class Sample:
-    """One pre-training sample: image ``[3, H, W]``, caption, image id, access key."""
+    """One pre-training sample: image ``[3, H, W]``, caption, image id, access key, and the caption's
+    grounded phrases (boxes as fractions of the image side; empty when the entry has none)."""
 
     image: Tensor
     caption: str
     idx: int
     key: int
+    phrases: tuple[PhraseBox, ...] = ()
 
 
 def sample_seed(seed: int, key: int) -> int:
@@ -211,6 +221,11 @@ class KeyedImageDataset(Dataset):
 
     def load(self, key: int, paths: Sequence[Path]) -> list[Tensor] | None:
         """The transformed images at ``paths`` for access ``key``, or None when one cannot be read."""
+        loaded = self.load_sized(key, paths)
+        return None if loaded is None else loaded[0]
+
+    def load_sized(self, key: int, paths: Sequence[Path]) -> tuple[list[Tensor], list[tuple[int, int]]] | None:
+        """Like :meth:`load`, with each file's stored ``(width, height)`` in pixels."""
         pictures = [load_image(path, self.draft_size) for path in paths]
         readable = [p for p in pictures if p is not None]
         if len(readable) < len(pictures):
@@ -218,7 +233,8 @@ class KeyedImageDataset(Dataset):
             if self.failures <= MAX_LOGGED:  # per process: each loader worker names its first few
                 log.warning("cannot read image %s (missing or corrupt); sample skipped", ", ".join(map(str, paths)))
             return None
-        return seeded_transform(self.transform, readable, sample_seed(self.seed, key))
+        sizes = [p.info.get("stored_size", p.size) for p in readable]
+        return seeded_transform(self.transform, readable, sample_seed(self.seed, key)), sizes
 
 
 class PairDataset(KeyedImageDataset):
@@ -234,12 +250,14 @@ class PairDataset(KeyedImageDataset):
 
     def __getitem__(self, key: int) -> Sample | None:
         entry = self.items[key % len(self.items)]
-        images = self.load(key, [entry.image])
-        if images is None:
+        loaded = self.load_sized(key, [entry.image])
+        if loaded is None:
             return None  # counted by the collate function, reported by the trainer
+        (image,), ((width, height),) = loaded
         rng = np.random.default_rng(sample_seed(self.seed, key))
-        caption = entry.captions[int(rng.integers(len(entry.captions)))]
-        return Sample(images[0], caption, entry.idx, key)
+        which = int(rng.integers(len(entry.captions)))
+        phrases = () if entry.phrases is None else tuple(p.normalized(width, height) for p in entry.phrases[which])
+        return Sample(image, entry.captions[which], entry.idx, key, phrases)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

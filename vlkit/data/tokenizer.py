@@ -43,11 +43,14 @@ class TokenizedText:
         attention_mask: ``[B, L]`` long, 1 for real tokens.
         word_ids: per row, the word index of each token (None for special tokens and padding),
             for whole-word masking.
+        offsets: per row, each token's ``(start, end)`` character span in the text it was made from
+            (``(0, 0)`` for special tokens and padding), for phrase grounding; None when unknown.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     word_ids: list[list[int | None]]
+    offsets: list[list[tuple[int, int]]] | None = None
 
 
 Padding = Literal["longest", "max_length", "multiple_of_8"]
@@ -81,8 +84,10 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: boo
     Returns:
         ``input_ids`` / ``attention_mask`` ``[B, L]`` and per-row word ids (``L`` from ``padding``).
     """
-    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt",
+                    return_offsets_mapping=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    spans = [[(int(a), int(b)) for a, b in row] for row in enc["offset_mapping"].tolist()]
     word_ids = [enc.word_ids(i) for i in range(len(texts))]
     if drop_sep:
         last = mask.sum(1) - 1  # index of [SEP] in each row (host tensors, in the loader)
@@ -100,4 +105,6 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: boo
         ids = torch.nn.functional.pad(ids, (0, extra), value=tokenizer.pad_token_id)
         mask = torch.nn.functional.pad(mask, (0, extra), value=0)
     word_ids = [(list(w) + [None] * width)[:width] for w in word_ids]
-    return TokenizedText(ids, mask, word_ids)
+    spans = [[span if k < int(n) else (0, 0) for k, span in enumerate((row + [(0, 0)] * width)[:width])]
+             for row, n in zip(spans, mask.sum(1), strict=True)]
+    return TokenizedText(ids, mask, word_ids, spans)

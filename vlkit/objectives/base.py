@@ -44,6 +44,9 @@ class ObjectiveConfig(ComponentConfig):
     """The objective fuses images and text (needs an albef or mome encoder)."""
     provides_similarity: ClassVar[bool] = False
     """The objective defines in-batch contrastive logits that hard-negative samplers read."""
+    reads_boxes: ClassVar[bool] = False
+    """The objective reads annotated boxes, so image augmentations must not move the pixels (no random
+    crops, flips or RandAugment)."""
     modalities: ClassVar[frozenset[str]] = frozenset({"pair"})
     """What training samples it can learn from: ``pair`` (image and caption), ``image`` (image-only
     batches, e.g. masked image modelling) and/or ``text`` (text-only batches, e.g. text-only MLM)."""

@@ -214,6 +214,11 @@ class Step(_Memo):
         process: :attr:`sim`), from the recipe's contrastive objective (once per step)."""
         return self.memo("global_sim", lambda: self.model.global_similarity(self))
 
+    @property
+    def fused(self) -> FusedEncoding:
+        """The step's B (image b, caption b) pairs fused (once per step)."""
+        return self.memo("fused", lambda: self.fuse())
+
     def fuse(self, *, text: TextEncoding | None = None, image_index: Tensor | None = None,
              text_index: Tensor | None = None) -> FusedEncoding:
         """Fuse the step's images with ``text`` (default: the step's text), pairs chosen by the indices.

@@ -15,6 +15,7 @@ scene (checked with :mod:`~vlkit.data.synthetic.semantics`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from string import Formatter
 
 import numpy as np
 
@@ -48,16 +49,31 @@ class Phrase:
 
 @dataclass(frozen=True)
 class Caption:
-    """A frame and its phrases; ``relational`` when slots ``{0}`` and ``{1}`` are related by the frame."""
+    """A frame and its phrases; ``relational`` when slots ``{0}`` and ``{1}`` are related by the frame.
+    ``objects`` names the scene object each phrase describes (indices into ``Scene.objects``; empty for
+    a swapped caption, whose phrases describe no object)."""
 
     frame: str
     phrases: tuple[Phrase, ...]
     relational: bool = False
+    objects: tuple[int, ...] = ()
 
     @property
     def text(self) -> str:
         """The caption as a string."""
         return self.frame.format(*(p.text() for p in self.phrases))
+
+    def phrase_spans(self) -> list[tuple[int, int]]:
+        """Per phrase, its ``(start, end)`` character span in :attr:`text` (end exclusive)."""
+        spans: dict[int, tuple[int, int]] = {}
+        at = 0
+        for literal, slot, _, _ in Formatter().parse(self.frame):
+            at += len(literal)
+            if slot is not None:
+                words = self.phrases[int(slot)].text()
+                spans[int(slot)] = (at, at + len(words))
+                at += len(words)
+        return [spans[k] for k in range(len(self.phrases))]
 
 
 def pick(rng: np.random.Generator, options: tuple[str, ...] | list[str], synonym_p: float | None = None) -> str:
@@ -84,7 +100,7 @@ def relation_caption(rng: np.random.Generator, scene: Scene, i: int, j: int, fra
     rels = clear_relations(a, b, scene.size)
     rel = pick(rng, RELATION_WORDS[rels[int(rng.integers(len(rels)))]], SYNONYM_P)
     frame = pick(rng, frames).replace("REL", rel).replace("COUNT", COUNT_WORDS[len(scene.objects)])
-    return Caption(frame, (phrase(rng, a), phrase(rng, b)), relational=True)
+    return Caption(frame, (phrase(rng, a), phrase(rng, b)), relational=True, objects=(i, j))
 
 
 def list_caption(rng: np.random.Generator, scene: Scene) -> Caption:
@@ -94,7 +110,7 @@ def list_caption(rng: np.random.Generator, scene: Scene) -> Caption:
     slots = [f"a {{{k}}}" for k in range(n)]
     body = " and ".join(slots) if n == 2 else ", ".join(slots[:-1]) + " and " + slots[-1]
     head = pick(rng, LIST_HEADS).replace("COUNT", COUNT_WORDS[n])
-    return Caption(head + body, tuple(phrase(rng, scene.objects[k]) for k in order))
+    return Caption(head + body, tuple(phrase(rng, scene.objects[k]) for k in order), objects=tuple(order))
 
 
 def captions_for(scene: Scene, count: int) -> list[Caption]:
@@ -108,7 +124,7 @@ def captions_for(scene: Scene, count: int) -> list[Caption]:
         slot = plan[k % len(plan)]
         for _ in range(12):
             if slot == "single":
-                cap = Caption(pick(rng, SINGLE_FRAMES), (phrase(rng, scene.objects[0]),))
+                cap = Caption(pick(rng, SINGLE_FRAMES), (phrase(rng, scene.objects[0]),), objects=(0,))
             elif slot == "list":
                 cap = list_caption(rng, scene)
             else:

@@ -10,7 +10,7 @@ from typing import Any
 
 from vlkit.schema import ConfigError
 
-FORMAT_VERSION = 2  # 2: train/val/test records carry `group` (a scene and its twin share it)
+FORMAT_VERSION = 3  # 2: records carry `group` (a scene and its twin share it); 3: and `phrases` (grounding)
 
 
 @dataclass(kw_only=True)

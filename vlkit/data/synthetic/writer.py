@@ -3,7 +3,9 @@
 Layout of ``DIR``::
 
     images/{split}/{index:06d}.png        RGB images
-    {split}.json                          [{"image", "caption": [...], "image_id", "group"}]  (retrieval / pre-training)
+    {split}.json                          [{"image", "caption": [...], "image_id", "group", "phrases"}]
+                                          (retrieval / pre-training; ``phrases``: per caption, its noun
+                                          phrases' ``span`` and object ``box``, see :func:`caption_phrases`)
     scenes_{split}.json                   the scene behind every image (objects, background, twin links)
     {val,test}_swaps.json                 [{"image", "image_id", "caption", "swapped", "kind"}]
     vqa_{split}.json, answer_list.json    [{"question_id", "image", "question", "answer": [...]}]
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vlkit.data.synthetic.captions import captions_for, swap_probes
+from vlkit.data.synthetic.captions import Caption, captions_for, swap_probes
 from vlkit.data.synthetic.config import FORMAT_VERSION, SynthConfig
 from vlkit.data.synthetic.files import write_bytes, write_json
 from vlkit.data.synthetic.pairs import nlvr_records, ve_records
@@ -92,6 +94,13 @@ def read_scenes(out_dir: str | Path, split: str) -> list[Scene]:
         return [Scene.from_dict(d) for d in json.load(f)]
 
 
+def caption_phrases(caption: Caption, scene: Scene) -> list[dict[str, list[int]]]:
+    """Flickr30k-Entities-style grounding of one caption: per noun phrase its character ``span``
+    ``[start, end)`` in the caption and its object's ``box`` ``[left, top, right, bottom]`` in pixels."""
+    return [{"span": list(span), "box": [round(v) for v in scene.objects[k].box()]}
+            for span, k in zip(caption.phrase_spans(), caption.objects, strict=True)]
+
+
 def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, counts: dict[str, int]) -> list[str]:
     """Write one split's annotation files; returns its text (for the tokenizer)."""
     texts: list[str] = []
@@ -100,7 +109,7 @@ def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, c
         caps = captions_for(scene, cfg.captions_per_image)
         group = scene.twin_of if scene.twin_of is not None else scene.image_id  # twins share their original's
         records.append({"image": scene.image, "caption": [c.text for c in caps], "image_id": scene.image_id,
-                        "group": group})
+                        "group": group, "phrases": [caption_phrases(c, scene) for c in caps]})
         texts.extend(c.text for c in caps)
         if split != "train" and len(scene.objects) >= 2:
             for caption, swapped, kind in swap_probes(scene, caps, cfg.swaps_per_image):

@@ -1,0 +1,138 @@
+"""Phrase grounding: regress each annotated phrase's box from its fused caption tokens.
+
+X-VLM (Zeng et al., 2022) adds box prediction to image-text pre-training: given the image and a
+phrase, an MLP on the fused representation predicts the phrase's box, trained with L1 + generalized
+IoU. Here the phrases are grounded *inside* their caption, as in MDETR / GLIP's token-level
+alignment: the caption of each positive pair is fused once with its image, the fused tokens of each
+annotated phrase (``phrases`` in the annotations, :mod:`vlkit.data.phrases`) are pooled, and
+:class:`~vlkit.heads.box.BoxHead` predicts the box. This is not an ALBEF or VLMo objective; it is what
+teaches the fusion layers *where* each phrase's object is, the lower-order signal that relational
+image-text matching ("the blue square is above the yellow circle" against "... below ...") builds on
+(see the README's compositional-probe section for the measurements).
+
+Loss per phrase, averaged over the batch's phrases: ``l1_weight · |b̂ − b|₁ + giou_weight · (1 − GIoU(b̂, b))``
+with boxes ``(cx, cy, w, h)`` as fractions of the image side (X-VLM: both weights 1). A batch without
+phrases contributes a zero loss that still touches the head (so distributed training sees every
+parameter used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_convert, generalized_box_iou_loss
+
+from vlkit import registry
+from vlkit.data.batch import Batch
+from vlkit.data.collate import PHRASES, PHRASES_VOIDED
+from vlkit.data.phrases import PhraseRegions, phrase_regions
+from vlkit.data.tokenizer import TokenizedText
+from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
+from vlkit.objectives.step import Step
+from vlkit.registry import register
+from vlkit.schema import RegistryName
+
+REGIONS = "phrase_regions"
+"""``Batch.extras`` key of the :class:`~vlkit.data.phrases.PhraseRegions` the loader prepares."""
+
+
+@dataclass(kw_only=True)
+class GroundingConfig(ObjectiveConfig):
+    """Phrase grounding by box regression.
+
+    Attributes:
+        pool: how a phrase's fused tokens become one vector: ``mean`` over its tokens, or its ``last``
+            token (the head noun of an English noun phrase).
+        l1_weight: weight of the L1 distance of ``(cx, cy, w, h)``.
+        giou_weight: weight of ``1 − GIoU``.
+        head: the box head (registry kind ``head``).
+    """
+
+    pool: Literal["mean", "last"] = "mean"
+    l1_weight: float = 1.0
+    giou_weight: float = 1.0
+    head: Annotated[str, RegistryName("head")] = "box"
+
+    requires_fusion: ClassVar[bool] = True
+    reads_boxes: ClassVar[bool] = True
+
+
+@dataclass
+class PhraseRegionTransform:
+    """Loader-side batch transform: the collated phrases (``Batch.extras["phrases"]``) and the token
+    offsets → :class:`~vlkit.data.phrases.PhraseRegions` in ``Batch.extras["phrase_regions"]``."""
+
+    def apply_to(self, batch: Batch, text: TokenizedText, rng: object) -> None:
+        if REGIONS in batch.extras:  # another phrase objective's transform ran first
+            return
+        phrases = batch.extras.pop(PHRASES, None)
+        voided = int(batch.extras.pop(PHRASES_VOIDED, 0))
+        width = text.input_ids.shape[1]
+        if phrases is None or text.offsets is None:
+            regions = phrase_regions([()] * batch.size, [[]] * batch.size, width)
+        else:
+            regions = phrase_regions(phrases, text.offsets, width)
+        regions.dropped += voided
+        batch.extras[REGIONS] = regions
+
+
+def pool_phrases(tokens: Tensor, regions: PhraseRegions, how: str) -> Tensor:
+    """Fused tokens ``[B, L, D]`` → one vector per phrase ``[P, D]`` (``mean`` or ``last`` of its tokens)."""
+    rows = tokens.index_select(0, regions.rows)  # [P, L, D]
+    mask = regions.tokens.to(rows.dtype)
+    if how == "mean":
+        return (rows * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    position = torch.arange(mask.shape[1], device=mask.device)
+    last = (regions.tokens * position).argmax(1)
+    return rows[torch.arange(len(rows), device=rows.device), last]
+
+
+def box_iou_pairs(pred: Tensor, target: Tensor) -> Tensor:
+    """IoU of matching rows of two ``[P, 4]`` ``(x1, y1, x2, y2)`` box sets → ``[P]``."""
+    lo, hi = torch.maximum(pred[:, :2], target[:, :2]), torch.minimum(pred[:, 2:], target[:, 2:])
+    inter = (hi - lo).clamp(min=0).prod(1)
+    union = (pred[:, 2:] - pred[:, :2]).prod(1) + (target[:, 2:] - target[:, :2]).prod(1) - inter
+    return inter / union.clamp(min=1e-7)
+
+
+@register("objective", "grounding")
+class Grounding(Objective):
+    """Box regression of annotated phrases from their fused caption tokens."""
+
+    Config = GroundingConfig
+
+    def __init__(self, cfg: GroundingConfig, name: str = "grounding", ctx: ObjectiveContext | None = None) -> None:
+        super().__init__(cfg, name, ctx)
+        if ctx is None:
+            raise ValueError("grounding needs the encoder to size its head (pass ctx)")
+        self.cfg: GroundingConfig = cfg
+        self.head = registry.get("head", cfg.head).target.build(ctx.encoder)
+
+    def batch_transform(self) -> PhraseRegionTransform:
+        return PhraseRegionTransform()
+
+    def forward(self, step: Step) -> ObjectiveOutput:
+        regions: PhraseRegions | None = step.batch.extras.get(REGIONS)
+        if regions is None:
+            raise RuntimeError("the batch carries no phrase regions; the data pipeline must apply this objective's "
+                               "batch_transform()")
+        if regions.rows.numel() == 0:
+            zero = sum(p.sum() for p in self.head.parameters()) * 0.0
+            return ObjectiveOutput(loss=zero, metrics={"phrases": zero.detach()})
+        pooled = pool_phrases(step.fused.text, regions, self.cfg.pool)
+        pred = self.head(pooled).float()
+        target = regions.boxes.float()
+        pred_xyxy, target_xyxy = box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy")
+        l1 = F.l1_loss(pred, target, reduction="none").sum(1).mean()
+        giou = generalized_box_iou_loss(pred_xyxy, target_xyxy, reduction="mean")
+        loss = self.cfg.l1_weight * l1 + self.cfg.giou_weight * giou
+        with torch.no_grad():
+            iou = box_iou_pairs(pred_xyxy, target_xyxy)
+        return ObjectiveOutput(loss=loss, metrics={
+            "l1": l1.detach(), "giou": giou.detach(), "iou": iou.mean(), "acc50": (iou >= 0.5).float().mean(),
+            "phrases": torch.tensor(float(len(pred)), device=pred.device),
+        })
