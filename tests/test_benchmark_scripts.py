@@ -76,7 +76,7 @@ def test_binding_sides_probes_a_trained_run(tmp_path: Path) -> None:
 def test_binding_oracle_trains_on_object_tokens_cells_and_pixels(tmp_path: Path) -> None:
     data = [f"data.source.root={tmp_path / 'data'}", "data.source.train_images=40", "data.source.val_images=4",
             "data.source.test_images=12"]
-    options = {"oracle": ["--xy", "linear", "--relations-only"],
+    options = {"oracle": ["--xy", "linear", "--relations-only", "--ground-weight", "1"],
                "grid": ["--swap-negatives", "--grid-pos", "sincos", "--grid-layers", "1"], "pixels": []}
     for image, extra in options.items():
         cmd = [sys.executable, str(ROOT / "benchmarks" / "binding_oracle.py"), "recipes/albef/tiny.yaml", *data,
@@ -87,6 +87,7 @@ def test_binding_oracle_trains_on_object_tokens_cells_and_pixels(tmp_path: Path)
         assert len(steps) == 2 and all("itm_loss" in s and "mlm_swap attr" in s and "itm_swap attr" in s
                                        for s in steps), out
         assert ("relations only:" in out) == ("--relations-only" in extra), out
+        assert all(("box_iou" in s) == ("--ground-weight" in extra) for s in steps), out
 
 
 def test_dense_tower_then_binding_oracle_on_its_frozen_patches(tmp_path: Path) -> None:
