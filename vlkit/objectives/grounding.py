@@ -80,6 +80,15 @@ class PhraseRegionTransform:
         batch.extras[REGIONS] = regions
 
 
+def step_regions(step: Step) -> PhraseRegions:
+    """The step's phrase regions; an error naming the fix when the loader did not prepare them."""
+    regions: PhraseRegions | None = step.batch.extras.get(REGIONS)
+    if regions is None:
+        raise RuntimeError("the batch carries no phrase regions; the data pipeline must apply this objective's "
+                           "batch_transform()")
+    return regions
+
+
 def pool_phrases(tokens: Tensor, regions: PhraseRegions, how: str) -> Tensor:
     """Fused tokens ``[B, L, D]`` → one vector per phrase ``[P, D]`` (``mean`` or ``last`` of its tokens)."""
     rows = tokens.index_select(0, regions.rows)  # [P, L, D]
@@ -116,10 +125,7 @@ class Grounding(Objective):
         return PhraseRegionTransform()
 
     def forward(self, step: Step) -> ObjectiveOutput:
-        regions: PhraseRegions | None = step.batch.extras.get(REGIONS)
-        if regions is None:
-            raise RuntimeError("the batch carries no phrase regions; the data pipeline must apply this objective's "
-                               "batch_transform()")
+        regions = step_regions(step)
         if regions.rows.numel() == 0:
             zero = sum(p.sum() for p in self.head.parameters()) * 0.0
             return ObjectiveOutput(loss=zero, metrics={"phrases": zero.detach()})

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlkit.data.phrases import PhraseRegions
 from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
-from vlkit.objectives.grounding import REGIONS, PhraseRegionTransform, pool_phrases
+from vlkit.objectives.grounding import PhraseRegionTransform, pool_phrases, step_regions
 from vlkit.objectives.step import Step
 from vlkit.registry import register
 
@@ -82,10 +81,7 @@ class PhrasePatch(Objective):
         return PhraseRegionTransform()
 
     def forward(self, step: Step) -> ObjectiveOutput:
-        regions: PhraseRegions | None = step.batch.extras.get(REGIONS)
-        if regions is None:
-            raise RuntimeError("the batch carries no phrase regions; the data pipeline must apply this objective's "
-                               "batch_transform()")
+        regions = step_regions(step)
         if regions.rows.numel() == 0:
             zero = sum(p.sum() for p in self.parameters()) * 0.0
             return ObjectiveOutput(loss=zero, metrics={})
