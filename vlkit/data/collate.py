@@ -76,6 +76,7 @@ class PretrainCollate:
                       attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),
                       skipped=len(samples) - len(kept), text_lengths=Batch.lengths_of(text.attention_mask))
         if any(s.phrases for s in kept):  # spans index the caption as written: cleaning that changes it voids them
-            batch.extras[PHRASES] = [s.phrases if self.clean(s.caption) == s.caption else () for s in kept]
-            batch.extras[PHRASES_VOIDED] = sum(len(s.phrases) for s in kept if self.clean(s.caption) != s.caption)
+            intact = [self.clean(s.caption) == s.caption for s in kept]
+            batch.extras[PHRASES] = [s.phrases if ok else () for s, ok in zip(kept, intact, strict=True)]
+            batch.extras[PHRASES_VOIDED] = sum(len(s.phrases) for s, ok in zip(kept, intact, strict=True) if not ok)
         return self.transform(batch, text, [s.key for s in kept])
