@@ -308,7 +308,7 @@ def test_each_encoding_runs_once_per_step():
     model(tiny_batch(model))
     assert calls == {
         "online.encode_image": 1, "online.encode_text": 2,  # captions + masked captions
-        "online.image_kv": 1, "online.fuse": 2,  # ITM (positives + negatives in one call) + MLM
+        "online.image_kv": 1, "online.fuse": 3,  # ITM positives (step.fused) + ITM negatives (one call) + MLM
         "teacher.encode_image": 1, "teacher.encode_text": 2,  # ITC features + MLM masked text
         "teacher.image_kv": 1, "teacher.fuse": 1,  # MLM distillation
     }

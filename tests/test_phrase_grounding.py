@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import training_scenes
 from vlkit.data.batch import Batch
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.json_dataset import AnnotationPart, PairDataset, Sample, read_parts
 from vlkit.data.phrases import PhraseBox, phrase_regions, phrases_problem
-from vlkit.data.synthetic import SynthConfig, generate, read_scenes
+from vlkit.data.synthetic import read_scenes
 from vlkit.data.synthetic.captions import captions_for
 from vlkit.data.synthetic.lexicon import COLORS, SHAPE_WORDS
-from vlkit.data.synthetic.scene import sample_split
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.transforms import eval_transform
@@ -25,18 +25,14 @@ from vlkit.objectives.grounding import REGIONS, Grounding, GroundingConfig, Phra
 from vlkit.objectives.phrase_patch import PhrasePatch, PhrasePatchConfig, covered_patches
 from vlkit.recipe import RecipeError, load_recipe
 
-SMALL = SynthConfig(seed=5, train_images=40, val_images=8, test_images=8)
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    generate(out, SMALL)
-    return out
+@pytest.fixture
+def data(small_synthetic: Path) -> Path:
+    return small_synthetic
 
 
 def test_caption_phrase_spans_name_the_phrase_text_and_its_object() -> None:
-    scenes = sample_split("train", 30, 0, seed=1, image_size=64, min_objects=1, max_objects=4, twin_fraction=0.5)
+    scenes = training_scenes(30, 1)
     checked = 0
     for scene in scenes:
         for caption in captions_for(scene, 5):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vlkit.data.batch import Batch
+from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText
 from vlkit.data.tokenizer import TokenizedText, padded_length
 from vlkit.data.tokens import TextTokens
 from vlkit.data.transforms import DeviceNormalize
@@ -38,6 +39,13 @@ def caption_lengths(n: int, max_len: int, rng: np.random.Generator, fixed: int |
     lengths, shares = zip(*CAPTION_TOKENS.items(), strict=True)
     p = np.asarray(shares) / sum(shares)
     return np.minimum(rng.choice(lengths, size=n, p=p), max_len)
+
+
+def rolled_negatives(batch: Batch) -> HardNegativeText:
+    """Stand-ins for annotated hard-negative captions: each row gets the next row's caption (same
+    lengths and costs as real ones)."""
+    ids, mask = batch.input_ids.roll(1, 0), batch.attention_mask.roll(1, 0)
+    return HardNegativeText(ids, mask, torch.ones(batch.size), Batch.lengths_of(mask), batch.size)
 
 
 def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, device: torch.device, *,
@@ -72,6 +80,8 @@ def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, devic
         batch = Batch(images, text.input_ids, text.attention_mask,
                       torch.arange(step * batch_size, (step + 1) * batch_size),
                       text_lengths=tuple(lengths.tolist()))
+        if any(getattr(c, "reads_hard_negatives", False) for c in recipe.objectives.values()):
+            batch.extras[HARD_NEGATIVES] = rolled_negatives(batch)
         for transform in transforms:
             transform.apply_to(batch, text, rng)
         yield normalize(batch.to(device, non_blocking=True))

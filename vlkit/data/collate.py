@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vlkit.data.batch import Batch
+from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText
 from vlkit.data.json_dataset import Sample
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import Padding, TokenizedText, tokenize
@@ -18,6 +19,7 @@ PHRASES = "phrases"
 """``Batch.extras`` key: per row, the caption's grounded phrases (:class:`~vlkit.data.phrases.PhraseBox`)."""
 PHRASES_VOIDED = "phrases_voided"
 """``Batch.extras`` key: phrases dropped because caption cleaning changed their caption's characters."""
+_NEGATIVE_DRAWS = 7  # seeds the hard-negative draws apart from the batch transforms' stream
 
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
@@ -45,6 +47,9 @@ class PretrainCollate:
         seed: run seed; each batch's randomness is drawn from ``(seed, sample keys)``.
         clean: caption cleaning before tokenization (ALBEF's ``pre_caption`` when enabled).
         padding: text batch width rule (see :func:`vlkit.data.tokenizer.padded_length`).
+        hard_negatives: draw one of each caption's annotated negatives (``Sample.hard_negatives``) and
+            tokenize it into ``Batch.extras["hard_negatives"]`` (:class:`HardNegativeText`; absent when no
+            sample has one); set when an objective reads them (``itm`` with ``hard_negatives``).
     """
 
     tokenizer: Any
@@ -54,6 +59,7 @@ class PretrainCollate:
     seed: int = 0
     clean: CaptionCleaner = field(default_factory=CaptionCleaner)
     padding: Padding = "longest"
+    hard_negatives: bool = False
 
     def tokenize_texts(self, texts: list[str]) -> TokenizedText:
         """Clean (``pre_caption`` if on) and tokenize ``texts`` with the collate's length and padding rules."""
@@ -79,4 +85,17 @@ class PretrainCollate:
             intact = [self.clean(s.caption) == s.caption for s in kept]
             batch.extras[PHRASES] = [s.phrases if ok else () for s, ok in zip(kept, intact, strict=True)]
             batch.extras[PHRASES_VOIDED] = sum(len(s.phrases) for s, ok in zip(kept, intact, strict=True) if not ok)
+        if self.hard_negatives and any(s.hard_negatives for s in kept):
+            batch.extras[HARD_NEGATIVES] = self.negative_text(kept)
         return self.transform(batch, text, [s.key for s in kept])
+
+    def negative_text(self, samples: list[Sample]) -> HardNegativeText:
+        """One annotated negative per sample, drawn from ``(seed, keys)``; an empty caption marked invalid
+        where a sample has none."""
+        rng = np.random.default_rng([self.seed, *(s.key for s in samples), _NEGATIVE_DRAWS])
+        picks = [s.hard_negatives[int(rng.integers(len(s.hard_negatives)))] if s.hard_negatives else ""
+                 for s in samples]
+        text = self.tokenize_texts(picks)
+        valid = [float(bool(s.hard_negatives)) for s in samples]
+        return HardNegativeText(text.input_ids, text.attention_mask, torch.tensor(valid),
+                                Batch.lengths_of(text.attention_mask), int(sum(valid)))

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vlkit.data.hard_negatives import hard_negatives_problem, read_hard_negatives
 from vlkit.data.phrases import PhraseBox, phrases_problem, read_phrases
 
 log = logging.getLogger("vlkit.data")
@@ -36,13 +37,15 @@ class AnnotationError(ValueError):
 class Entry:
     """One annotated image: path (absolute), captions, image id (``idx``), an optional ``group``
     (entries sharing one, e.g. an image and its compositional twin, can be batched together) and
-    optional grounded ``phrases`` per caption (boxes in pixels; see :mod:`vlkit.data.phrases`)."""
+    optional grounded ``phrases`` per caption (boxes in pixels; see :mod:`vlkit.data.phrases`) and optional
+    ``hard_negatives`` per caption (captions false for the image; see :mod:`vlkit.data.hard_negatives`)."""
 
     image: Path
     captions: tuple[str, ...]
     idx: int
     group: int | str | None = None
     phrases: tuple[tuple[PhraseBox, ...], ...] | None = None
+    hard_negatives: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def entry_problem(item: Any) -> str | None:
         return "no `caption` (a string or a list of strings)"
     if not all(isinstance(c, str) and c.strip() for c in captions):
         return "an empty or non-string caption"
-    return phrases_problem(item, captions)
+    return phrases_problem(item, captions) or hard_negatives_problem(item, captions)
 
 
 def read_annotation_list(path: str | Path, entries: str) -> list[Any]:
@@ -128,7 +131,7 @@ def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0
             group = item.get("group")
             group = group if isinstance(group, (int, str)) and not isinstance(group, bool) else None
             entries.append(Entry(Path(part.image_root) / item["image"], tuple(captions), idx, group,
-                                 read_phrases(item)))
+                                 read_phrases(item), read_hard_negatives(item)))
             part_of.append(p)
         if bad:
             skipped += len(bad)
@@ -172,13 +175,15 @@ def load_image(source: Path | bytes, draft_size: int | None = None) -> Image.Ima
 @dataclass
 class Sample:
     """One pre-training sample: image ``[3, H, W]``, caption, image id, access key, and the caption's
-    grounded phrases (boxes as fractions of the image side; empty when the entry has none)."""
+    grounded phrases (boxes as fractions of the image side; empty when the entry has none) and its
+    annotated hard-negative captions (empty when it has none)."""
 
     image: Tensor
     caption: str
     idx: int
     key: int
     phrases: tuple[PhraseBox, ...] = ()
+    hard_negatives: tuple[str, ...] = ()
 
 
 def sample_seed(seed: int, key: int) -> int:
@@ -257,7 +262,8 @@ class PairDataset(KeyedImageDataset):
         rng = np.random.default_rng(sample_seed(self.seed, key))
         which = int(rng.integers(len(entry.captions)))
         phrases = () if entry.phrases is None else tuple(p.normalized(width, height) for p in entry.phrases[which])
-        return Sample(image, entry.captions[which], entry.idx, key, phrases)
+        negatives = () if entry.hard_negatives is None else entry.hard_negatives[which]
+        return Sample(image, entry.captions[which], entry.idx, key, phrases, negatives)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

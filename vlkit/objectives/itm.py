@@ -1,6 +1,8 @@
-"""Image-text matching (ITM): a binary head on the fused representation of B positive pairs, B pairs
-(text b, negative image) and B pairs (image b, negative text), fused in one call that reuses the
-step's image keys/values."""
+"""Image-text matching (ITM): a binary head on the fused representation of B positive pairs (the
+step's memoized ``fused`` pairs), B pairs (text b, negative image) and B pairs (image b, negative text),
+the negatives fused in one call; every fusion reuses the step's image keys/values. Optionally
+(``hard_negatives``) B more pairs (image b, an annotated hard-negative caption of caption b),
+NegCLIP-style (:mod:`vlkit.data.hard_negatives`)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from vlkit import registry
+from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText
 from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
 from vlkit.objectives.negatives import NegativeSampler
 from vlkit.objectives.step import Step
 from vlkit.registry import register
-from vlkit.schema import Component, ComponentConfig, RegistryName
+from vlkit.schema import Component, ComponentConfig, ConfigError, RegistryName
 
 
 @dataclass(kw_only=True)
@@ -26,13 +29,28 @@ class ITMConfig(ObjectiveConfig):
         negatives: the negative sampler (registry kind ``negatives``): ``random``, ``in_batch_hard``
             (ALBEF) or ``global_hard`` (VLMo); a name or ``{type: name, ...settings}``.
         head: the match head (registry kind ``head``); ``itm`` is ALBEF's / VLMo's ``Linear(D, 2)``.
+        hard_negatives: weight of the extra (image b, annotated negative caption of b) pairs relative to
+            the other pairs (0: off, the papers). The negatives are captions the data marks false for
+            the image (``hard_negatives`` in the annotations, e.g. attribute or relation swaps); rows
+            whose caption has none, and batches without any, add nothing. Not an ALBEF / VLMo
+            setting: NegCLIP's hard negatives moved to the matching head.
     """
 
     negatives: Annotated[Any, Component("negatives")] = field(
         default_factory=lambda: ComponentConfig(type="in_batch_hard"))
     head: Annotated[str, RegistryName("head")] = "itm"
+    hard_negatives: float = 0.0
 
     requires_fusion: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.hard_negatives < 0:
+            raise ConfigError(f"hard_negatives is a weight ≥ 0, got {self.hard_negatives}", key="hard_negatives")
+
+    @property
+    def reads_hard_negatives(self) -> bool:
+        """The data loader must supply annotated hard-negative captions."""
+        return self.hard_negatives > 0
 
 
 @register("objective", "itm")
@@ -43,6 +61,7 @@ class ITM(Objective):
 
     def __init__(self, cfg: ITMConfig, name: str = "itm", ctx: ObjectiveContext | None = None) -> None:
         super().__init__(cfg, name, ctx)
+        self.cfg: ITMConfig = cfg
         if ctx is None:
             raise ValueError("ITM needs the encoder to size its head (pass ctx)")
         self.head = registry.get("head", cfg.head).target.build(ctx.encoder)
@@ -53,25 +72,33 @@ class ITM(Objective):
         b = step.batch.size
         neg = self.sampler.sample(step)
         rows = torch.arange(b, device=step.batch.idx.device)
-        if neg.images is None and neg.texts is None:  # in-batch negatives: one fusion call over 3B pairs
-            fused = step.fuse(image_index=torch.cat((rows, neg.image_index, rows)),
-                              text_index=torch.cat((rows, rows, neg.text_index))).cls
+        # positives: the step's fused pairs (shared with other objectives that read them, e.g. grounding)
+        if neg.images is None and neg.texts is None:  # in-batch negatives: one fusion call over 2B pairs
+            fused = torch.cat((step.fused.cls, step.fuse(image_index=torch.cat((neg.image_index, rows)),
+                                                         text_index=torch.cat((rows, neg.text_index))).cls))
         else:  # negatives from elsewhere (other ranks): positives, (text b, negative image), (negative text, image b)
-            fused = torch.cat((step.fuse(image_index=rows, text_index=rows).cls,
+            fused = torch.cat((step.fused.cls,
                                self._fuse_negative_images(step, neg, rows),
                                step.fuse(text=neg.texts if neg.texts is not None else step.text, image_index=rows,
                                          text_index=neg.text_index).cls))
-        logits = self.head(fused)
-        labels = torch.cat((torch.ones(b, dtype=torch.long, device=rows.device),
-                            torch.zeros(2 * b, dtype=torch.long, device=rows.device)))
         weights = torch.cat((torch.ones(b, device=rows.device), neg.image_valid, neg.text_valid))
+        annotated: HardNegativeText | None = step.batch.extras.get(HARD_NEGATIVES)
+        use_annotated = self.cfg.hard_negatives > 0 and annotated is not None and annotated.count > 0
+        if use_annotated:  # (image b, annotated negative of caption b)
+            fused = torch.cat((fused, step.fuse(text=step.hard_negative_text, image_index=rows, text_index=rows).cls))
+            valid = annotated.valid.to(weights.dtype)
+            weights = torch.cat((weights, valid * self.cfg.hard_negatives))
+        logits = self.head(fused)
+        labels = torch.zeros(len(logits), dtype=torch.long, device=rows.device)
+        labels[:b] = 1
         per_pair = F.cross_entropy(logits.float(), labels, reduction="none")
         loss = (per_pair * weights).sum() / weights.sum()
         correct = (logits.argmax(1) == labels).float()
-        return ObjectiveOutput(loss=loss, metrics={
-            "acc": ((correct * weights).sum() / weights.sum()).detach(),
-            "valid_negatives": (neg.image_valid.mean() + neg.text_valid.mean()).detach() / 2,
-        })
+        metrics = {"acc": ((correct * weights).sum() / weights.sum()).detach(),
+                   "valid_negatives": (neg.image_valid.mean() + neg.text_valid.mean()).detach() / 2}
+        if use_annotated:
+            metrics["hard_negative_acc"] = ((correct[3 * b:] * valid).sum() / valid.sum().clamp_min(1)).detach()
+        return ObjectiveOutput(loss=loss, metrics=metrics)
 
     @staticmethod
     def _fuse_negative_images(step: Step, neg: Any, rows: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from vlkit.data.batch import Batch
+from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText
 from vlkit.data.masking import MaskedTokens
 from vlkit.encoders.base import Encoder, FusedEncoding, ImageEncoding, TextEncoding
 from vlkit.nn.patch_mask import PatchMask
@@ -175,6 +176,17 @@ class Step(_Memo):
         b = self.batch
         return self.memo("masked_text_alone",
                          lambda: self.encoder.encode_text(mlm.input_ids, b.attention_mask, lengths=b.text_lengths))
+
+    @property
+    def hard_negative_text(self) -> TextEncoding:
+        """The batch's annotated hard-negative captions (one per row, ``Batch.extras["hard_negatives"]``),
+        encoded once per step."""
+        negatives: HardNegativeText | None = self.batch.extras.get(HARD_NEGATIVES)
+        if negatives is None:
+            raise RuntimeError("this batch carries no hard-negative captions; the data loader adds them when an "
+                               "objective reads them (PretrainCollate(hard_negatives=True))")
+        return self.memo("hard_negative_text", lambda: self.encoder.encode_text(
+            negatives.input_ids, negatives.attention_mask, lengths=negatives.lengths))
 
     def masked_image(self, patch_mask: PatchMask) -> ImageEncoding:
         """The step's images with the patches ``patch_mask`` names hidden (not memoized: each mask differs)."""

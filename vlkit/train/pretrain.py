@@ -141,6 +141,9 @@ class Pretraining:
         self.collate: Any = ImageOnlyCollate() if collate is None else collate(
             self.tokenizer, data.max_text_len, data.drop_sep, self.model.batch_transforms(), seed=recipe.seed,
             clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
+        reads_negatives = [n for n, c in recipe.objectives.items() if getattr(c, "reads_hard_negatives", False)]
+        if reads_negatives and isinstance(self.collate, PretrainCollate):
+            self.collate.hard_negatives = True
         self.stream: ShardStream | None = None
         self.annotations_skipped = 0
         if not train_data:
@@ -157,6 +160,9 @@ class Pretraining:
         if isinstance(self.source, WebDatasetSource):  # streamed shards: no annotation lists to read
             if data.group_batches:
                 raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
+            if reads_negatives:
+                log.warning("objectives.%s.hard_negatives: webdataset samples carry no annotated hard-negative "
+                            "captions; those ITM pairs are left out", reads_negatives[0])
             self.stream = self.source.stream(transform, seed=recipe.seed, draft_size=draft_size, rank=self.rank,
                                              world_size=self.world)
             return
@@ -165,6 +171,12 @@ class Pretraining:
         if not self.train_entries.entries:
             raise ValueError(f"the `{data.train_split}` split has no usable entries")
         self.annotations_skipped = self.train_entries.skipped
+        if reads_negatives:
+            with_negatives = sum(any(e.hard_negatives or ()) for e in self.train_entries.entries)
+            log.log(logging.INFO if with_negatives else logging.WARNING,
+                    "objectives.%s.hard_negatives: %d of %d `%s` entries list hard-negative captions%s",
+                    reads_negatives[0], with_negatives, len(self.train_entries.entries), data.train_split,
+                    "" if with_negatives else " (the README's data section says how); those ITM pairs are left out")
         self.dataset = PairDataset(self.train_entries.entries, transform, seed=recipe.seed, draft_size=draft_size)
 
     @staticmethod

@@ -138,9 +138,9 @@ def captions_for(scene: Scene, count: int) -> list[Caption]:
 
 
 def swap(caption: Caption, kind: str) -> Caption | None:
-    """The caption with two attributes (``attribute``) or the related phrases (``relation``) swapped;
-    ``None`` when the swap would not change the text."""
-    if not caption.relational:
+    """The caption with two attributes of its first two phrases (``attribute``) or its related phrases
+    (``relation``, relational captions only) swapped; ``None`` when the swap would not change the text."""
+    if len(caption.phrases) < 2 or (kind == "relation" and not caption.relational):
         return None
     p, q = caption.phrases[0], caption.phrases[1]
     if kind == "relation":
@@ -153,8 +153,19 @@ def swap(caption: Caption, kind: str) -> Caption | None:
                 break
         else:
             return None
-    out = Caption(caption.frame, swapped + caption.phrases[2:], relational=True)
+    out = Caption(caption.frame, swapped + caption.phrases[2:], relational=caption.relational)
     return out if out.text != caption.text else None
+
+
+def hard_negatives(caption: Caption, scene: Scene) -> list[str]:
+    """The caption's attribute and relation swaps that are false for ``scene`` (NegCLIP-style training
+    negatives; the same construction as the val/test probes, on the training images)."""
+    out = []
+    for kind in ("attribute", "relation"):
+        s = swap(caption, kind)
+        if s is not None and not is_true(s.text, scene):
+            out.append(s.text)
+    return out
 
 
 def swap_probes(scene: Scene, captions: list[Caption], limit: int) -> list[tuple[str, str, str]]:

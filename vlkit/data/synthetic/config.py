@@ -10,7 +10,8 @@ from typing import Any
 
 from vlkit.schema import ConfigError
 
-FORMAT_VERSION = 3  # 2: records carry `group` (a scene and its twin share it); 3: and `phrases` (grounding)
+FORMAT_VERSION = 4  # 2: records carry `group` (a scene and its twin share it); 3: and `phrases` (grounding);
+# 4: and `hard_negatives` (verified-false swaps of each caption)
 
 
 @dataclass(kw_only=True)

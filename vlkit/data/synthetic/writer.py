@@ -3,9 +3,12 @@
 Layout of ``DIR``::
 
     images/{split}/{index:06d}.png        RGB images
-    {split}.json                          [{"image", "caption": [...], "image_id", "group", "phrases"}]
+    {split}.json                          [{"image", "caption": [...], "image_id", "group", "phrases",
+                                            "hard_negatives"}]
                                           (retrieval / pre-training; ``phrases``: per caption, its noun
-                                          phrases' ``span`` and object ``box``, see :func:`caption_phrases`)
+                                          phrases' ``span`` and object ``box``, see :func:`caption_phrases`;
+                                          ``hard_negatives``: per caption, its verified-false attribute and
+                                          relation swaps)
     scenes_{split}.json                   the scene behind every image (objects, background, twin links)
     {val,test}_swaps.json                 [{"image", "image_id", "caption", "swapped", "kind"}]
     vqa_{split}.json, answer_list.json    [{"question_id", "image", "question", "answer": [...]}]
@@ -29,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from vlkit.data.synthetic.captions import Caption, captions_for, swap_probes
+from vlkit.data.synthetic.captions import Caption, captions_for, hard_negatives, swap_probes
 from vlkit.data.synthetic.config import FORMAT_VERSION, SynthConfig
 from vlkit.data.synthetic.files import write_bytes, write_json
 from vlkit.data.synthetic.pairs import nlvr_records, ve_records
@@ -109,7 +112,8 @@ def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, c
         caps = captions_for(scene, cfg.captions_per_image)
         group = scene.twin_of if scene.twin_of is not None else scene.image_id  # twins share their original's
         records.append({"image": scene.image, "caption": [c.text for c in caps], "image_id": scene.image_id,
-                        "group": group, "phrases": [caption_phrases(c, scene) for c in caps]})
+                        "group": group, "phrases": [caption_phrases(c, scene) for c in caps],
+                        "hard_negatives": [hard_negatives(c, scene) for c in caps]})
         texts.extend(c.text for c in caps)
         if split != "train" and len(scene.objects) >= 2:
             for caption, swapped, kind in swap_probes(scene, caps, cfg.swaps_per_image):
