@@ -137,7 +137,7 @@ def test_formats(data: Path) -> None:
         records = load(data, f"{split}.json")
         assert len(records) == getattr(SMALL, f"{split}_images") == meta["counts"][f"{split}.json"]  # type: ignore
         for r in records:  # type: ignore[attr-defined]
-            assert set(r) == {"image", "caption", "image_id", "group", "phrases"}
+            assert set(r) == {"image", "caption", "image_id", "group", "phrases", "hard_negatives"}
             assert r["caption"] and all(isinstance(c, str) and c for c in r["caption"])
             assert len(set(r["caption"])) == len(r["caption"])
             with Image.open(data / r["image"]) as im:

@@ -84,10 +84,11 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: boo
     Returns:
         ``input_ids`` / ``attention_mask`` ``[B, L]`` and per-row word ids (``L`` from ``padding``).
     """
-    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt",
-                    return_offsets_mapping=True)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    spans = [[(int(a), int(b)) for a, b in row] for row in enc["offset_mapping"].tolist()]
+    # plain lists from the tokenizer (its tensor conversion flattens the nested offsets in Python, slowly)
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_offsets_mapping=True)
+    ids = torch.tensor(enc["input_ids"], dtype=torch.long).view(len(texts), -1)
+    mask = torch.tensor(enc["attention_mask"], dtype=torch.long).view(len(texts), -1)
+    spans = [[(int(a), int(b)) for a, b in row] for row in enc["offset_mapping"]]
     word_ids = [enc.word_ids(i) for i in range(len(texts))]
     if drop_sep:
         last = mask.sum(1) - 1  # index of [SEP] in each row (host tensors, in the loader)
