@@ -21,7 +21,10 @@ from vlkit.train.init import initialize_from
 
 torch.set_num_threads(1)
 
-ALBEF_PATCH = ["encoder.image.stem=patch"]  # official towers embed patches linearly (tiny recipes: conv stem)
+# official towers embed patches linearly (tiny recipes: conv stem) and have no parts for albef/tiny's binding
+# additions (text mixing, grounding box head, phrase-patch temperature)
+ALBEF_PATCH = ["encoder.image.stem=patch", "encoder.text.local_mixing=0", "objectives.grounding=null",
+               "objectives.phrase_patch=null"]
 VLMO_PATCH = ["encoder.stem=patch"]
 
 

@@ -233,3 +233,19 @@ def test_phrase_patch_loss_is_cross_entropy_to_the_covered_patches() -> None:
     expected = -logits.log_softmax(0)[0]
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert out.metrics["top1_in_box"].item() == 1.0  # the argmax (first of the tied best) is inside
+
+
+def test_giou_loss_matches_torchvision_without_reading_the_device() -> None:
+    from torchvision.ops import generalized_box_iou_loss
+
+    from vlkit.objectives.grounding import giou_loss_pairs
+
+    g = torch.Generator().manual_seed(0)
+    corners = torch.rand(64, 2, 2, generator=g)
+    boxes = torch.cat((corners.min(1).values, corners.max(1).values), dim=1)  # [64, 4] x1 y1 x2 y2
+    pred, target = boxes[:32], boxes[32:]
+    pred[0] = target[0]  # identical boxes
+    pred[1] = torch.tensor([0.0, 0.0, 0.1, 0.1])  # disjoint from target[1]
+    target[1] = torch.tensor([0.5, 0.5, 0.9, 0.9])
+    torch.testing.assert_close(giou_loss_pairs(pred, target), generalized_box_iou_loss(pred, target),
+                               rtol=1e-5, atol=1e-6)

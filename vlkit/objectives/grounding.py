@@ -11,7 +11,8 @@ image-text matching ("the blue square is above the yellow circle" against "... b
 (see the README's compositional-probe section for the measurements).
 
 Loss per phrase, averaged over the batch's phrases: ``l1_weight · |b̂ − b|₁ + giou_weight · (1 − GIoU(b̂, b))``
-with boxes ``(cx, cy, w, h)`` as fractions of the image side (X-VLM: both weights 1). A batch without
+with boxes ``(cx, cy, w, h)`` as fractions of the image side (X-VLM: both weights 1; GIoU as
+torchvision computes it, without its host syncs). A batch without
 phrases contributes a zero loss that still touches the head (so distributed training sees every
 parameter used).
 """
@@ -24,7 +25,7 @@ from typing import Annotated, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import box_convert, generalized_box_iou_loss
+from torchvision.ops import box_convert
 
 from vlkit import registry
 from vlkit.data.batch import Batch
@@ -100,12 +101,28 @@ def pool_phrases(tokens: Tensor, regions: PhraseRegions, how: str) -> Tensor:
     return rows[torch.arange(len(rows), device=rows.device), last]
 
 
-def box_iou_pairs(pred: Tensor, target: Tensor) -> Tensor:
-    """IoU of matching rows of two ``[P, 4]`` ``(x1, y1, x2, y2)`` box sets → ``[P]``."""
+def _inter_union(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     lo, hi = torch.maximum(pred[:, :2], target[:, :2]), torch.minimum(pred[:, 2:], target[:, 2:])
     inter = (hi - lo).clamp(min=0).prod(1)
     union = (pred[:, 2:] - pred[:, :2]).prod(1) + (target[:, 2:] - target[:, :2]).prod(1) - inter
+    return inter, union
+
+
+def box_iou_pairs(pred: Tensor, target: Tensor) -> Tensor:
+    """IoU of matching rows of two ``[P, 4]`` ``(x1, y1, x2, y2)`` box sets → ``[P]``."""
+    inter, union = _inter_union(pred, target)
     return inter / union.clamp(min=1e-7)
+
+
+def giou_loss_pairs(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """``1 − GIoU`` of matching rows of two ``[P, 4]`` ``(x1, y1, x2, y2)`` box sets → ``[P]``
+    (Rezatofighi et al., 2019; torchvision's ``generalized_box_iou_loss`` without its boolean-mask
+    indexing, which reads the device: no host sync inside a training step)."""
+    inter, union = _inter_union(pred, target)
+    iou = inter / (union + eps)
+    hull = (torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])).clamp(min=0)
+    hull_area = hull.prod(1)
+    return 1 - (iou - (hull_area - union) / (hull_area + eps))
 
 
 @register("objective", "grounding")
@@ -134,7 +151,7 @@ class Grounding(Objective):
         target = regions.boxes.float()
         pred_xyxy, target_xyxy = box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy")
         l1 = F.l1_loss(pred, target, reduction="none").sum(1).mean()
-        giou = generalized_box_iou_loss(pred_xyxy, target_xyxy, reduction="mean")
+        giou = giou_loss_pairs(pred_xyxy, target_xyxy).mean()
         loss = self.cfg.l1_weight * l1 + self.cfg.giou_weight * giou
         with torch.no_grad():
             iou = box_iou_pairs(pred_xyxy, target_xyxy)
