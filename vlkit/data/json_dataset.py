@@ -194,12 +194,9 @@ def sample_seed(seed: int, key: int) -> int:
 def seeded_transform(transform: Callable[[Image.Image], Tensor], images: Sequence[Image.Image],
                      seed: int) -> list[Tensor]:
     """``transform`` applied to each image with torch's global RNG seeded ``seed`` for the duration
-    (so a random augmentation depends on the access key alone, not on the worker or the order).
-
-    Only the CPU generator is seeded (and restored): ``torch.manual_seed`` would also reseed every
-    accelerator's generator — on a CUDA build without an initialized GPU it queues a lazy call with a
-    captured stack trace each time, 0.6 ms per sample — and, in a loader running in the training
-    process, would reset the GPU dropout stream at every sample."""
+    (so a random augmentation depends on the access key alone, not on the worker or the order). Only
+    the CPU generator: ``torch.manual_seed`` also reseeds the GPU's (its dropout stream, with in-process
+    loading) and, on a CUDA build without a GPU, queues a lazy call with a stack trace (0.6 ms/sample)."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         return [transform(image) for image in images]
