@@ -137,6 +137,7 @@ from timm.layers import Mlp, build_sincos2d_pos_embed
 from torch import Tensor, nn
 
 from vlkit.build import build_encoder
+from vlkit.core.batch import PHRASE_REGIONS as REGIONS
 from vlkit.data.phrases import PhraseBox, phrase_regions
 from vlkit.data.synthetic.captions import captions_for, swap
 from vlkit.data.synthetic.lexicon import COLORS, SHAPES
@@ -145,13 +146,13 @@ from vlkit.data.synthetic.writer import read_scenes
 from vlkit.data.tokenizer import load_tokenizer, tokenize
 from vlkit.data.transforms import NORMALIZATION
 from vlkit.encoders.base import Encoder, ImageEncoding
+from vlkit.heads.box import BoxHead
 from vlkit.heads.itm import ITMHead
 from vlkit.heads.mlm import MLMHead
 from vlkit.nn.relative_position import image_relative_position_index
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import ChannelLayerNorm
-from vlkit.objectives.base import ObjectiveContext
-from vlkit.objectives.grounding import REGIONS, Grounding, GroundingConfig
+from vlkit.objectives.grounding import Grounding, GroundingConfig
 from vlkit.recipe import load_recipe
 from vlkit.registry import get as registry_get
 
@@ -301,7 +302,7 @@ def main() -> None:
         raise SystemExit("the binding oracle needs a recipe whose data source is `synthetic`")
     root = Path(source.folder)
     encoder: Encoder = build_encoder(recipe.encoder)
-    mlm, itm = MLMHead.build(encoder), ITMHead.build(encoder)
+    mlm, itm = MLMHead.build(encoder), ITMHead(encoder.width)
     tokenizer = load_tokenizer(root / "tokenizer")
     train = json.loads((root / "train.json").read_text())
     probes = json.loads((root / "test_swaps.json").read_text())
@@ -329,7 +330,7 @@ def main() -> None:
             raise SystemExit("--relations-only: the training split has no position twins (data.source.twin_fraction)")
         print(f"relations only: {len(position_rows)} images of position twins, focus captions", flush=True)
 
-    grounding = Grounding(GroundingConfig(), ctx=ObjectiveContext(encoder))
+    grounding = Grounding(GroundingConfig(), head=BoxHead(encoder.width))
     image_side = Image.open(root / train[0]["image"]).size
     if args.ground_weight > 0 and "phrases" not in train[0]:
         raise SystemExit("--ground-weight: the synthetic data has no `phrases` (regenerate it)")

@@ -97,7 +97,7 @@ def main() -> None:
     if args.image_tower is not None:
         encoder.visual_encoder.load_state_dict(torch.load(args.image_tower, map_location="cpu", weights_only=True))
         print(f"image tower from {args.image_tower}", flush=True)
-    head = ITMHead.build(encoder)
+    head = ITMHead(encoder.width)
     if args.init is not None:
         load_run(encoder, head, args.init)
     tokenizer = load_tokenizer(root / "tokenizer")

@@ -18,10 +18,7 @@ import time
 
 import torch
 
-from vlkit.bench.batches import text_tokens
-from vlkit.build import build_encoder
-from vlkit.models.model import build_pretrain_model
-from vlkit.objectives.base import ObjectiveContext
+from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.recipe import load_recipe
 from vlkit.train.devices import resolve_device
 
@@ -48,9 +45,7 @@ def main() -> None:
     device = resolve_device(recipe.train.device)
     torch.manual_seed(0)
     encoder = build_encoder(recipe.encoder)
-    model = build_pretrain_model(encoder, recipe.objectives,
-                                 ObjectiveContext(encoder, text_tokens(encoder.word_embeddings().num_embeddings)),
-                                 recipe.momentum).to(device)
+    model = build_pretrain_model(encoder, recipe.objectives, recipe.momentum).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3

@@ -18,13 +18,11 @@ import torch
 torch.set_num_threads(1)
 
 from vlkit import dist  # noqa: E402
-from vlkit.build import build_encoder  # noqa: E402
-from vlkit.data.batch import Batch  # noqa: E402
+from vlkit.build import build_encoder, build_pretrain_model  # noqa: E402
+from vlkit.core.batch import Batch  # noqa: E402
 from vlkit.data.tokens import TextTokens  # noqa: E402
 from vlkit.encoders.albef import AlbefConfig  # noqa: E402
-from vlkit.models.model import build_pretrain_model  # noqa: E402
 from vlkit.models.momentum import MomentumConfig  # noqa: E402
-from vlkit.objectives.base import ObjectiveContext  # noqa: E402
 from vlkit.objectives.distill import DistillConfig  # noqa: E402
 from vlkit.objectives.itc import ITCConfig  # noqa: E402
 from vlkit.objectives.itm import ITMConfig  # noqa: E402
@@ -58,7 +56,7 @@ def local_rows(batch: Batch) -> Batch:
 def model_for(objectives: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(7)
     encoder = build_encoder(AlbefConfig.from_dict({"size": "tiny", "attention": "math", "text": {"vocab_size": 512}}))
-    model = build_pretrain_model(encoder, objectives, ObjectiveContext(encoder, TOKENS),
+    model = build_pretrain_model(encoder, objectives,
                                  MomentumConfig(decay=0.9, dropout=False))
     return model.eval()  # no dropout: every process computes the same function
 

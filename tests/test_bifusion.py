@@ -9,20 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlkit.build import build_encoder
-from vlkit.data.batch import Batch
+from vlkit.build import build_encoder, build_objective, build_pretrain_model
+from vlkit.core.batch import Batch
 from vlkit.encoders.albef import AlbefEncoder
-from vlkit.models.model import PretrainModel, build_pretrain_model
+from vlkit.models.model import PretrainModel
 from vlkit.models.momentum import MomentumConfig
 from vlkit.nn.bert import BertLayer
 from vlkit.nn.bifusion import BiFusionLayers, bifusion_aliases
-from vlkit.objectives.base import ObjectiveContext
-from vlkit.objectives.bifusion import BiFusionClassify, BiFusionClassifyConfig
+from vlkit.objectives.bifusion import BiFusionClassifyConfig
 from vlkit.objectives.distill import DistillConfig
-from vlkit.objectives.step import Step
 from vlkit.recipe import load_recipe
 from vlkit.schema import RecipeError, validate_component
-from vlkit.train.init import load_matching, model_aliases
+from vlkit.train.init import load_matching
 from vlkit.train.optim import param_groups
 
 SHAPES = ["encoder.image.image_size=32", "encoder.attention=sdpa"]  # 4×4 patches: fast on 2 cores
@@ -48,7 +46,7 @@ def tiny_model(seed: int = 0, distill: DistillConfig | None = None, name: str = 
     encoder = tiny_encoder(seed)
     cfg = BiFusionClassifyConfig(type="classify_bifusion", distill=distill)
     momentum = MomentumConfig(decay=0.9) if distill is not None else None
-    return build_pretrain_model(encoder, {name: cfg}, ObjectiveContext(encoder), momentum)
+    return build_pretrain_model(encoder, {name: cfg}, momentum)
 
 
 def pair_batch(b: int = 8, length: int = 10, vocab: int = 512, seed: int = 0) -> Batch:
@@ -210,7 +208,7 @@ def test_init_from_copies_each_pretrained_fusion_layer_into_both_members():
     pretrained = tiny_model(seed=1).encoder  # another run's weights, in the pre-training layout
     state = {f"encoder.{k}": v.clone() for k, v in pretrained.state_dict().items()}
     state["objectives.mlm.head.bias"] = torch.zeros(3)  # a pre-training head the fine-tuned model lacks
-    report = load_matching(model, state, model_aliases(model))
+    report = load_matching(model, state, model.init_aliases())
 
     assert report.new and all(k.startswith(("objectives.nlvr2.head.", "teacher.copies.nlvr2__head."))
                               for k in report.new), report.new
@@ -242,7 +240,7 @@ def test_encoders_without_fusion_layers_are_refused():
     torch.manual_seed(0)
     dual = build_encoder(load_recipe("dual/tiny", ["encoder.image.image_size=32"]).encoder)
     with pytest.raises(ValueError, match="needs an ALBEF encoder"):
-        BiFusionClassify(BiFusionClassifyConfig(type="classify_bifusion"), ctx=ObjectiveContext(dual))
+        build_objective("nlvr2", BiFusionClassifyConfig(type="classify_bifusion"), dual)
 
 
 def test_loss_is_cross_entropy_of_logits_and_distillation_mixes_the_teacher():
@@ -256,7 +254,7 @@ def test_loss_is_cross_entropy_of_logits_and_distillation_mixes_the_teacher():
         logits = objective.logits(model.encoder, batch.images, batch.input_ids, batch.attention_mask)
         image = model.encoder.encode_image(batch.images)
         again = objective.logits(model.encoder, image, batch.input_ids, batch.attention_mask)
-        teacher = Step(model, batch, 5).teacher
+        teacher = model.step(batch, 5).teacher
         teacher_logits = objective.logits(teacher.encoder, batch.images, batch.input_ids, batch.attention_mask)
     assert logits.shape == (4, 2)
     torch.testing.assert_close(again, logits, rtol=0, atol=0)

@@ -45,9 +45,9 @@ def test_siglip_objective_trains_from_a_recipe(tmp_path):
 def test_siglip_loss_matches_the_formula():
     from vlkit_siglip import SigLIP, SigLIPConfig
 
-    from vlkit.objectives.step import _Memo
+    from vlkit.core.step import Memo
 
-    class FakeStep(_Memo):
+    class FakeStep(Memo):
         def __init__(self, image, text, idx):
             super().__init__()
             self.image = type("I", (), {"feat": image})()

@@ -124,19 +124,18 @@ def test_task_readers_skip_malformed_entries_and_reject_wrong_files(tmp_path: Pa
 # ---------------------------------------------------------------------------------------------- training parts
 def test_classify_distillation_mixes_teacher_targets(tmp_path: Path) -> None:
     """With α = 0.4 the loss is 0.6 · CE(labels) + 0.4 · CE(softmax(teacher logits)), computed by hand."""
+    from vlkit.heads.classifier import ClassifierHead
     from vlkit.objectives.classify import Classify, ClassifyConfig
     from vlkit.objectives.distill import DistillConfig
-    from vlkit.objectives.step import Step
 
     torch.manual_seed(0)
     cfg = ClassifyConfig(type="classify", num_classes=3, distill=DistillConfig(alpha=0.4))
-    encoder = SimpleNamespace(width=4)
-    objective = Classify(cfg, "ve", SimpleNamespace(encoder=encoder))
+    objective = Classify(cfg, "ve", head=ClassifierHead(4, 4, 3))
     teacher_head = torch.nn.Linear(4, 3)
     online, offline = torch.randn(5, 4), torch.randn(5, 4)
     labels = torch.tensor([0, 1, 2, 1, 0])
 
-    class FakeStep(Step):
+    class FakeStep:
         def __init__(self) -> None:
             self.batch = SimpleNamespace(size=5, idx=torch.arange(5), extras={"labels": labels})
             self.index = 10

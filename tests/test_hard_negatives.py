@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import training_scenes
-from vlkit.build import build_encoder
-from vlkit.data.batch import Batch
+from vlkit.build import build_encoder, build_pretrain_model
+from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
 from vlkit.data.collate import PretrainCollate
-from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText, hard_negatives_problem
+from vlkit.data.hard_negatives import hard_negatives_problem
 from vlkit.data.json_dataset import AnnotationPart, PairDataset, Sample, read_parts
 from vlkit.data.synthetic.captions import captions_for, hard_negatives
 from vlkit.data.synthetic.semantics import is_true
@@ -25,11 +25,8 @@ from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tokens import TextTokens
 from vlkit.data.transforms import eval_transform
 from vlkit.encoders.albef import AlbefConfig
-from vlkit.models.model import build_pretrain_model
-from vlkit.objectives.base import ObjectiveContext
 from vlkit.objectives.itc import ITCConfig
 from vlkit.objectives.itm import ITMConfig
-from vlkit.objectives.step import Step
 from vlkit.recipe import load_recipe
 from vlkit.schema import ConfigError
 from vlkit.train.pretrain import run_pretraining
@@ -121,7 +118,7 @@ def test_itm_adds_weighted_pairs_of_image_and_annotated_negative(weight: float) 
     encoder = build_encoder(AlbefConfig.from_dict({"size": "tiny", "attention": "sdpa"}))
     model = build_pretrain_model(encoder, {"itc": ITCConfig(type="itc"),
                                            "itm": ITMConfig(type="itm", hard_negatives=weight)},
-                                 ObjectiveContext(encoder, TOKENS), None).eval()
+                                 None).eval()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1000, 2000, (2, 7), generator=g)
     ids[:, 0] = TOKENS.cls_id
@@ -133,7 +130,7 @@ def test_itm_adds_weighted_pairs_of_image_and_annotated_negative(weight: float) 
     batch.extras[HARD_NEGATIVES] = HardNegativeText(negative_ids, negative_mask, torch.tensor([1.0, 0.0]), (5, 5), 1)
     result = model(batch)
 
-    step = Step(model, batch, 0)
+    step = model.step(batch, 0)
     head = model.objectives["itm"].head
     positive = head(step.fuse().cls)
     negative = head(step.fuse(text=encoder.encode_text(negative_ids, negative_mask)).cls)

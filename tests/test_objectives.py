@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlkit.build import build_encoder
-from vlkit.data.batch import Batch
+from vlkit.build import build_encoder, build_pretrain_model
+from vlkit.core.batch import Batch
+from vlkit.core.similarity import Similarity
+from vlkit.data.loader_requests import batch_transforms
 from vlkit.data.tokens import TextTokens
 from vlkit.encoders.albef import AlbefConfig
-from vlkit.models.model import build_pretrain_model
 from vlkit.models.momentum import MomentumConfig
-from vlkit.objectives.base import ObjectiveContext
 from vlkit.objectives.distill import DistillConfig
 from vlkit.objectives.itc import ITC, FeatureQueue, ITCConfig
 from vlkit.objectives.itm import ITMConfig
@@ -27,7 +27,6 @@ from vlkit.objectives.negatives import (
     draw,
     masked_softmax,
 )
-from vlkit.objectives.step import Similarity, Step
 from vlkit.schema import ConfigError
 
 TOKENS = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, vocab_size=30522)
@@ -94,9 +93,9 @@ def test_itc_queue_and_distillation_follow_albef():
     torch.manual_seed(3)
     b, e, q, temp = 4, 6, 8, 0.07
     img, txt, img_m, txt_m = unit(b, e), unit(b, e), unit(b, e), unit(b, e)
-    itc = ITC(ITCConfig(type="itc", temperature=temp, queue_size=q, idx_targets=False,
-                        distill=DistillConfig(alpha=0.4, ramp_steps=10)),
-              ctx=SimpleNamespace(encoder=SimpleNamespace(embed_dim=e)))
+    itc = ITC.build(ITCConfig(type="itc", temperature=temp, queue_size=q, idx_targets=False,
+                              distill=DistillConfig(alpha=0.4, ramp_steps=10)),
+                    "itc", SimpleNamespace(encoder=SimpleNamespace(embed_dim=e)))
     image_queue, text_queue = itc.queue.image_queue.clone(), itc.queue.text_queue.clone()
     out = itc(FakeStep(img, txt, torch.arange(b), img_m, txt_m, index=5))
     alpha = 0.4 * 5 / 10
@@ -223,7 +222,7 @@ DEFAULT_MOMENTUM = MomentumConfig()
 def tiny_model(objectives: dict, momentum: MomentumConfig | None = DEFAULT_MOMENTUM):
     torch.manual_seed(7)
     encoder = build_encoder(AlbefConfig.from_dict({"size": "tiny", "attention": "sdpa"}))
-    return build_pretrain_model(encoder, objectives, ObjectiveContext(encoder, TOKENS), momentum)
+    return build_pretrain_model(encoder, objectives, momentum)
 
 
 def tiny_batch(model, b: int = 6, idx=(0, 0, 1, 2, 3, 4), seed: int = 0) -> Batch:
@@ -234,7 +233,7 @@ def tiny_batch(model, b: int = 6, idx=(0, 0, 1, 2, 3, 4), seed: int = 0) -> Batc
     mask[3:, 6:] = 0
     ids = ids.masked_fill(mask == 0, 0)
     batch = Batch(torch.randn(b, 3, 32, 32, generator=g), ids, mask, torch.tensor(idx[:b]))
-    for transform in model.batch_transforms():
+    for transform in batch_transforms(model.loader_requests(), TOKENS):
         transform.apply_to(batch, SimpleNamespace(word_ids=None), np.random.default_rng(seed))
     return batch
 
@@ -246,7 +245,7 @@ def test_mlm_head_on_masked_positions_equals_full_head_loss_and_gradients():
     loss = model(batch).losses["loss/mlm"]
     grads = torch.autograd.grad(loss, list(mlm.head.parameters()) + [model.encoder.word_embeddings().weight])
 
-    step = Step(model, batch, 0)
+    step = model.step(batch, 0)
     fused = step.fuse(text=step.masked_text)
     full_logits = mlm.head(fused.text)  # [B, L, V], as ALBEF computes it
     labels = torch.full(batch.input_ids.shape, -100).flatten()
@@ -265,7 +264,7 @@ def test_mlm_distillation_mixes_teacher_soft_labels_over_masked_positions():
             p.add_(0.01 * torch.randn_like(p))
     batch = tiny_batch(model)
     loss = model(batch, step_index=3).losses["loss/mlm"]
-    step = Step(model, batch, 3)
+    step = model.step(batch, 3)
     pos, labels = batch.mlm.positions, batch.mlm.labels
     student = model.objectives["mlm"].head(gather_positions(step.fuse(text=step.masked_text).text, pos))
     teacher = step.teacher

@@ -9,7 +9,7 @@ import torch
 
 from tests.test_work_reductions import B, tiny_batch, tiny_model
 from vlkit.build import build_encoder
-from vlkit.data.batch import Batch
+from vlkit.core.batch import Batch
 from vlkit.encoders.albef import AlbefConfig
 from vlkit.nn.attention import xformers_available
 from vlkit.nn.packing import TextPacking

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from tests.conftest import training_scenes
-from vlkit.data.batch import Batch
+from vlkit.core.batch import PHRASE_REGIONS, Batch
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.json_dataset import AnnotationPart, PairDataset, Sample, read_parts
+from vlkit.data.loader_requests import PhraseRegionTransform
 from vlkit.data.phrases import PhraseBox, phrase_regions, phrases_problem
 from vlkit.data.synthetic import read_scenes
 from vlkit.data.synthetic.captions import captions_for
@@ -21,7 +22,8 @@ from vlkit.data.synthetic.lexicon import COLORS, SHAPE_WORDS
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.transforms import eval_transform
-from vlkit.objectives.grounding import REGIONS, Grounding, GroundingConfig, PhraseRegionTransform, pool_phrases
+from vlkit.heads.box import BoxHead
+from vlkit.objectives.grounding import Grounding, GroundingConfig, pool_phrases
 from vlkit.objectives.phrase_patch import PhrasePatch, PhrasePatchConfig, covered_patches
 from vlkit.recipe import RecipeError, load_recipe
 
@@ -91,7 +93,7 @@ def test_loader_turns_phrases_into_token_masks_and_normalized_boxes(data: Path) 
     samples = [dataset[k] for k in range(12)]
     collate = PretrainCollate(tokenizer, max_length=30, transforms=[PhraseRegionTransform()])
     batch = collate(samples)
-    regions = batch.extras[REGIONS]
+    regions = batch.extras[PHRASE_REGIONS]
     assert regions.dropped == 0 and len(regions.rows) == sum(len(s.phrases) for s in samples)
     flat = [(row, p) for row, s in enumerate(samples) for p in s.phrases]
     for k, (row, phrase) in enumerate(flat):
@@ -115,11 +117,11 @@ def test_truncated_and_cleaned_phrases_are_dropped_and_counted(data: Path) -> No
     phrases = (PhraseBox(4, 14, (0.1, 0.1, 0.3, 0.3)), PhraseBox(28, 36, (0.5, 0.5, 0.9, 0.9)))
     sample = Sample(torch.zeros(3, 8, 8), caption, 0, 0, phrases)
     short = PretrainCollate(tokenizer, max_length=6, transforms=[PhraseRegionTransform()])([sample])
-    assert len(short.extras[REGIONS].rows) == 1 and short.extras[REGIONS].dropped == 1
+    assert len(short.extras[PHRASE_REGIONS].rows) == 1 and short.extras[PHRASE_REGIONS].dropped == 1
     shouting = Sample(torch.zeros(3, 8, 8), caption.upper(), 0, 0, phrases)
     cleaned = PretrainCollate(tokenizer, max_length=30, transforms=[PhraseRegionTransform()],
                               clean=CaptionCleaner(enabled=True))([shouting])
-    assert len(cleaned.extras[REGIONS].rows) == 0 and cleaned.extras[REGIONS].dropped == 2
+    assert len(cleaned.extras[PHRASE_REGIONS].rows) == 0 and cleaned.extras[PHRASE_REGIONS].dropped == 2
 
 
 def test_phrase_regions_match_tokens_inside_the_span() -> None:
@@ -154,13 +156,12 @@ def grounding_step(target: torch.Tensor) -> object:
     regions = phrase_regions([(PhraseBox(0, 1, (0, 0, 1, 1)),)] * len(target), [[(0, 1)]] * len(target), 1)
     regions.boxes = target
     fused = SimpleNamespace(text=torch.ones(len(target), 1, 8))
-    return SimpleNamespace(batch=SimpleNamespace(extras={REGIONS: regions}), fused=fused)
+    return SimpleNamespace(batch=SimpleNamespace(extras={PHRASE_REGIONS: regions}), fused=fused)
 
 
 def test_grounding_loss_is_l1_plus_one_minus_giou() -> None:
-    from types import SimpleNamespace
 
-    objective = Grounding(GroundingConfig(), ctx=SimpleNamespace(encoder=SimpleNamespace(width=8)))
+    objective = Grounding(GroundingConfig(), head=BoxHead(8))
     # target: the box [0, 0.5] x [0, 0.5]; prediction: [0.25, 0.75] x [0, 0.5] (cx, cy, w, h below)
     target = torch.tensor([[0.25, 0.25, 0.5, 0.5]])
     objective.head = FixedBoxes(torch.tensor([[0.5, 0.25, 0.5, 0.5]]))
@@ -179,8 +180,8 @@ def test_grounding_loss_is_l1_plus_one_minus_giou() -> None:
 def test_a_batch_without_phrases_gives_a_zero_loss_that_touches_the_head() -> None:
     from types import SimpleNamespace
 
-    objective = Grounding(GroundingConfig(), ctx=SimpleNamespace(encoder=SimpleNamespace(width=8)))
-    step = SimpleNamespace(batch=SimpleNamespace(extras={REGIONS: phrase_regions([(), ()], [[], []], 3)}))
+    objective = Grounding(GroundingConfig(), head=BoxHead(8))
+    step = SimpleNamespace(batch=SimpleNamespace(extras={PHRASE_REGIONS: phrase_regions([(), ()], [[], []], 3)}))
     out = objective(step)
     out.loss.backward()
     assert out.loss.item() == 0.0
@@ -197,9 +198,9 @@ def test_grounding_refuses_augmentations_that_move_the_boxes() -> None:
 def test_batch_regions_move_with_the_batch() -> None:
     regions = phrase_regions([(PhraseBox(0, 1, (0, 0, 1, 1)),)], [[(0, 1)]], 2)
     batch = Batch(None, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long), torch.zeros(1),
-                  extras={REGIONS: regions})
+                  extras={PHRASE_REGIONS: regions})
     moved = batch.to("cpu")
-    assert torch.equal(moved.extras[REGIONS].boxes, regions.boxes)
+    assert torch.equal(moved.extras[PHRASE_REGIONS].boxes, regions.boxes)
 
 
 def test_covered_patches_take_cells_whose_centre_is_inside_and_the_centre_cell() -> None:
@@ -217,7 +218,8 @@ def test_phrase_patch_loss_is_cross_entropy_to_the_covered_patches() -> None:
     from types import SimpleNamespace
 
     encoder = SimpleNamespace(width=4, image_geometry=lambda: (8, 4, 3))  # a 2x2 patch grid, width 3
-    objective = PhrasePatch(PhrasePatchConfig(dim=2, temperature=0.5), ctx=SimpleNamespace(encoder=encoder))
+    objective = PhrasePatch.build(PhrasePatchConfig(dim=2, temperature=0.5), "phrase_patch",
+                                  SimpleNamespace(encoder=encoder))
     with torch.no_grad():
         objective.text_proj.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
         objective.text_proj.bias.zero_()
@@ -226,7 +228,7 @@ def test_phrase_patch_loss_is_cross_entropy_to_the_covered_patches() -> None:
     text = torch.tensor([[[0.0, 0, 0, 0], [1.0, 0, 0, 0]]])  # token 1 is the phrase: direction (1, 0)
     image = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0], [1.0, 0, 0]]])  # [CLS] + 4 patches
     regions = phrase_regions([(PhraseBox(0, 1, (0.0, 0.0, 0.5, 0.5)),)], [[(0, 0), (0, 1)]], 2)
-    step = SimpleNamespace(batch=SimpleNamespace(extras={REGIONS: regions}),
+    step = SimpleNamespace(batch=SimpleNamespace(extras={PHRASE_REGIONS: regions}),
                            text=SimpleNamespace(embeds=text), image=SimpleNamespace(embeds=image))
     out = objective(step)
     logits = 2.0 * torch.tensor([1.0, 0.0, 0.0, 1.0])  # cosine / 0.5; the box covers the top-left patch only

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlkit.build import build_encoder
+from vlkit.build import build_encoder, build_objective
 from vlkit.encoders.albef import AlbefConfig
 from vlkit.encoders.mome import MomeConfig
 from vlkit.nn.patch_mask import PatchMask, random_patch_positions
-from vlkit.objectives.base import ObjectiveContext
-from vlkit.objectives.mim import MIM, MIMConfig, patchify
+from vlkit.objectives.mim import MIMConfig, patchify
 from vlkit.recipe import load_recipe
 from vlkit.train import checkpoint as ckpt
 from vlkit.train.init import find_checkpoint
@@ -69,7 +68,7 @@ def test_mim_regresses_the_hidden_patches_pixels() -> None:
     """The loss is L1 between the decoder's output at the hidden positions and those patches' pixels."""
     torch.manual_seed(0)
     encoder = build_encoder(MomeConfig.from_dict({"size": "tiny", "attention": "math"}))
-    mim = MIM(MIMConfig(type="mim", mask_ratio=0.25), ctx=ObjectiveContext(encoder, None))
+    mim = build_objective("mim", MIMConfig(type="mim", mask_ratio=0.25), encoder)
     assert mim.masked == 4  # a quarter of 16 patches
     images = torch.randn(2, 3, 32, 32)
     assert patchify(images, 8).shape == (2, 16, 192)
@@ -92,7 +91,7 @@ def test_mim_regresses_the_hidden_patches_pixels() -> None:
     loss.backward()
     assert mim.head.mask_token.grad is not None and mim.head.mask_token.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="albef or mome"):
-        MIM(MIMConfig(type="mim"), ctx=ObjectiveContext(build_encoder(load_recipe("dual/tiny").encoder), None))
+        build_objective("mim", MIMConfig(type="mim"), build_encoder(load_recipe("dual/tiny").encoder))
 
 
 def test_objectives_that_need_pairs_refuse_single_modality_data(tmp_path: Path) -> None:

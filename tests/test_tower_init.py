@@ -14,12 +14,10 @@ import transformers
 from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import save_file
 
-from vlkit.build import build_encoder
+from vlkit.build import Parts, build_encoder
 from vlkit.cli import main
-from vlkit.data.tokens import TextTokens
 from vlkit.heads.mlm import MLMHead, MLMHeadConfig
 from vlkit.nn.relative_position import num_image_buckets
-from vlkit.objectives.base import ObjectiveContext
 from vlkit.objectives.mlm import MLM, MLMConfig
 from vlkit.recipe import load_recipe, resolve, shipped_recipes_dir
 from vlkit.schema import RecipeError
@@ -158,8 +156,7 @@ def test_mlm_head_from_bert_tied_to_word_embeddings(tiny_bert_mlm):
     the logits equal BertForMaskedLM's."""
     folder, reference = tiny_bert_mlm
     encoder = build("dual/tiny", f"encoder.text.init={folder}", "encoder.text.layers=4")
-    tokens = TextTokens(pad_id=0, cls_id=1, sep_id=2, mask_id=3, unk_id=4, vocab_size=512)
-    objective = MLM(MLMConfig(), ctx=ObjectiveContext(encoder, tokens))
+    objective = MLM.build(MLMConfig(), "mlm", Parts(encoder))
     head = objective.head
     assert head.predictions.decoder.weight is encoder.word_embeddings().weight
     source = reference.cls.predictions

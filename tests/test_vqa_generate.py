@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.test_finetune import task_recipe
-from vlkit.nn.answer_decoder import AnswerDecoder, sequence_nll
+from vlkit.heads.answer_decoder import AnswerDecoder, sequence_nll
 from vlkit.nn.bert import BertConfig
 from vlkit.objectives.answers import rank_answers
 from vlkit.train.init import load_matching

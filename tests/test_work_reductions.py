@@ -41,13 +41,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vlkit.objectives.negatives as negatives
 import vlkit.train.trainer as trainer_module
-from vlkit.build import build_encoder
-from vlkit.data.batch import Batch
+from vlkit.build import build_encoder, build_pretrain_model
+from vlkit.core.batch import Batch
+from vlkit.data.loader_requests import batch_transforms
 from vlkit.data.tokens import TextTokens
 from vlkit.encoders.albef import AlbefConfig
-from vlkit.models.model import PretrainModel, build_pretrain_model
+from vlkit.models.model import PretrainModel
 from vlkit.models.momentum import MomentumConfig
-from vlkit.objectives.base import ObjectiveContext
 from vlkit.objectives.distill import DistillConfig
 from vlkit.objectives.itc import ITCConfig
 from vlkit.objectives.itm import ITMConfig
@@ -113,7 +113,7 @@ def tiny_model(distill: bool) -> PretrainModel:
     mod = DistillConfig(alpha=0.4) if distill else None
     objectives = {"itc": ITCConfig(type="itc", idx_targets=False, queue_size=16 if distill else 0, distill=mod),
                   "itm": ITMConfig(type="itm"), "mlm": MLMConfig(type="mlm", distill=mod)}
-    model = build_pretrain_model(encoder, objectives, ObjectiveContext(encoder, TOKENS),
+    model = build_pretrain_model(encoder, objectives,
                                  MomentumConfig(warmup_steps=0) if distill else None)
     if model.teacher is not None:  # a teacher that differs from the student
         with torch.no_grad():
@@ -129,7 +129,7 @@ def tiny_batch(model: PretrainModel) -> Batch:
     mask = torch.ones(B, L, dtype=torch.long)
     mask[3:, 6:] = 0
     batch = Batch(torch.randn(B, 3, 32, 32, generator=g), ids.masked_fill(mask == 0, 0), mask, torch.arange(B))
-    for transform in model.batch_transforms():
+    for transform in batch_transforms(model.loader_requests(), TOKENS):
         transform.apply_to(batch, SimpleNamespace(word_ids=None), np.random.default_rng(0))
     return batch
 

@@ -88,17 +88,11 @@ def _online_parts(recipe: Any) -> dict[str, list[Any]]:
     meta device, so nothing is allocated; the momentum teacher is a copy and is not counted."""
     import torch
 
-    from vlkit.build import build_encoder
-    from vlkit.data.tokens import TextTokens
-    from vlkit.models.model import build_objectives
-    from vlkit.objectives.base import ObjectiveContext
+    from vlkit.build import build_encoder, build_objectives
 
     encoder = build_encoder(recipe.encoder, device="meta")
-    # heads only need the vocabulary size and special ids; BERT's ids stand in for the recipe's tokenizer
-    tokens = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100,
-                        vocab_size=encoder.word_embeddings().num_embeddings)
     with torch.device("meta"):
-        objectives = build_objectives(recipe.objectives, ObjectiveContext(encoder, tokens))
+        objectives = build_objectives(recipe.objectives, encoder)
     parts: dict[str, list[Any]] = dict(encoder.parts())
     for name, objective in objectives.items():
         parts[f"objective {name}"] = [objective]

@@ -27,8 +27,10 @@ import yaml
 
 from vlkit import registry
 from vlkit.data.config import DataConfig
+from vlkit.encoders.base import EncoderConfig
 from vlkit.eval.config import EvalConfig
 from vlkit.models.momentum import MomentumConfig
+from vlkit.objectives.base import ObjectiveConfig
 from vlkit.schema import Component, ComponentMap, RecipeError, deep_merge, to_dict, validate
 from vlkit.train.config import TrainConfig
 
@@ -67,8 +69,8 @@ class Recipe:
     description: str = ""
     imports: list[str] = field(default_factory=list)
     seed: int = 0
-    encoder: Annotated[Any, Component("encoder")]
-    objectives: Annotated[dict[str, Any], ComponentMap("objective")] = field(default_factory=dict)
+    encoder: Annotated[EncoderConfig, Component("encoder")]
+    objectives: Annotated[dict[str, ObjectiveConfig], ComponentMap("objective")] = field(default_factory=dict)
     momentum: MomentumConfig | None = None
     data: DataConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -365,18 +367,18 @@ def check_consistency(recipe: Recipe, origins: Any) -> None:
         raise RecipeError(f"`data.max_text_len` is {recipe.data.max_text_len} but encoder `{encoder.type}` takes "
                           f"at most {encoder.max_text_tokens} text tokens", source=origins("data.max_text_len"),
                           key="data.max_text_len")
-    if getattr(encoder, "pack_text", False) and recipe.train.compile:
+    if encoder.packs_text and recipe.train.compile:
         raise RecipeError("`encoder.pack_text` gives every batch another packed length, which recompiles the "
                           "compiled blocks; use one of `encoder.pack_text` and `train.compile`",
                           source=origins("encoder.pack_text"), key="encoder.pack_text")
-    providers = [n for n, c in recipe.objectives.items() if getattr(c, "provides_similarity", False)]
+    providers = [n for n, c in recipe.objectives.items() if c.provides_similarity]
     for name, cfg in recipe.objectives.items():
         key = f"objectives.{name}"
-        if getattr(cfg, "requires_fusion", False) and not getattr(encoder, "supports_fusion", True):
+        if cfg.requires_fusion and not encoder.supports_fusion:
             raise RecipeError(f"`{key}` ({cfg.type}) fuses images and text, but encoder `{encoder.type}` has no "
                               "fusion layers; use an albef or mome encoder or remove the objective",
                               source=origins(key), key=key)
-        if getattr(cfg, "reads_boxes", False) and recipe.data is not None:
+        if cfg.reads_boxes and recipe.data is not None:
             moving = [k for k, on in (("crop_scale", recipe.data.crop_scale), ("flip", recipe.data.flip),
                                       ("randaugment", recipe.data.randaugment)) if on]
             if moving:
@@ -384,16 +386,14 @@ def check_consistency(recipe: Recipe, origins: Any) -> None:
                 raise RecipeError(f"`{key}` ({cfg.type}) reads annotated boxes, but `data.{moving[0]}` moves the "
                                   f"pixels under them; set {fixes}", source=origins(f"data.{moving[0]}"),
                                   key=f"data.{moving[0]}")
-        if getattr(cfg, "needs_teacher", False) and recipe.momentum is None:
+        if cfg.needs_teacher and recipe.momentum is None:
             raise RecipeError(f"`{key}` ({cfg.type}) reads the momentum teacher (queue or distillation); "
                               "add a `momentum:` section (e.g. momentum: {decay: 0.995})",
                               source=origins(key), key=key)
-        negatives = getattr(cfg, "negatives", None)
-        if getattr(negatives, "type", "") in ("in_batch_hard", "global_hard") and not providers:
-            raise RecipeError(f"`{key}.negatives: {negatives.type}` samples by contrastive similarity; add an itc "
-                              "objective or use `negatives: random`", source=origins(f"{key}.negatives"),
-                              key=f"{key}.negatives")
-        if getattr(cfg, "vl_path", False) and not getattr(encoder, "has_vl_path", False):
+        if cfg.needs_similarity and not providers:
+            raise RecipeError(f"`{key}` ({cfg.type}) samples negatives by contrastive similarity; add an objective "
+                              "that provides it (e.g. itc) or use `negatives: random`", source=origins(key), key=key)
+        if cfg.needs_vl_path and not encoder.has_vl_path:
             raise RecipeError(f"`{key}.vl_path` needs vision-language experts (a mome encoder with vl_start < depth)",
                               source=origins(f"{key}.vl_path"), key=f"{key}.vl_path")
 

@@ -9,7 +9,7 @@ and list those modules in a recipe's ``imports:``::
     import vlkit
 
     @vlkit.register("objective", "siglip")
-    class SigLIP(torch.nn.Module):
+    class SigLIP(vlkit.objectives.Objective):
         Config = SigLIPConfig          # the dataclass its recipe section is validated against
         ...
 """
@@ -23,6 +23,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from vlkit.core.errors import RegistryError
 
 KINDS: tuple[str, ...] = ("encoder", "objective", "negatives", "head", "dataset", "task")
 
@@ -42,13 +44,6 @@ BUILTIN_MODULES: tuple[str, ...] = (
 )
 
 T = TypeVar("T")
-
-
-class RegistryError(KeyError):
-    """An unknown kind or name; the message lists the nearest registered names."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)

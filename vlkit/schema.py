@@ -28,33 +28,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
 
 from vlkit import registry
+from vlkit.core.errors import ConfigError, RecipeError
 
-
-class RecipeError(ValueError):
-    """A recipe problem found before anything heavy starts.
-
-    Attributes:
-        source: the file (or ``command line``) the offending key came from.
-        key: the dotted key path, or ``""`` for the recipe as a whole.
-    """
-
-    def __init__(self, message: str, source: str = "", key: str = "") -> None:
-        self.message = message
-        self.source = source
-        self.key = key
-        super().__init__(f"{source}: {message}" if source else message)
-
-
-class ConfigError(ValueError):
-    """Raised by a config's ``__post_init__`` for a cross-field rule; ``key`` names the field."""
-
-    def __init__(self, message: str, key: str = "") -> None:
-        self.key = key
-        super().__init__(message)
-
-    def under(self, prefix: str) -> ConfigError:
-        """The same error with its key moved below ``prefix`` (for checks of nested sections)."""
-        return ConfigError(str(self), key=f"{prefix}.{self.key}" if self.key else prefix)
+__all__ = ["Component", "ComponentConfig", "ComponentMap", "ConfigError", "RecipeError", "RegistryName",
+           "deep_merge", "to_dict", "validate", "validate_component"]
 
 
 @dataclass(frozen=True)
@@ -184,9 +161,10 @@ class _Validator:
                 if isinstance(marker, RegistryName):
                     return self.registry_name(marker.kind, value, path)
                 if isinstance(marker, Component):
-                    return self.component(marker.kind, value, path)
+                    return self.component(marker.kind, value, path, base=base)
                 if isinstance(marker, ComponentMap):
-                    return self.component_map(marker.kind, value, path)
+                    item_hint = typing.get_args(base)[1] if typing.get_origin(base) is dict else Any
+                    return self.component_map(marker.kind, value, path, base=item_hint)
             return self.value(base, value, path)
         if hint is Any:
             return value
@@ -263,7 +241,10 @@ class _Validator:
             raise self.fail(path, f"`{path}`: {err}") from None
         return value
 
-    def component(self, kind: str, value: Any, path: str, default_type: str | None = None) -> Any:
+    def component(self, kind: str, value: Any, path: str, default_type: str | None = None,
+                  base: Any = Any) -> Any:
+        """A ``{type: name, ...}`` section validated against the registered part's config; ``base`` is the
+        config class the schema declares (a part registered without a config gets ``base(type=name)``)."""
         if isinstance(value, str):
             value = {"type": value}
         if not isinstance(value, dict):
@@ -280,13 +261,17 @@ class _Validator:
             type_path = _join(path, "type") if "type" in value else path
             raise self.fail(type_path, f"`{type_path}`: {err}") from None
         cfg_cls = entry.config
+        declared = base if isinstance(base, type) and issubclass(base, ComponentConfig) else ComponentConfig
         settings = {k: v for k, v in value.items() if k != "type"}
         if cfg_cls is None:
             if settings:
                 first = next(iter(settings))
                 key = _join(path, first)
                 self._raise(key, f"unknown key `{key}`: {kind} `{name}` takes no settings")
-            return ComponentConfig(type=name)
+            return declared(type=name)
+        if not issubclass(cfg_cls, declared):
+            return self._raise(path, f"`{path}`: {kind} `{name}` has config {cfg_cls.__name__}, which must derive "
+                               f"from {declared.__module__}.{declared.__name__} (the plug-in's `Config`)")
         settings = self.apply_size(cfg_cls, settings, path)
         instance = self.dataclass_(cfg_cls, settings, path)
         instance.type = name
@@ -303,7 +288,7 @@ class _Validator:
                         f"{registry.did_you_mean(str(size), tuple(sizes))}")
         return deep_merge(sizes[size], settings)
 
-    def component_map(self, kind: str, value: Any, path: str) -> dict[str, Any]:
+    def component_map(self, kind: str, value: Any, path: str, base: Any = Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             return self._raise(path, f"`{path}` must be a mapping of name → settings, got {_type_name(value)}")
         out: dict[str, Any] = {}
@@ -312,7 +297,8 @@ class _Validator:
                 continue
             if settings is True or settings == {}:
                 settings = {}
-            out[str(name)] = self.component(kind, settings, _join(path, str(name)), default_type=str(name))
+            out[str(name)] = self.component(kind, settings, _join(path, str(name)), default_type=str(name),
+                                            base=base)
         return out
 
 

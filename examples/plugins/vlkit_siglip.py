@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import vlkit
-from vlkit.encoders.base import Encoder
-from vlkit.objectives import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
-from vlkit.objectives.negatives import Negatives, NegativeSampler, admissible
-from vlkit.objectives.step import Similarity, Step
+from vlkit.core import Negatives, ObjectiveOutput, Similarity, StepView
+from vlkit.heads import Head, HeadShape
+from vlkit.objectives import Objective, ObjectiveConfig
+from vlkit.objectives.negatives import NegativeSampler, SamplerConfig, admissible
 
 
 @dataclass(kw_only=True)
@@ -46,21 +46,24 @@ class SigLIP(Objective):
 
     Config = SigLIPConfig
 
-    def __init__(self, cfg: SigLIPConfig, name: str = "siglip", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
+    def __init__(self, cfg: SigLIPConfig, name: str = "siglip") -> None:
+        super().__init__(cfg, name)
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_scale)))
         self.bias = nn.Parameter(torch.tensor(cfg.init_bias))
 
-    def logits(self, step: Step) -> Tensor:
+    def logits(self, step: StepView) -> Tensor:
         """``[B, B]`` pair logits, computed once per step."""
         return step.memo(f"{self.name}:logits",
                          lambda: self.log_scale.exp() * step.image.feat @ step.text.feat.T + self.bias)
 
-    def in_batch_similarity(self, step: Step) -> Similarity:
+    def in_batch_similarity(self, step: StepView) -> Similarity:
         logits = self.logits(step).detach()
         return Similarity(i2t=logits, t2i=logits.T)
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def global_similarity(self, step: StepView) -> Similarity:
+        return self.in_batch_similarity(step)  # one process: the global batch is the local one
+
+    def forward(self, step: StepView) -> ObjectiveOutput:
         logits = self.logits(step)
         idx = step.batch.idx
         signs = 2.0 * (idx[:, None] == idx[None, :]).float() - 1.0
@@ -68,12 +71,21 @@ class SigLIP(Objective):
         return ObjectiveOutput(loss=loss, metrics={"scale": self.log_scale.exp().detach(), "bias": self.bias.detach()})
 
 
+@dataclass(kw_only=True)
+class HardestConfig(SamplerConfig):
+    """``hardest`` has no settings; it reads the step's similarities."""
+
+    needs_similarity: ClassVar[bool] = True
+
+
 @vlkit.register("negatives", "hardest")
 class HardestNegatives(NegativeSampler):
     """The single most similar candidate with a different image (no sampling)."""
 
+    Config = HardestConfig
+
     @torch.no_grad()
-    def sample(self, step: Step) -> Negatives:
+    def sample(self, step: StepView) -> Negatives:
         allowed = admissible(step.batch.idx)
         valid = allowed.any(1).float()
         text_index = step.sim.i2t.masked_fill(~allowed, float("-inf")).argmax(1)
@@ -82,17 +94,17 @@ class HardestNegatives(NegativeSampler):
 
 
 @vlkit.register("head", "itm_mlp")
-class MLPMatchHead(nn.Module):
+class MLPMatchHead(Head):
     """Match logits from the fused representation: ``[N, D]`` → ``[N, 2]`` through a hidden layer."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, outputs: int = 2) -> None:
         super().__init__()
         self.hidden = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, 2)
+        self.out = nn.Linear(dim, outputs)
 
     @classmethod
-    def build(cls, encoder: Encoder, cfg: object = None) -> MLPMatchHead:
-        return cls(encoder.width)
+    def from_shape(cls, shape: HeadShape) -> MLPMatchHead:
+        return cls(shape.in_dim, shape.out_dim)
 
     def forward(self, fused_cls: Tensor) -> Tensor:
         return self.out(F.gelu(self.hidden(fused_cls)))

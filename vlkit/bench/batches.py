@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlkit.data.batch import Batch
-from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText
+from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
+from vlkit.core.loader import LoaderRequest
+from vlkit.data.loader_requests import batch_transforms, wants_hard_negatives
 from vlkit.data.tokenizer import TokenizedText, padded_length
 from vlkit.data.tokens import TextTokens
 from vlkit.data.transforms import DeviceNormalize
@@ -48,12 +49,12 @@ def rolled_negatives(batch: Batch) -> HardNegativeText:
     return HardNegativeText(ids, mask, torch.ones(batch.size), Batch.lengths_of(mask), batch.size)
 
 
-def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, device: torch.device, *,
+def synthetic_batches(recipe: Any, requests: list[LoaderRequest], batch_size: int, device: torch.device, *,
                       vocab_size: int, seed: int = 0, text_len: int | None = None) -> Iterator[Batch]:
     """Endless batches for ``recipe`` (images at the encoder's size, the data section's text rules).
 
     Args:
-        transforms: the model's batch transforms (e.g. the MLM masker).
+        requests: what the model's objectives ask of the loader (e.g. MLM masking), carried out as in training.
         vocab_size: the encoder's vocabulary (token ids are drawn below it, above the special ids).
         text_len: every caption this many tokens (None: the histogram).
     """
@@ -64,6 +65,8 @@ def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, devic
     if recipe.train.compile and padding == "longest":  # as training pads for compiled blocks
         padding = "multiple_of_8"
     normalize = DeviceNormalize(data.normalize if data is not None else "imagenet")
+    transforms = batch_transforms(requests, text_tokens(vocab_size))
+    hard_negatives = wants_hard_negatives(requests)
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     step = 0
@@ -80,7 +83,7 @@ def synthetic_batches(recipe: Any, transforms: list[Any], batch_size: int, devic
         batch = Batch(images, text.input_ids, text.attention_mask,
                       torch.arange(step * batch_size, (step + 1) * batch_size),
                       text_lengths=tuple(lengths.tolist()))
-        if any(getattr(c, "reads_hard_negatives", False) for c in recipe.objectives.values()):
+        if hard_negatives:
             batch.extras[HARD_NEGATIVES] = rolled_negatives(batch)
         for transform in transforms:
             transform.apply_to(batch, text, rng)

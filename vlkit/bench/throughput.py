@@ -27,14 +27,13 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlkit.bench.batches import synthetic_batches, text_tokens
+from vlkit.bench.batches import synthetic_batches
 from vlkit.bench.flops import reference_flops
-from vlkit.build import build_encoder
-from vlkit.data.batch import Batch
-from vlkit.models.model import PretrainModel, build_pretrain_model
+from vlkit.build import build_encoder, build_pretrain_model
+from vlkit.core.batch import Batch
+from vlkit.models.model import PretrainModel
 from vlkit.nn.attention import resolve_backend
 from vlkit.nn.checkpointing import compile_blocks
-from vlkit.objectives.base import ObjectiveContext
 from vlkit.recipe import Recipe
 from vlkit.train.optim import build_optimizer
 
@@ -76,8 +75,7 @@ class BenchRun:
         with device if device.type == "meta" else contextlib.nullcontext():  # meta: shapes only, no memory
             encoder = build_encoder(recipe.encoder, load_weights=False)  # timing needs no pre-trained weights
             vocab = encoder.word_embeddings().num_embeddings
-            self.model: PretrainModel = build_pretrain_model(
-                encoder, recipe.objectives, ObjectiveContext(encoder, text_tokens(vocab)), recipe.momentum)
+            self.model: PretrainModel = build_pretrain_model(encoder, recipe.objectives, recipe.momentum)
         self.model.to(device)
         if recipe.train.compile:
             compile_blocks(self.model, recipe.train.compile_mode)
@@ -85,7 +83,7 @@ class BenchRun:
         self.optimizer = build_optimizer(self.model, recipe.train, device)
         bf16 = recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
-        batches = synthetic_batches(recipe, self.model.batch_transforms(), settings.batch_size, device,
+        batches = synthetic_batches(recipe, self.model.loader_requests(), settings.batch_size, device,
                                     vocab_size=vocab, seed=recipe.seed, text_len=settings.text_len)
         self.pool: list[Batch] = [next(batches) for _ in range(settings.pool)]
         self.calls = 0

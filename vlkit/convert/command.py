@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 from torch import Tensor
 
-from vlkit.convert import albef, vlmo
+import vlkit.convert.albef as albef
+import vlkit.convert.vlmo as vlmo
 from vlkit.convert.engine import ConversionError, to_official, to_vlkit
 from vlkit.convert.io import load_official, save_official, save_vlkit
 from vlkit.convert.layout import Layout

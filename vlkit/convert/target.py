@@ -16,12 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from vlkit import registry
-from vlkit.build import build_encoder
-from vlkit.data.tokens import TextTokens
-from vlkit.models.model import PretrainModel, build_objectives, build_pretrain_model
-from vlkit.objectives.base import ObjectiveContext
+from vlkit.build import build_encoder, build_objectives, build_pretrain_model
+from vlkit.models.model import PretrainModel
 from vlkit.recipe import Recipe
-from vlkit.train.init import model_aliases
+from vlkit.tasks.classification import FusedClassificationTask
 
 log = logging.getLogger("vlkit.convert")
 
@@ -37,8 +35,8 @@ def objective_configs(recipe: Recipe, num_classes: int | None = None) -> dict[st
         return dict(recipe.objectives)
     if recipe.data is None:
         raise ValueError(f"task `{recipe.task.type}` needs the recipe's data section to size its objectives")
-    if num_classes is not None and hasattr(task, "num_classes"):
-        task.num_classes = lambda source, data: num_classes  # the checkpoint's head fixes the class count
+    if num_classes is not None and isinstance(task, FusedClassificationTask):
+        task.known_classes = num_classes  # the checkpoint's head fixes the class count
     source = registry.get("dataset", recipe.data.source.type).target(recipe.data.source)  # not prepared
     return task.objective_configs(source, recipe.data)
 
@@ -46,16 +44,8 @@ def objective_configs(recipe: Recipe, num_classes: int | None = None) -> dict[st
 def build_model(recipe: Recipe, device: str | torch.device = "meta", num_classes: int | None = None) -> PretrainModel:
     """The recipe's model (encoder + objectives + teacher) on ``device``."""
     encoder = build_encoder(recipe.encoder, device=device)
-    tokens = _tokens(encoder.word_embeddings().num_embeddings)
     with torch.device(device):
-        return build_pretrain_model(encoder, objective_configs(recipe, num_classes),
-                                    ObjectiveContext(encoder, tokens), recipe.momentum)
-
-
-def _tokens(vocab: int) -> TextTokens:
-    """Heads only need the vocabulary size; BERT's special ids stand in for the recipe's tokenizer."""
-    return TextTokens(pad_id=0, cls_id=min(101, vocab - 1), sep_id=min(102, vocab - 1), mask_id=min(103, vocab - 1),
-                      unk_id=min(100, vocab - 1), vocab_size=vocab)
+        return build_pretrain_model(encoder, objective_configs(recipe, num_classes), recipe.momentum)
 
 
 @dataclass
@@ -89,7 +79,7 @@ class Target:
             by_tensor.setdefault(id(value), []).append(key)
         tied = {k: [o for o in group if o != k] for group in by_tensor.values() if len(group) > 1 for k in group}
         return cls(recipe=recipe, model=model, shapes={k: v.shape for k, v in state.items()}, tied=tied,
-                   aliases=model_aliases(model), num_classes=num_classes)
+                   aliases=model.init_aliases(), num_classes=num_classes)
 
     def has(self, key: str) -> bool:
         return key in self.shapes
@@ -125,9 +115,7 @@ class Target:
         torch.manual_seed(self.recipe.seed)
         if all(k.startswith("objectives.") for k in keys):
             encoder = self.model.encoder  # on meta: what the objectives read from it is its shape
-            vocab = encoder.word_embeddings().num_embeddings
-            objectives = build_objectives(objective_configs(self.recipe, self.num_classes),
-                                          ObjectiveContext(encoder, _tokens(vocab)))
+            objectives = build_objectives(objective_configs(self.recipe, self.num_classes), encoder)
             state = {f"objectives.{name}.{k}": v for name, o in objectives.items() for k, v in o.state_dict().items()}
             if all(k in state and not state[k].is_meta for k in keys):
                 return {k: state[k] for k in keys}

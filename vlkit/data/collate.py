@@ -9,8 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from vlkit.data.batch import Batch
-from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText
+from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
 from vlkit.data.json_dataset import Sample
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import Padding, TokenizedText, tokenize

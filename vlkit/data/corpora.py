@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vlkit.data.batch import Batch
+from vlkit.core.batch import Batch
 from vlkit.data.collate import PretrainCollate, stack_images
 from vlkit.data.image_files import list_images
 from vlkit.data.json_dataset import AnnotationError, KeyedImageDataset

@@ -18,14 +18,9 @@ counted like any malformed entry).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor
-
-HARD_NEGATIVES = "hard_negatives"
-"""Annotation field and ``Batch.extras`` key (a :class:`HardNegativeText`)."""
+from vlkit.core.batch import HARD_NEGATIVES
 
 
 def hard_negatives_problem(item: dict[str, Any], captions: list[str]) -> str | None:
@@ -47,27 +42,3 @@ def read_hard_negatives(item: dict[str, Any]) -> tuple[tuple[str, ...], ...] | N
     if negatives is None:
         return None
     return tuple(tuple(per_caption) for per_caption in negatives)
-
-
-@dataclass
-class HardNegativeText:
-    """One annotated negative caption per batch row, tokenized like the captions.
-
-    Attributes:
-        input_ids: ``[B, L']`` token ids (a row without a negative holds an empty caption).
-        attention_mask: ``[B, L']``.
-        valid: ``[B]`` float, 1.0 where the row's caption has a negative, 0.0 for a placeholder.
-        lengths: tokens per row as host ints (for packed text encoders).
-        count: rows with a real negative (a host int, so that a batch without any skips them unsynced).
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    valid: Tensor
-    lengths: tuple[int, ...]
-    count: int
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> HardNegativeText:
-        return HardNegativeText(self.input_ids.to(device, non_blocking=non_blocking),
-                                self.attention_mask.to(device, non_blocking=non_blocking),
-                                self.valid.to(device, non_blocking=non_blocking), self.lengths, self.count)

@@ -16,50 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vlkit.schema import ConfigError
-
-
-@dataclass(kw_only=True)
-class MaskingConfig:
-    """Masking rates.
-
-    Attributes:
-        mask_prob: probability that an eligible token (or word) is selected (BERT / ALBEF: 0.15).
-        mask_token_prob: share of selected tokens replaced by ``[MASK]`` (0.8).
-        random_token_prob: share replaced by a random id (0.1); the rest stay unchanged.
-        whole_word: select whole words (all WordPieces of a word together), as VLMo does.
-    """
-
-    mask_prob: float = 0.15
-    mask_token_prob: float = 0.8
-    random_token_prob: float = 0.1
-    whole_word: bool = False
-
-    def __post_init__(self) -> None:
-        for key in ("mask_prob", "mask_token_prob", "random_token_prob"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ConfigError(f"must be in [0, 1], got {getattr(self, key)}", key=key)
-        if self.mask_token_prob + self.random_token_prob > 1.0:
-            raise ConfigError("mask_token_prob + random_token_prob must be ≤ 1", key="random_token_prob")
-
-
-@dataclass
-class MaskedTokens:
-    """A masked batch.
-
-    Attributes:
-        input_ids: ``[B, L]`` corrupted ids.
-        positions: ``[N]`` flat indices (row · L + column) of the selected tokens, sorted.
-        labels: ``[N]`` original ids at those positions.
-    """
-
-    input_ids: Tensor
-    positions: Tensor
-    labels: Tensor
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> MaskedTokens:
-        tensors = (self.input_ids, self.positions, self.labels)
-        return MaskedTokens(*(t.to(device, non_blocking=non_blocking) for t in tensors))
+from vlkit.core.batch import MaskedTokens
+from vlkit.core.loader import MaskingConfig
 
 
 @dataclass(frozen=True)

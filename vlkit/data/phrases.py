@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+
+from vlkit.core.batch import PhraseRegions
 
 
 @dataclass(frozen=True)
@@ -83,28 +84,6 @@ def read_phrases(item: dict[str, Any]) -> tuple[tuple[PhraseBox, ...], ...] | No
         return None
     return tuple(tuple(PhraseBox(p["span"][0], p["span"][1], tuple(float(v) for v in p["box"]))  # type: ignore[arg-type]
                        for p in per_caption) for per_caption in phrases)
-
-
-@dataclass
-class PhraseRegions:
-    """A batch's grounded phrases, ready for the ``grounding`` objective.
-
-    Attributes:
-        rows: ``[P]`` the batch row (pair) of each phrase.
-        tokens: ``[P, L]`` bool, the phrase's tokens in its row.
-        boxes: ``[P, 4]`` ``(cx, cy, w, h)`` as fractions of the image side.
-        dropped: phrases of the batch left out (truncated away, or text changed by caption cleaning).
-    """
-
-    rows: Tensor
-    tokens: Tensor
-    boxes: Tensor
-    dropped: int = 0
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> PhraseRegions:
-        return PhraseRegions(self.rows.to(device, non_blocking=non_blocking),
-                             self.tokens.to(device, non_blocking=non_blocking),
-                             self.boxes.to(device, non_blocking=non_blocking), self.dropped)
 
 
 def phrase_regions(phrases: list[tuple[PhraseBox, ...]], offsets: list[list[tuple[int, int]]],

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vlkit.data.batch import Batch
+from vlkit.core.batch import Batch
 from vlkit.data.collate import PretrainCollate, stack_images
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, KeyedImageDataset, read_annotation_list
 from vlkit.data.tokenizer import tokenize

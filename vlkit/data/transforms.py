@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.functional import InterpolationMode
 
-from vlkit.data.batch import Batch
+from vlkit.core.batch import Batch
 from vlkit.data.randaugment import ALBEF_OPS, RandomAugment
 
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {

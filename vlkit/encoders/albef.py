@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from vlkit.core.errors import ConfigError
 from vlkit.encoders.base import (
     Encoder,
     EncoderConfig,
@@ -32,7 +33,6 @@ from vlkit.nn.packing import TextPacking
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import register
-from vlkit.schema import ConfigError
 from vlkit.weights.sources import tower_init_problem
 
 
@@ -72,6 +72,10 @@ class AlbefConfig(EncoderConfig):
     @property
     def max_text_tokens(self) -> int:
         return self.text.max_positions
+
+    @property
+    def packs_text(self) -> bool:
+        return self.pack_text
 
     def __post_init__(self) -> None:
         try:
@@ -142,6 +146,10 @@ class AlbefEncoder(Encoder):
         embeds = stack.run(stack.embed(input_ids), None if packing else mask, stack.text_layers, packing=packing)
         feat = l2_normalize(self.text_proj(embeds[:, 0])) if unimodal else None
         return TextEncoding(embeds=embeds, mask=mask, feat=feat)
+
+    def fusion_stack(self) -> BertStack:
+        """The BERT stack: text layers, then the cross-attention fusion layers."""
+        return self.text_encoder
 
     def image_kv(self, image: ImageEncoding) -> list[KV]:
         """Cross-attention keys/values of every fusion layer, each ``[B, M, H, Dh]``."""

@@ -8,7 +8,6 @@ hand the same encoding to several objectives.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -16,9 +15,12 @@ from typing import Any, ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlkit.core.encodings import FusedEncoding, ImageEncoding, ImageKV, PatchMask, TextEncoding
+from vlkit.nn.bert import BertStack
 from vlkit.nn.checkpointing import set_grad_checkpointing, transformer_blocks
-from vlkit.nn.patch_mask import PatchMask
 from vlkit.schema import ComponentConfig
+
+__all__ = ["Encoder", "EncoderConfig", "FusedEncoding", "ImageEncoding", "ImageKV", "TextEncoding", "l2_normalize"]
 
 
 @dataclass(kw_only=True)
@@ -49,6 +51,11 @@ class EncoderConfig(ComponentConfig):
         return False
 
     @property
+    def packs_text(self) -> bool:
+        """The encoder packs each batch's real text tokens into one sequence (another shape every batch)."""
+        return False
+
+    @property
     def input_size(self) -> int:
         """Side in pixels of the square images the encoder takes."""
         raise NotImplementedError
@@ -57,72 +64,6 @@ class EncoderConfig(ComponentConfig):
     def max_text_tokens(self) -> int:
         """Longest text (in tokens, [CLS] included) the encoder accepts."""
         raise NotImplementedError
-
-
-def _select(x: Tensor | None, index: Tensor | None) -> Tensor | None:
-    return x if x is None or index is None else x[index]
-
-
-@dataclass
-class ImageEncoding:
-    """An image batch as an encoder sees it.
-
-    Attributes:
-        embeds: ``[B, M, D]`` image tokens after the final norm (ALBEF ``image_embeds``).
-        feat: ``[B, E]`` projected, L2-normalized [CLS] for contrastive objectives (``image_feat``),
-            or None when not computed.
-        vl_feat: ``[B, E]`` VLMo's second contrastive feature from the vision-language experts.
-        inputs: ``[B, M, D]`` token embeddings entering the encoder (MoME fuses from these).
-    """
-
-    embeds: Tensor | None
-    feat: Tensor | None = None
-    vl_feat: Tensor | None = None
-    inputs: Tensor | None = None
-
-    def select(self, index: Tensor) -> ImageEncoding:
-        """Rows ``index`` ``[B']`` of every tensor."""
-        return ImageEncoding(*(_select(getattr(self, f.name), index) for f in dataclasses.fields(self)))
-
-
-@dataclass
-class TextEncoding:
-    """A text batch as an encoder sees it.
-
-    Attributes:
-        embeds: ``[B, L, D]`` unimodal text tokens (ALBEF ``text_embeds``: output of the text
-            layers), or None when only fusion inputs were computed.
-        mask: ``[B, L]`` bool, True for real tokens.
-        feat: ``[B, E]`` projected, L2-normalized [CLS] (``text_feat``).
-        vl_feat: ``[B, E]`` VLMo's VL-path feature.
-        inputs: ``[B, L, D]`` token embeddings (MoME fuses from these).
-    """
-
-    embeds: Tensor | None
-    mask: Tensor
-    feat: Tensor | None = None
-    vl_feat: Tensor | None = None
-    inputs: Tensor | None = None
-
-    def select(self, index: Tensor) -> TextEncoding:
-        """Rows ``index`` ``[B']`` of every tensor."""
-        return TextEncoding(*(_select(getattr(self, f.name), index) for f in dataclasses.fields(self)))
-
-
-@dataclass
-class FusedEncoding:
-    """Output of a fusion pass over ``B'`` (image, text) pairs.
-
-    Attributes:
-        text: ``[B', L, D]`` fused text tokens (the MLM head reads masked positions here).
-        cls: ``[B', D]`` the fused representation the ITM head reads (ALBEF: the [CLS] token;
-            VLMo: its pooler over the [CLS] token).
-        image: ``[B', M, D]`` fused image tokens, for encoders that update them (MoME), else None.
-    """
-
-    text: Tensor
-    cls: Tensor
-    image: Tensor | None = None
 
 
 def l2_normalize(x: Tensor) -> Tensor:
@@ -195,12 +136,18 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError
 
-    def image_kv(self, image: ImageEncoding) -> Any:
+    def image_kv(self, image: ImageEncoding) -> ImageKV:
         """Image-side state reusable by several :meth:`fuse` calls with the same images (or None)."""
         return None
 
+    def fusion_stack(self) -> BertStack | None:
+        """The BERT stack whose cross-attention layers fuse text with image tokens (ALBEF), for parts
+        built from it (NLVR2's bi-fusion layers, VQA's answer decoder, Grad-CAM grounding); None for
+        encoders that fuse otherwise (MoME) or not at all (dual)."""
+        return None
+
     def fuse(self, image: ImageEncoding, text: TextEncoding, *, image_index: Tensor | None = None,
-             text_index: Tensor | None = None, image_kv: Any = None) -> FusedEncoding:
+             text_index: Tensor | None = None, image_kv: ImageKV = None) -> FusedEncoding:
         """Fuse pairs ``(image[image_index[i]], text[text_index[i]])``.
 
         Args:

@@ -16,13 +16,13 @@ from typing import Any, ClassVar
 import timm
 from torch import Tensor, nn
 
+from vlkit.core.errors import ConfigError
 from vlkit.encoders.base import Encoder, EncoderConfig, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
 from vlkit.nn.bert import BertConfig, BertStack
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import did_you_mean, register
-from vlkit.schema import ConfigError
 from vlkit.weights.sources import tower_init_problem
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from vlkit.core.errors import ConfigError
 from vlkit.encoders.base import Encoder, EncoderConfig, FusedEncoding, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.nn.bert import BertConfig, BertEmbeddings
 from vlkit.nn.multiway import MultiwayTransformer, Route
@@ -39,7 +40,6 @@ from vlkit.nn.relative_position import (
 )
 from vlkit.nn.stem import Stem, stem_problem
 from vlkit.registry import register
-from vlkit.schema import ConfigError
 from vlkit.weights.sources import tower_init_problem
 
 _SHAPES: dict[str, dict[str, Any]] = {

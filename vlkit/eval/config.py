@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vlkit.schema import ConfigError
+from vlkit.core.errors import ConfigError
 
 
 @dataclass(kw_only=True)

@@ -38,8 +38,8 @@ IOU_THRESHOLD = 0.5
 
 def fusion_cross_attention(encoder: Encoder, fusion_layer: int) -> nn.Module:
     """The cross-attention module of fusion layer ``fusion_layer`` (1-based among the fusion layers)."""
-    stack = getattr(encoder, "text_encoder", None)
-    if stack is None or not hasattr(stack, "fusion_layers"):
+    stack = encoder.fusion_stack()
+    if stack is None:
         raise ValueError(f"Grad-CAM grounding reads cross-attention; the `{type(encoder).__name__}` has none "
                          "(use an ALBEF encoder)")
     layers = list(stack.fusion_layers)

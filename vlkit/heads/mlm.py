@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from vlkit.encoders.base import Encoder
+from vlkit.heads.base import Head, HeadShape
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig
 
@@ -58,8 +59,10 @@ class MLMPredictions(nn.Module):
 
 
 @register("head", "mlm", config=MLMHeadConfig)
-class MLMHead(nn.Module):
-    """Vocabulary logits for (masked) text positions: ``[N, D]`` → ``[N, V]``.
+class MLMHead(Head):
+    """Vocabulary logits for (masked) text positions: ``[N, D]`` → ``[N, V]``. The ``mlm`` objective builds
+    it over its encoder (:meth:`build`: tied to the word embeddings, BERT's head weights when the text tower
+    brought them); :meth:`from_shape` gives an untied head of ``HeadShape(D, V)``.
 
     Call it on the masked positions only: the loss and its gradients are the same as with the
     full ``[B, L, V]`` logits, at a fraction of the cost.
@@ -69,6 +72,10 @@ class MLMHead(nn.Module):
                  tied_weight: nn.Parameter | None = None) -> None:
         super().__init__()
         self.predictions = MLMPredictions(dim, vocab_size, eps, tied_weight)
+
+    @classmethod
+    def from_shape(cls, shape: HeadShape) -> MLMHead:
+        return cls(shape.in_dim, shape.out_dim)
 
     @classmethod
     def build(cls, encoder: Encoder, cfg: MLMHeadConfig | None = None) -> MLMHead:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlkit.core.errors import ConfigError
 from vlkit.encoders.base import Encoder
-from vlkit.schema import ConfigError
 
 
 @dataclass(kw_only=True)

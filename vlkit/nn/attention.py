@@ -28,12 +28,13 @@ import importlib.util
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from vlkit.nn.packing import PackedSeqlens, real_token_positions
 
 Backend = Literal["auto", "xformers", "sdpa", "math"]
 BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
@@ -42,27 +43,18 @@ log = logging.getLogger("vlkit.attention")
 _logged_choices: set[tuple[str, str]] = set()
 
 
-@dataclass(frozen=True)
-class PackedSeqlens:
-    """Lengths of the sequences packed along the token axis of a ``[1, ΣN, H, D]`` tensor.
+class AttentionLayer(nn.Module):
+    """Base of the modules that call :func:`attention`; ``attention_backend`` names the kernel they ask
+    for (:func:`set_attention_backend` repoints them all)."""
 
-    Host-side Python ints (known in the collate function), so building masks needs no device sync.
+    attention_backend: str
 
-    Attributes:
-        q: query length of each packed sequence.
-        k: key length of each packed sequence (same count as ``q``); ``None`` means equal to ``q``.
-    """
 
-    q: tuple[int, ...]
-    k: tuple[int, ...] | None = None
-
-    @property
-    def kv(self) -> tuple[int, ...]:
-        return self.k if self.k is not None else self.q
-
-    def __post_init__(self) -> None:
-        if self.k is not None and len(self.k) != len(self.q):
-            raise ValueError(f"packed q and k need the same number of sequences ({len(self.q)} vs {len(self.k)})")
+def set_attention_backend(module: nn.Module, backend: str) -> None:
+    """Point every attention layer inside ``module`` at ``backend``."""
+    for child in module.modules():
+        if isinstance(child, AttentionLayer):
+            child.attention_backend = backend
 
 
 @functools.cache
@@ -207,7 +199,6 @@ def _padding_of(lengths: tuple[int, ...], device: torch.device) -> tuple[Tensor,
     """For sequences of ``lengths`` packed end to end: ``[T]`` flat positions of their tokens in a
     ``[n, max(lengths)]`` padded batch, and that batch's bool key mask (cached: every text layer of a
     step asks for the same lengths)."""
-    from vlkit.nn.packing import real_token_positions  # packing imports this module
 
     width = max(lengths)
     mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlkit.nn.attention import PackedSeqlens, attention
+from vlkit.nn.attention import AttentionLayer, attention
 from vlkit.nn.checkpointing import CheckpointedBlock
-from vlkit.nn.packing import TextPacking
+from vlkit.nn.packing import PackedSeqlens, TextPacking
 
 KV = tuple[Tensor, Tensor]
 """Keys and values of one cross-attention layer, each ``[B, M, H, Dh]``."""
@@ -178,7 +178,7 @@ class BertResidualLN(nn.Module):
         return self.LayerNorm(residual + self.dropout(self.dense(x)))
 
 
-class BertAttention(nn.Module):
+class BertAttention(AttentionLayer):
     """Self- or cross-attention block with its residual LayerNorm: ``[B, L, D]`` → ``[B, L, D]``."""
 
     def __init__(self, cfg: BertConfig, kv_dim: int | None = None, backend: str = "auto") -> None:
@@ -340,6 +340,7 @@ class BertStack(nn.Module):
             raise ValueError(f"fusion_layer {self.fusion_layer} outside [0, {cfg.layers}]")
         if self.fusion_layer < cfg.layers and not encoder_width:
             raise ValueError("fusion layers need encoder_width (the image token width)")
+        self.attention_backend = backend
         self.embeddings = BertEmbeddings(cfg, absolute_positions=absolute_positions)
         self.encoder = BertEncoderLayers([
             BertLayer(cfg, encoder_width if i >= self.fusion_layer else None, backend=backend)

@@ -93,7 +93,7 @@ class BiFusionLayers(nn.Module):
         first = stack.layers[fusion.start]
         assert first.crossattention is not None
         key = first.crossattention.self.key
-        module = cls(stack.cfg, len(fusion), key.in_features, backend=first.attention.attention_backend)
+        module = cls(stack.cfg, len(fusion), key.in_features, backend=stack.attention_backend)
         module.to(device=key.weight.device, dtype=key.weight.dtype)
         if copy_weights:
             module.copy_from_stack(stack)

@@ -17,7 +17,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vlkit.nn.attention import PackedSeqlens
+
+@dataclass(frozen=True)
+class PackedSeqlens:
+    """Lengths of the sequences packed along the token axis of a ``[1, ΣN, H, D]`` tensor.
+
+    Host-side Python ints (known in the collate function), so building masks needs no device sync.
+
+    Attributes:
+        q: query length of each packed sequence.
+        k: key length of each packed sequence (same count as ``q``); ``None`` means equal to ``q``.
+    """
+
+    q: tuple[int, ...]
+    k: tuple[int, ...] | None = None
+
+    @property
+    def kv(self) -> tuple[int, ...]:
+        return self.k if self.k is not None else self.q
+
+    def __post_init__(self) -> None:
+        if self.k is not None and len(self.k) != len(self.q):
+            raise ValueError(f"packed q and k need the same number of sequences ({len(self.q)} vs {len(self.k)})")
+
 
 
 def real_token_positions(lengths: Sequence[int], width: int) -> Tensor:

@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlkit.nn.attention import attention
+from vlkit.nn.attention import AttentionLayer, attention, set_attention_backend
+
+__all__ = ["SelfAttention", "set_attention_backend"]
 
 QKVBias = Literal["qkv", "qv", "none"]
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(AttentionLayer):
     """Multi-head self-attention with one ``qkv`` projection.
 
     State-dict layout: ``qkv.weight [3D, D]``, ``qkv.bias [3D]`` (``qkv_bias="qkv"``, timm ViT) or
@@ -69,10 +71,3 @@ class SelfAttention(nn.Module):
         out = attention(q, k, v, key_padding_mask=key_padding_mask, bias=bias,
                         dropout_p=self.attn_drop if self.training else 0.0, backend=self.attention_backend)
         return self.proj_drop(self.proj(out.reshape(b, n, d)))
-
-
-def set_attention_backend(module: nn.Module, backend: str) -> None:
-    """Point every attention layer inside ``module`` at ``backend``."""
-    for child in module.modules():
-        if hasattr(child, "attention_backend"):
-            child.attention_backend = backend

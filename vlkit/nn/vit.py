@@ -14,11 +14,11 @@ import torch
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import Tensor, nn
 
+from vlkit.core.errors import ConfigError
 from vlkit.nn.checkpointing import CheckpointedBlock
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import Stem, build_stem, stem_problem
-from vlkit.schema import ConfigError
 
 
 @dataclass(kw_only=True)

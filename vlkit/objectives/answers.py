@@ -1,4 +1,4 @@
-"""ALBEF's generative VQA: an answer decoder (:class:`~vlkit.nn.answer_decoder.AnswerDecoder`) reads
+"""ALBEF's generative VQA: an answer decoder (:class:`~vlkit.heads.answer_decoder.AnswerDecoder`) reads
 the fused question states and is trained to generate each annotated answer, weighted by its share of
 the annotations; optional momentum distillation of the decoder's token distributions. Answers are
 predicted by ranking a candidate list (:func:`rank_answers`).
@@ -16,14 +16,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from vlkit.nn.answer_decoder import AnswerDecoder, sequence_distill, sequence_nll
-from vlkit.nn.bert import KV
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
+from vlkit.core.batch import ANSWER_IDS, ANSWER_MASK, ANSWER_QUESTION, ANSWER_WEIGHTS
+from vlkit.core.encodings import KV
+from vlkit.core.errors import ConfigError
+from vlkit.core.outputs import ANSWER_HEAD, ObjectiveOutput
+from vlkit.core.step import StepView
+from vlkit.heads.answer_decoder import AnswerDecoder, sequence_distill, sequence_nll
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.bifusion import fusion_stack
 from vlkit.objectives.distill import DistillConfig
-from vlkit.objectives.step import Step
 from vlkit.registry import register
-from vlkit.schema import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -69,14 +71,26 @@ class GenerateAnswers(Objective):
 
     Config = GenerateAnswersConfig
 
-    def __init__(self, cfg: GenerateAnswersConfig, name: str = "vqa", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
-        if ctx is None:
-            raise ValueError("the answer decoder is shaped after the encoder's text stack (pass ctx)")
-        stack, _ = fusion_stack(ctx.encoder, needed_by="the answer decoder (VQA head: rank; mome: classifier_vlmo)")
-        self.fusion_start = stack.fusion_layer
-        layers = cfg.layers or len(stack.fusion_layers)
-        self.head = AnswerDecoder.for_stack(stack.cfg, layers, backend=stack.layers[0].attention.attention_backend)
+    def __init__(self, cfg: GenerateAnswersConfig, name: str = "vqa", *, decoder: AnswerDecoder,
+                 stack_prefix: str, fusion_start: int) -> None:
+        super().__init__(cfg, name)
+        self.cfg: GenerateAnswersConfig = cfg
+        self.head = decoder
+        self._stack_prefix = stack_prefix
+        self.fusion_start = fusion_start
+
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> GenerateAnswers:
+        """A decoder shaped after the encoder's fusion layers (``cfg.layers`` of them, default all)."""
+        assert isinstance(cfg, GenerateAnswersConfig)
+        stack, prefix = fusion_stack(parts.encoder,
+                                     needed_by="the answer decoder (VQA head: rank; mome: classifier_vlmo)")
+        decoder = AnswerDecoder.for_stack(stack.cfg, cfg.layers or len(stack.fusion_layers),
+                                          backend=stack.attention_backend)
+        return cls(cfg, name, decoder=decoder, stack_prefix=prefix, fusion_start=stack.fusion_layer)
+
+    def heads(self) -> dict[str, torch.nn.Module]:
+        return {ANSWER_HEAD: self.head}
 
     def teacher_modules(self) -> dict[str, torch.nn.Module]:
         return {"head": self.head} if self.cfg.distill is not None else {}
@@ -88,10 +102,10 @@ class GenerateAnswers(Objective):
         for key in self.head.state_dict():
             part, _, rest = key.partition(".")
             if part == "embeddings":
-                out[f"head.{key}"] = f"encoder.text_encoder.{key}"
+                out[f"head.{key}"] = f"{self._stack_prefix}{key}"
             elif part == "encoder":
                 index, _, tail = rest.removeprefix("layer.").partition(".")
-                out[f"head.{key}"] = f"encoder.text_encoder.encoder.layer.{self.fusion_start + int(index)}.{tail}"
+                out[f"head.{key}"] = f"{self._stack_prefix}encoder.layer.{self.fusion_start + int(index)}.{tail}"
             elif part == "cls":
                 out[f"head.{key}"] = f"objectives.{self.cfg.mlm_objective}.head.{rest}"
         return out
@@ -99,12 +113,12 @@ class GenerateAnswers(Objective):
     def sequence_losses(self, decoder: AnswerDecoder, states: Tensor, question_mask: Tensor,
                         extras: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits ``[N, La, V]`` of every answer under its question and their NLL sums ``[N]``."""
-        index = extras["answer_question"]
+        index = extras[ANSWER_QUESTION]
         kv = _rows(decoder.question_kv(states), index)
-        logits = decoder(extras["answer_ids"], extras["answer_mask"], kv, question_mask[index])
-        return logits, sequence_nll(logits, extras["answer_ids"], extras["answer_mask"])
+        logits = decoder(extras[ANSWER_IDS], extras[ANSWER_MASK], kv, question_mask[index])
+        return logits, sequence_nll(logits, extras[ANSWER_IDS], extras[ANSWER_MASK])
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def forward(self, step: StepView) -> ObjectiveOutput:
         batch, cfg = step.batch, self.cfg
         fused = step.fuse()
         mask = step.text.mask
@@ -117,9 +131,10 @@ class GenerateAnswers(Objective):
                 teacher_logits, _ = self.sequence_losses(teacher.module(f"{self.name}.head"), teacher.fuse().text,
                                                          mask, batch.extras)
             per_answer = (1.0 - alpha) * nll + alpha * sequence_distill(logits, teacher_logits,
-                                                                        batch.extras["answer_mask"])
-        loss = (batch.extras["answer_weights"] * per_answer).sum() / batch.size
-        return ObjectiveOutput(loss, {"nll": (nll.detach().mean() if nll.numel() else nll.new_zeros(()))})
+                                                                        batch.extras[ANSWER_MASK])
+        loss = (batch.extras[ANSWER_WEIGHTS] * per_answer).sum() / batch.size
+        schedule = {} if cfg.distill is None else {"alpha": alpha}
+        return ObjectiveOutput(loss, {"nll": (nll.detach().mean() if nll.numel() else nll.new_zeros(()))}, schedule)
 
 
 @torch.no_grad()

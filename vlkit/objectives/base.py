@@ -1,23 +1,34 @@
 """The objective plug-in contract.
 
-An objective is a small ``nn.Module`` with a name, a weight, its own parameters (temperature,
-queues, heads it owns) and ``forward(step) -> ObjectiveOutput``. It asks the step context for the
+An objective is a small ``nn.Module`` with a name, a weight, its own parameters (temperature, queues,
+the heads it is given) and ``forward(step: StepView) -> ObjectiveOutput``. It asks the step for the
 encodings it needs and never encodes anything itself; side effects (queue updates) happen in
 ``after_step``, called after the optimizer step.
+
+Its constructor takes built parts (``ITM(cfg, head=..., sampler=...)``); :meth:`Objective.build` is
+where an objective says which parts to build from its config, with the :class:`PartsFactory` the edge
+(:mod:`vlkit.build`) hands it. What it needs from elsewhere is declared on its config class: the flags
+below, and the loader work it asks for (:meth:`ObjectiveConfig.loader_requests`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, TypeVar
 
-from torch import Tensor, nn
+from torch import nn
 
+from vlkit.core.loader import LoaderRequest
+from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.step import StepView
+from vlkit.encoders.base import Encoder
+from vlkit.heads.base import HeadShape
+from vlkit.objectives.negatives import NegativeSampler, SamplerConfig
 from vlkit.schema import ComponentConfig
 
-if TYPE_CHECKING:
-    from vlkit.data.tokens import TextTokens
-    from vlkit.encoders.base import Encoder
+__all__ = ["Objective", "ObjectiveConfig", "ObjectiveOutput", "PartsFactory"]
+
+ObjectiveT = TypeVar("ObjectiveT", bound="Objective")
 
 
 @dataclass(kw_only=True)
@@ -43,7 +54,8 @@ class ObjectiveConfig(ComponentConfig):
     requires_fusion: ClassVar[bool] = False
     """The objective fuses images and text (needs an albef or mome encoder)."""
     provides_similarity: ClassVar[bool] = False
-    """The objective defines in-batch contrastive logits that hard-negative samplers read."""
+    """The objective defines the contrastive logits hard-negative samplers read (it implements
+    :class:`~vlkit.core.step.SimilarityProvider`); the first such objective of a recipe provides ``step.sim``."""
     reads_boxes: ClassVar[bool] = False
     """The objective reads annotated boxes, so image augmentations must not move the pixels (no random
     crops, flips or RandAugment)."""
@@ -56,31 +68,45 @@ class ObjectiveConfig(ComponentConfig):
         """The objective reads the momentum teacher (the recipe's `momentum` section must be set)."""
         return False
 
+    @property
+    def needs_similarity(self) -> bool:
+        """The objective reads ``step.sim`` (e.g. through a hard-negative sampler): the recipe needs an
+        objective that provides similarities."""
+        return False
 
-@dataclass
-class ObjectiveContext:
-    """What an objective may need when it is built.
+    @property
+    def needs_vl_path(self) -> bool:
+        """The objective reads VLMo's second contrastive feature (the encoder must have vision-language
+        experts)."""
+        return False
 
-    Attributes:
-        encoder: the online encoder (widths, vocabulary, word embeddings to tie heads to).
-        tokens: special-token ids and vocabulary size of the recipe's tokenizer.
-    """
+    def loader_requests(self) -> tuple[LoaderRequest, ...]:
+        """What the data loader must prepare for this objective (masking, phrase regions, hard negatives)."""
+        return ()
 
-    encoder: Encoder
-    tokens: TextTokens | None = None
+    @property
+    def annotations(self) -> frozenset[str]:
+        """The annotation fields this objective reads (``phrases``, ``hard_negatives``): it has nothing to
+        act on in data without them."""
+        return frozenset(r.annotation for r in self.loader_requests() if r.annotation is not None)
 
 
-@dataclass
-class ObjectiveOutput:
-    """What an objective returns for one step.
+class PartsFactory(Protocol):
+    """What :meth:`Objective.build` may ask the edge for: the encoder the objective sits on, and heads and
+    negative samplers built from the registry."""
 
-    Attributes:
-        loss: scalar loss (before the recipe weight is applied).
-        metrics: extra scalars to log (detached tensors; logged every N steps, never ``.item()``-ed here).
-    """
+    @property
+    def encoder(self) -> Encoder:
+        """The online encoder (widths, vocabulary, fusion stack to copy from)."""
+        ...
 
-    loss: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
+    def head(self, name: str, shape: HeadShape) -> nn.Module:
+        """The head registered as ``name`` (registry kind ``head``), built for ``shape``."""
+        ...
+
+    def sampler(self, cfg: SamplerConfig) -> NegativeSampler:
+        """The negative sampler ``cfg.type`` (registry kind ``negatives``), built from ``cfg``."""
+        ...
 
 
 class Objective(nn.Module):
@@ -89,15 +115,20 @@ class Objective(nn.Module):
     Args:
         cfg: the validated recipe section.
         name: the instance name in the recipe (``objectives.<name>``), used in log keys.
-        ctx: the encoder and tokenizer facts the objective may need to build its heads.
     """
 
-    Config: type[ObjectiveConfig] = ObjectiveConfig
+    Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
 
-    def __init__(self, cfg: ObjectiveConfig, name: str, ctx: ObjectiveContext | None = None) -> None:
+    def __init__(self, cfg: ObjectiveConfig, name: str) -> None:
         super().__init__()
         self.cfg = cfg
         self.name = name
+
+    @classmethod
+    def build(cls: type[ObjectiveT], cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> ObjectiveT:
+        """Build the objective from its config, asking ``parts`` for what its constructor takes. The
+        default suits objectives whose constructor takes ``(cfg, name)`` only."""
+        return cls(cfg, name)
 
     @property
     def needs_teacher(self) -> bool:
@@ -108,6 +139,11 @@ class Objective(nn.Module):
         distillation), by short name; the teacher exposes them as ``"<objective>.<name>"``."""
         return {}
 
+    def heads(self) -> dict[str, nn.Module]:
+        """The heads evaluation may use, by role (:data:`~vlkit.core.outputs.MATCH_HEAD` re-ranks retrieval
+        and scores the swap probe; :data:`~vlkit.core.outputs.CLASSIFY_HEAD` classifies fused pairs)."""
+        return {}
+
     def init_aliases(self) -> dict[str, str]:
         """Where ``init_from`` finds weights this objective's own names lack in a checkpoint: own key
         (relative to the objective, e.g. ``"decoder.layer.0.attention.self.query.weight"``) → checkpoint
@@ -115,18 +151,13 @@ class Objective(nn.Module):
         decoder starts from the fusion layers this way. Default: none."""
         return {}
 
-    def batch_transform(self) -> Any:
-        """A picklable callable the data loader applies to each collated batch (e.g. MLM masking),
-        or None."""
-        return None
-
     @property
     def weight(self) -> float:
         return self.cfg.weight
 
-    def forward(self, step: Any) -> ObjectiveOutput:
-        """Compute this objective's loss from the shared step context."""
+    def forward(self, step: StepView) -> ObjectiveOutput:
+        """Compute this objective's loss from the shared step."""
         raise NotImplementedError
 
-    def after_step(self, step: Any) -> None:
+    def after_step(self, step: StepView) -> None:
         """Side effects after the optimizer step (e.g. enqueue momentum features). Default: none."""

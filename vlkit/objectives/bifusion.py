@@ -24,15 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlkit import registry
-from vlkit.encoders.base import Encoder, ImageEncoding, TextEncoding
+from vlkit.core.batch import LABELS
+from vlkit.core.encodings import ImageEncoding, TextEncoding
+from vlkit.core.errors import ConfigError
+from vlkit.core.outputs import CLASSIFY_HEAD, ObjectiveOutput
+from vlkit.core.step import StepView
+from vlkit.encoders.base import Encoder
+from vlkit.heads.base import HeadShape
 from vlkit.nn.bert import BertStack
 from vlkit.nn.bifusion import BiFusionLayers
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.distill import DistillConfig, mix_targets, soft_cross_entropy
-from vlkit.objectives.step import Step
 from vlkit.registry import register
-from vlkit.schema import ConfigError, RegistryName
+from vlkit.schema import RegistryName
 
 ENCODER_KEY = "encoder."
 """Where the model (:class:`~vlkit.models.model.PretrainModel`) keeps its encoder in a state dict."""
@@ -64,12 +68,14 @@ class BiFusionClassifyConfig(ObjectiveConfig):
 
 
 def fusion_stack(encoder: Encoder, needed_by: str = "classify_bifusion") -> tuple[BertStack, str]:
-    """The encoder's BERT stack with fusion layers and its key prefix within the encoder."""
-    stack = getattr(encoder, "text_encoder", None)
-    if not isinstance(stack, BertStack) or len(stack.fusion_layers) == 0:
+    """The encoder's BERT stack with fusion layers and its key prefix within the model's state dict
+    (``encoder.text_encoder.`` for ALBEF)."""
+    stack = encoder.fusion_stack()
+    if stack is None or len(stack.fusion_layers) == 0:
         raise ValueError(f"{needed_by} needs an ALBEF encoder (a BERT text stack with cross-attention "
                          f"fusion layers); {type(encoder).__name__} has none")
-    return stack, "text_encoder."
+    name = next(name for name, module in encoder.named_modules() if module is stack)
+    return stack, f"{ENCODER_KEY}{name}."
 
 
 @register("objective", "classify_bifusion")
@@ -82,17 +88,28 @@ class BiFusionClassify(Objective):
 
     Config = BiFusionClassifyConfig
 
-    def __init__(self, cfg: BiFusionClassifyConfig, name: str = "classify_bifusion",
-                 ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
-        if ctx is None:
-            raise ValueError("classify_bifusion builds its fusion layers from the encoder's (pass ctx)")
-        stack, stack_key = fusion_stack(ctx.encoder)
-        self.fusion = BiFusionLayers.from_stack(stack)
+    def __init__(self, cfg: BiFusionClassifyConfig, name: str = "classify_bifusion", *, fusion: BiFusionLayers,
+                 head: nn.Module, stack_prefix: str, fusion_layer: int) -> None:
+        super().__init__(cfg, name)
+        self.cfg: BiFusionClassifyConfig = cfg
+        self.fusion = fusion
+        self.head = head
+        self._stack_prefix = stack_prefix
+        self._fusion_layer = fusion_layer
+
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> BiFusionClassify:
+        """The pairs start as copies of the encoder's fusion layers (``stack_prefix`` / ``fusion_layer``
+        say where ``init_from`` finds them in a checkpoint)."""
+        assert isinstance(cfg, BiFusionClassifyConfig)
+        stack, prefix = fusion_stack(parts.encoder)
         width = stack.cfg.dim
-        self.head = registry.get("head", cfg.head).target(width, width, cfg.num_classes)
-        self._stack_prefix = ENCODER_KEY + stack_key
-        self._fusion_layer = stack.fusion_layer
+        return cls(cfg, name, fusion=BiFusionLayers.from_stack(stack),
+                   head=parts.head(cfg.head, HeadShape(width, cfg.num_classes, hidden=width)),
+                   stack_prefix=prefix, fusion_layer=stack.fusion_layer)
+
+    def heads(self) -> dict[str, nn.Module]:
+        return {CLASSIFY_HEAD: self.head}
 
     def teacher_modules(self) -> dict[str, nn.Module]:
         return {"fusion": self.fusion, "head": self.head} if self.cfg.distill is not None else {}
@@ -132,7 +149,7 @@ class BiFusionClassify(Objective):
         text = encoder.encode_text(input_ids, attention_mask, unimodal=False)
         return self.pair_logits(image.embeds, text)
 
-    def _teacher_logits(self, step: Step, alpha: float) -> Tensor | None:
+    def _teacher_logits(self, step: StepView, alpha: float) -> Tensor | None:
         """The momentum teacher's ``[B, C]`` logits (no grad), or None when distillation is off."""
         if alpha <= 0.0 or not step.teacher_ready:
             return None
@@ -143,15 +160,16 @@ class BiFusionClassify(Objective):
             return self.pair_logits(image_embeds, teacher.text, fusion=teacher.module(f"{self.name}.fusion"),
                                     head=teacher.module(f"{self.name}.head"))
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def forward(self, step: StepView) -> ObjectiveOutput:
         batch, cfg = step.batch, self.cfg
         image_embeds = step.image.embeds
         if image_embeds is None:
             raise ValueError("bi-fusion needs the image tokens (image.embeds)")
         logits = self.pair_logits(image_embeds, step.text)
-        labels = batch.extras["labels"]
+        labels = batch.extras[LABELS]
         alpha = cfg.distill.alpha_at(step.teacher_steps) if cfg.distill is not None else 0.0
         targets = mix_targets(F.one_hot(labels, cfg.num_classes).float(), self._teacher_logits(step, alpha), alpha)
         loss = soft_cross_entropy(logits, targets)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        return ObjectiveOutput(loss, {"acc": accuracy.detach()})
+        schedule = {} if cfg.distill is None else {"alpha": alpha}
+        return ObjectiveOutput(loss, {"acc": accuracy.detach()}, schedule)

@@ -15,15 +15,18 @@ from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from vlkit import registry
-from vlkit.encoders.base import FusedEncoding
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
+from vlkit.core.batch import LABELS, TARGETS
+from vlkit.core.encodings import FusedEncoding
+from vlkit.core.errors import ConfigError
+from vlkit.core.outputs import CLASSIFY_HEAD, ObjectiveOutput
+from vlkit.core.step import StepView
+from vlkit.heads.base import HeadShape
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.distill import DistillConfig, mix_targets, soft_cross_entropy
-from vlkit.objectives.step import Step
 from vlkit.registry import register
-from vlkit.schema import ConfigError, RegistryName
+from vlkit.schema import RegistryName
 
 
 @dataclass(kw_only=True)
@@ -76,31 +79,39 @@ class Classify(Objective):
 
     Config = ClassifyConfig
 
-    def __init__(self, cfg: ClassifyConfig, name: str = "classify", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
-        if ctx is None:
-            raise ValueError("the classifier needs the encoder to size its head (pass ctx)")
-        width = ctx.encoder.width
-        self.head = registry.get("head", cfg.head).target(cfg.images_per_sample * width, width, cfg.num_classes)
+    def __init__(self, cfg: ClassifyConfig, name: str = "classify", *, head: nn.Module) -> None:
+        super().__init__(cfg, name)
+        self.cfg: ClassifyConfig = cfg
+        self.head = head
 
-    def teacher_modules(self) -> dict[str, torch.nn.Module]:
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> Classify:
+        assert isinstance(cfg, ClassifyConfig)
+        width = parts.encoder.width
+        return cls(cfg, name, head=parts.head(cfg.head, HeadShape(cfg.images_per_sample * width, cfg.num_classes,
+                                                                  hidden=width)))
+
+    def heads(self) -> dict[str, nn.Module]:
+        return {CLASSIFY_HEAD: self.head}
+
+    def teacher_modules(self) -> dict[str, nn.Module]:
         return {"head": self.head} if self.cfg.distill is not None else {}
 
-    def logits(self, fuse: Fuse, batch_size: int, device: torch.device, head: torch.nn.Module | None = None) -> Tensor:
+    def logits(self, fuse: Fuse, batch_size: int, device: torch.device, head: nn.Module | None = None) -> Tensor:
         """``[B, C]`` class logits of a batch of ``batch_size`` samples."""
         features = pair_features(fuse, batch_size, self.cfg.images_per_sample, device)
         return (head or self.head)(features)
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def forward(self, step: StepView) -> ObjectiveOutput:
         batch, cfg = step.batch, self.cfg
         device = batch.idx.device
         logits = self.logits(step.fuse, batch.size, device)
         if cfg.loss == "soft_bce":
-            targets = batch.extras["targets"]
+            targets = batch.extras[TARGETS]
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * cfg.num_classes
             score = targets.gather(1, logits.argmax(1, keepdim=True)).float().mean()
             return ObjectiveOutput(loss, {"score": score.detach()})
-        labels = batch.extras["labels"]
+        labels = batch.extras[LABELS]
         hard = F.one_hot(labels, cfg.num_classes).float()
         teacher_logits = None
         alpha = cfg.distill.alpha_at(step.teacher_steps) if cfg.distill is not None else 0.0
@@ -109,4 +120,5 @@ class Classify(Objective):
             teacher_logits = self.logits(teacher.fuse, batch.size, device, head=teacher.module(f"{self.name}.head"))
         loss = soft_cross_entropy(logits, mix_targets(hard, teacher_logits, alpha))
         accuracy = (logits.argmax(1) == labels).float().mean()
-        return ObjectiveOutput(loss, {"acc": accuracy.detach()})
+        schedule = {} if cfg.distill is None else {"alpha": alpha}
+        return ObjectiveOutput(loss, {"acc": accuracy.detach()}, schedule)

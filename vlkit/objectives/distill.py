@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlkit.schema import ConfigError
+from vlkit.core.errors import ConfigError
 
 
 @dataclass(kw_only=True)

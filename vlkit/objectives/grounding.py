@@ -24,21 +24,17 @@ from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from vlkit import registry
-from vlkit.data.batch import Batch
-from vlkit.data.collate import PHRASES, PHRASES_VOIDED
-from vlkit.data.phrases import PhraseRegions, phrase_regions
-from vlkit.data.tokenizer import TokenizedText
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
-from vlkit.objectives.step import Step
+from vlkit.core.batch import PHRASE_REGIONS, PhraseRegions
+from vlkit.core.loader import LoaderRequest, PhraseRegionsRequest
+from vlkit.core.outputs import BOX_HEAD, ObjectiveOutput
+from vlkit.core.step import StepView
+from vlkit.heads.base import HeadShape
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.registry import register
 from vlkit.schema import RegistryName
-
-REGIONS = "phrase_regions"
-"""``Batch.extras`` key of the :class:`~vlkit.data.phrases.PhraseRegions` the loader prepares."""
 
 
 @dataclass(kw_only=True)
@@ -61,32 +57,16 @@ class GroundingConfig(ObjectiveConfig):
     requires_fusion: ClassVar[bool] = True
     reads_boxes: ClassVar[bool] = True
 
-
-@dataclass
-class PhraseRegionTransform:
-    """Loader-side batch transform: the collated phrases (``Batch.extras["phrases"]``) and the token
-    offsets → :class:`~vlkit.data.phrases.PhraseRegions` in ``Batch.extras["phrase_regions"]``."""
-
-    def apply_to(self, batch: Batch, text: TokenizedText, rng: object) -> None:
-        if REGIONS in batch.extras:  # another phrase objective's transform ran first
-            return
-        phrases = batch.extras.pop(PHRASES, None)
-        voided = int(batch.extras.pop(PHRASES_VOIDED, 0))
-        width = text.input_ids.shape[1]
-        if phrases is None or text.offsets is None:
-            regions = phrase_regions([()] * batch.size, [[]] * batch.size, width)
-        else:
-            regions = phrase_regions(phrases, text.offsets, width)
-        regions.dropped += voided
-        batch.extras[REGIONS] = regions
+    def loader_requests(self) -> tuple[LoaderRequest, ...]:
+        return (PhraseRegionsRequest(),)
 
 
-def step_regions(step: Step) -> PhraseRegions:
+def step_regions(step: StepView) -> PhraseRegions:
     """The step's phrase regions; an error naming the fix when the loader did not prepare them."""
-    regions: PhraseRegions | None = step.batch.extras.get(REGIONS)
+    regions: PhraseRegions | None = step.batch.extras.get(PHRASE_REGIONS)
     if regions is None:
-        raise RuntimeError("the batch carries no phrase regions; the data pipeline must apply this objective's "
-                           "batch_transform()")
+        raise RuntimeError("the batch carries no phrase regions; the data pipeline must carry out this objective's "
+                           "loader_requests()")
     return regions
 
 
@@ -131,17 +111,20 @@ class Grounding(Objective):
 
     Config = GroundingConfig
 
-    def __init__(self, cfg: GroundingConfig, name: str = "grounding", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
-        if ctx is None:
-            raise ValueError("grounding needs the encoder to size its head (pass ctx)")
+    def __init__(self, cfg: GroundingConfig, name: str = "grounding", *, head: nn.Module) -> None:
+        super().__init__(cfg, name)
         self.cfg: GroundingConfig = cfg
-        self.head = registry.get("head", cfg.head).target.build(ctx.encoder)
+        self.head = head
 
-    def batch_transform(self) -> PhraseRegionTransform:
-        return PhraseRegionTransform()
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> Grounding:
+        assert isinstance(cfg, GroundingConfig)
+        return cls(cfg, name, head=parts.head(cfg.head, HeadShape(parts.encoder.width, 4)))
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def heads(self) -> dict[str, nn.Module]:
+        return {BOX_HEAD: self.head}
+
+    def forward(self, step: StepView) -> ObjectiveOutput:
         regions = step_regions(step)
         if regions.rows.numel() == 0:
             zero = sum(p.sum() for p in self.head.parameters()) * 0.0

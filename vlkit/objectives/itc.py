@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from vlkit import dist
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
+from vlkit.core.errors import ConfigError
+from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.similarity import Similarity
+from vlkit.core.step import StepView
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.distill import DistillConfig, mix_targets, soft_cross_entropy
-from vlkit.objectives.step import Similarity, Step
 from vlkit.registry import register
-from vlkit.schema import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -88,6 +90,10 @@ class ITCConfig(ObjectiveConfig):
     @property
     def needs_teacher(self) -> bool:
         return self.queue_size > 0 or self.distill is not None
+
+    @property
+    def needs_vl_path(self) -> bool:
+        return self.vl_path
 
 
 class Temperature(nn.Module):
@@ -190,7 +196,7 @@ class _Sides:
     col_start: int
 
 
-def _gathered(step: Step, key: str, tensor: Tensor, how: str) -> Tensor:
+def _gathered(step: StepView, key: str, tensor: Tensor, how: str) -> Tensor:
     """``tensor`` gathered over ranks (``no_grad``, ``with_grad`` or ``keep_local``), once per step."""
     gather = {"no_grad": dist.all_gather_no_grad, "with_grad": dist.all_gather_with_grad,
               "keep_local": dist.gather_keep_local}[how]
@@ -203,8 +209,8 @@ class ITC(Objective):
 
     Config = ITCConfig
 
-    def __init__(self, cfg: ITCConfig, name: str = "itc", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
+    def __init__(self, cfg: ITCConfig, name: str = "itc", *, embed_dim: int | None = None) -> None:
+        super().__init__(cfg, name)
         self.cfg: ITCConfig = cfg
         self.temp = Temperature(cfg.temperature, learn=cfg.learn_temperature, parametrization=cfg.parametrization,
                                 clamp=cfg.temperature_range)
@@ -212,13 +218,14 @@ class ITC(Objective):
                                     clamp=cfg.temperature_range) if cfg.vl_path else None)
         self.queue = None
         if cfg.queue_size > 0:
-            if ctx is None:
-                raise ValueError("an ITC queue needs the encoder's feature width (pass ctx)")
-            self.queue = FeatureQueue(ctx.encoder.embed_dim, cfg.queue_size)
+            if embed_dim is None:
+                raise ValueError("an ITC queue needs the width of the contrastive features (embed_dim)")
+            self.queue = FeatureQueue(embed_dim, cfg.queue_size)
 
-    @property
-    def needs_teacher(self) -> bool:
-        return self.cfg.needs_teacher
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> ITC:
+        assert isinstance(cfg, ITCConfig)
+        return cls(cfg, name, embed_dim=parts.encoder.embed_dim)
 
     def _targets(self, idx: Tensor, idx_cols: Tensor, diagonal: int = 0) -> Tensor:
         """``[R, C]`` targets: same-``idx`` columns, or (``idx_targets: false``) row ``i``'s own
@@ -233,14 +240,14 @@ class ITC(Objective):
         eps = self.cfg.label_smoothing
         return targets if eps == 0 else (1 - eps) * targets + eps / targets.shape[1]
 
-    def logits(self, step: Step) -> ContrastiveLogits:
+    def logits(self, step: StepView) -> ContrastiveLogits:
         """The main path's logits and (distillation-mixed) targets, computed once per step."""
         return step.memo(f"{self.name}:logits", lambda: self._logits(step))
 
     def _mode(self) -> str:
         return self.cfg.gather if dist.is_distributed() else "none"
 
-    def _sides(self, step: Step, img: Tensor, txt: Tensor, name: str, teacher: bool) -> _Sides:
+    def _sides(self, step: StepView, img: Tensor, txt: Tensor, name: str, teacher: bool) -> _Sides:
         """Rows and batch columns for features ``img``/``txt`` ``[B, E]`` (``teacher``: the columns are
         the teacher's features of the batch, no gradient)."""
         mode, idx, b = self._mode(), step.batch.idx, step.batch.size
@@ -265,7 +272,7 @@ class ITC(Objective):
             cols_txt = _gathered(step, f"{name}.text", txt, "with_grad")
         return _Sides(rows_img, rows_txt, cols_img, cols_txt, rows_idx, all_idx, row_start, start)
 
-    def _logits(self, step: Step) -> ContrastiveLogits:
+    def _logits(self, step: StepView) -> ContrastiveLogits:
         scale = self.temp.inverse()
         teacher_on = self.cfg.needs_teacher and step.teacher_ready
         sides = self._sides(step, step.image.feat, step.text.feat, "feat", teacher_on)
@@ -294,7 +301,7 @@ class ITC(Objective):
         return ContrastiveLogits(scale * sides.rows_img @ txt_cols.T, scale * sides.rows_txt @ img_cols.T,
                                  targets_i2t, targets_t2i, sides.row_start, sides.col_start, batch_cols)
 
-    def in_batch_similarity(self, step: Step) -> Similarity:
+    def in_batch_similarity(self, step: StepView) -> Similarity:
         """This rank's block of the logits (rows: this rank's samples; columns: their texts / images)."""
         logits = self.logits(step)
         b = step.batch.size
@@ -302,7 +309,7 @@ class ITC(Objective):
         return Similarity(i2t=logits.i2t[rows, cols].detach(), t2i=logits.t2i[rows, cols].detach())
 
     @torch.no_grad()
-    def global_similarity(self, step: Step) -> Similarity:
+    def global_similarity(self, step: StepView) -> Similarity:
         """This rank's samples against the global batch, ``[B, N]`` (columns in rank order): the
         logits' batch block when they span the global batch, else the same columns gathered."""
         logits = self.logits(step)
@@ -320,10 +327,10 @@ class ITC(Objective):
         return Similarity(i2t=scale * step.image.feat.detach() @ cols_txt.T,
                           t2i=scale * step.text.feat.detach() @ cols_img.T)
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def forward(self, step: StepView) -> ObjectiveOutput:
         out = self.logits(step)
         loss = (soft_cross_entropy(out.i2t, out.targets_i2t) + soft_cross_entropy(out.t2i, out.targets_t2i)) / 2
-        metrics: dict[str, Any] = {"temperature": self.temp().detach(), "loss_main": loss.detach()}
+        metrics: dict[str, Tensor] = {"temperature": self.temp().detach(), "loss_main": loss.detach()}
         if self.vl_temp is not None:
             loss_vl = self._vl_loss(step)
             metrics.update(loss_vl=loss_vl.detach(), temperature_vl=self.vl_temp().detach())
@@ -334,9 +341,10 @@ class ITC(Objective):
         mine = out.i2t[out.row_start:out.row_start + b, :out.batch_cols]
         hits = mine.argmax(1) == out.col_start + torch.arange(b, device=mine.device)
         metrics["acc_i2t"] = hits.float().mean().detach()
-        return ObjectiveOutput(loss=loss, metrics=metrics)
+        schedule = {} if self.cfg.distill is None else {"alpha": self.cfg.distill.alpha_at(step.teacher_steps)}
+        return ObjectiveOutput(loss=loss, metrics=metrics, schedule=schedule)
 
-    def _vl_loss(self, step: Step) -> Tensor:
+    def _vl_loss(self, step: StepView) -> Tensor:
         img, txt = step.image.vl_feat, step.text.vl_feat
         if img is None or txt is None:
             raise RuntimeError("itc.vl_path needs an encoder with vision-language experts (mome with vl_start < depth)")
@@ -347,7 +355,7 @@ class ITC(Objective):
                 + soft_cross_entropy(scale * sides.rows_txt @ sides.cols_img.T, targets)) / 2
 
     @torch.no_grad()
-    def after_step(self, step: Step) -> None:
+    def after_step(self, step: StepView) -> None:
         """Clamp the temperatures; enqueue this step's teacher features."""
         self.temp.clamp_()
         if self.vl_temp is not None:
@@ -355,7 +363,7 @@ class ITC(Objective):
         if self.queue is not None:  # filled from step 0 with every rank's features, read once the teacher is consulted
             self.queue.enqueue(*self._queue_entries(step))
 
-    def _queue_entries(self, step: Step) -> tuple[Tensor, Tensor, Tensor]:
+    def _queue_entries(self, step: StepView) -> tuple[Tensor, Tensor, Tensor]:
         """Every rank's teacher image and text features ``[N, E]`` (fp32) and ids ``[N]`` of this step."""
         teacher = step.teacher
         return (_gathered(step, "teacher.image", teacher.image.feat, "no_grad").float(),

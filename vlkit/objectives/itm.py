@@ -7,18 +7,23 @@ NegCLIP-style (:mod:`vlkit.data.hard_negatives`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-from vlkit import registry
-from vlkit.data.hard_negatives import HARD_NEGATIVES, HardNegativeText
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
-from vlkit.objectives.negatives import NegativeSampler
-from vlkit.objectives.step import Step
+from vlkit.core.batch import HARD_NEGATIVES, HardNegativeText
+from vlkit.core.errors import ConfigError
+from vlkit.core.loader import HardNegativesRequest, LoaderRequest
+from vlkit.core.outputs import MATCH_HEAD, ObjectiveOutput
+from vlkit.core.similarity import Negatives
+from vlkit.core.step import StepView
+from vlkit.heads.base import HeadShape
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
+from vlkit.objectives.negatives import HardNegativesConfig, NegativeSampler, SamplerConfig
 from vlkit.registry import register
-from vlkit.schema import Component, ComponentConfig, ConfigError, RegistryName
+from vlkit.schema import Component, RegistryName
 
 
 @dataclass(kw_only=True)
@@ -36,8 +41,8 @@ class ITMConfig(ObjectiveConfig):
             setting: NegCLIP's hard negatives moved to the matching head.
     """
 
-    negatives: Annotated[Any, Component("negatives")] = field(
-        default_factory=lambda: ComponentConfig(type="in_batch_hard"))
+    negatives: Annotated[SamplerConfig, Component("negatives")] = field(
+        default_factory=lambda: HardNegativesConfig(type="in_batch_hard"))
     head: Annotated[str, RegistryName("head")] = "itm"
     hard_negatives: float = 0.0
 
@@ -48,27 +53,42 @@ class ITMConfig(ObjectiveConfig):
             raise ConfigError(f"hard_negatives is a weight ≥ 0, got {self.hard_negatives}", key="hard_negatives")
 
     @property
-    def reads_hard_negatives(self) -> bool:
-        """The data loader must supply annotated hard-negative captions."""
-        return self.hard_negatives > 0
+    def needs_similarity(self) -> bool:
+        return self.negatives.needs_similarity
+
+    def loader_requests(self) -> tuple[LoaderRequest, ...]:
+        return (HardNegativesRequest(),) if self.hard_negatives > 0 else ()
 
 
 @register("objective", "itm")
 class ITM(Objective):
-    """Image-text matching with a pluggable negative sampler."""
+    """Image-text matching with a pluggable negative sampler.
+
+    Args:
+        cfg: the settings.
+        name: the instance name.
+        head: the match head, ``[N, D]`` → ``[N, 2]``.
+        sampler: draws the negatives.
+    """
 
     Config = ITMConfig
 
-    def __init__(self, cfg: ITMConfig, name: str = "itm", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
+    def __init__(self, cfg: ITMConfig, name: str = "itm", *, head: nn.Module, sampler: NegativeSampler) -> None:
+        super().__init__(cfg, name)
         self.cfg: ITMConfig = cfg
-        if ctx is None:
-            raise ValueError("ITM needs the encoder to size its head (pass ctx)")
-        self.head = registry.get("head", cfg.head).target.build(ctx.encoder)
-        entry = registry.get("negatives", cfg.negatives.type)
-        self.sampler: NegativeSampler = entry.target(cfg.negatives)
+        self.head = head
+        self.sampler = sampler
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> ITM:
+        assert isinstance(cfg, ITMConfig)
+        return cls(cfg, name, head=parts.head(cfg.head, HeadShape(parts.encoder.width, 2)),
+                   sampler=parts.sampler(cfg.negatives))
+
+    def heads(self) -> dict[str, nn.Module]:
+        return {MATCH_HEAD: self.head}
+
+    def forward(self, step: StepView) -> ObjectiveOutput:
         b = step.batch.size
         neg = self.sampler.sample(step)
         rows = torch.arange(b, device=step.batch.idx.device)
@@ -85,6 +105,7 @@ class ITM(Objective):
         annotated: HardNegativeText | None = step.batch.extras.get(HARD_NEGATIVES)
         use_annotated = self.cfg.hard_negatives > 0 and annotated is not None and annotated.count > 0
         if use_annotated:  # (image b, annotated negative of caption b)
+            assert annotated is not None
             fused = torch.cat((fused, step.fuse(text=step.hard_negative_text, image_index=rows, text_index=rows).cls))
             valid = annotated.valid.to(weights.dtype)
             weights = torch.cat((weights, valid * self.cfg.hard_negatives))
@@ -101,8 +122,8 @@ class ITM(Objective):
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
     @staticmethod
-    def _fuse_negative_images(step: Step, neg: Any, rows: torch.Tensor) -> torch.Tensor:
+    def _fuse_negative_images(step: StepView, neg: Negatives, rows: Tensor) -> Tensor:
         """``[B, D]`` fused [CLS] of (text b, negative image b)."""
         if neg.images is None:
             return step.fuse(image_index=neg.image_index, text_index=rows).cls
-        return step.encoder.fuse(neg.images, step.text, image_index=neg.image_index, text_index=rows).cls
+        return step.fuse(image=neg.images, image_index=neg.image_index, text_index=rows).cls

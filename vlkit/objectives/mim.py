@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from vlkit.nn.patch_mask import PatchMask, random_patch_positions
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
-from vlkit.objectives.step import Step
+from vlkit.core.encodings import PatchMask
+from vlkit.core.errors import ConfigError
+from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.step import StepView
+from vlkit.nn.patch_mask import random_patch_positions
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.registry import register
-from vlkit.schema import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -73,19 +75,23 @@ class MIM(Objective):
 
     Config = MIMConfig
 
-    def __init__(self, cfg: MIMConfig, name: str = "mim", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
-        if ctx is None:
-            raise ValueError("MIM needs the encoder (pass ctx)")
-        if not ctx.encoder.supports_patch_mask:
-            raise ValueError(f"objective `{name}` (mim) hides image patches, which the "
-                             f"`{type(ctx.encoder).__name__}` cannot take; use an albef or mome encoder")
+    def __init__(self, cfg: MIMConfig, name: str = "mim", *, patch_size: int, patches: int, width: int) -> None:
+        super().__init__(cfg, name)
         self.cfg: MIMConfig = cfg
-        self.patch_size, self.patches, width = ctx.encoder.image_geometry()
+        self.patch_size, self.patches = patch_size, patches
         self.masked = max(1, round(cfg.mask_ratio * self.patches))
         self.head = MIMHead(width, self.patch_size)
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> MIM:
+        assert isinstance(cfg, MIMConfig)
+        if not parts.encoder.supports_patch_mask:
+            raise ValueError(f"objective `{name}` (mim) hides image patches, which the "
+                             f"`{type(parts.encoder).__name__}` cannot take; use an albef or mome encoder")
+        patch_size, patches, width = parts.encoder.image_geometry()
+        return cls(cfg, name, patch_size=patch_size, patches=patches, width=width)
+
+    def forward(self, step: StepView) -> ObjectiveOutput:
         images = step.batch.images
         if images is None:
             raise RuntimeError("masked image modelling needs images; this batch has none")

@@ -1,7 +1,8 @@
 """Masked language modelling conditioned on the image (ALBEF / VLMo MLM), with optional momentum
 distillation; on text-only batches (VLMo's stage 2) the masked text is encoded alone. The vocabulary
-head runs on the masked positions only; the masked positions come from the data loader
-(:class:`vlkit.data.masking.TokenMasker`) as an index, so no device sync is needed."""
+head runs on the masked positions only; the masked positions come from the data loader (masking is this
+objective's loader request, :class:`~vlkit.core.loader.MaskingConfig`) as an index, so no device sync is
+needed."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlkit.data.masking import MaskingConfig, TokenMasker
+from vlkit.core.loader import LoaderRequest, MaskingConfig
+from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.step import StepView
 from vlkit.heads.mlm import MLMHead, MLMHeadConfig
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.distill import DistillConfig, soft_cross_entropy
-from vlkit.objectives.step import Step
 from vlkit.registry import register
 
 
 @dataclass(kw_only=True)
 class MLMConfig(ObjectiveConfig, MaskingConfig):
-    """Masked language modelling (masking rates from :class:`~vlkit.data.masking.MaskingConfig`).
+    """Masked language modelling (masking rates from :class:`~vlkit.core.loader.MaskingConfig`, which the
+    data loader applies to each batch).
 
     Attributes:
         distill: momentum distillation over the masked positions (ALBEF: alpha 0.4); null: none.
@@ -40,10 +43,8 @@ class MLMConfig(ObjectiveConfig, MaskingConfig):
     def needs_teacher(self) -> bool:
         return self.distill is not None
 
-    @property
-    def masking(self) -> MaskingConfig:
-        return MaskingConfig(mask_prob=self.mask_prob, mask_token_prob=self.mask_token_prob,
-                             random_token_prob=self.random_token_prob, whole_word=self.whole_word)
+    def loader_requests(self) -> tuple[LoaderRequest, ...]:
+        return (self.masking,)
 
 
 def gather_positions(tokens: Tensor, positions: Tensor) -> Tensor:
@@ -57,27 +58,25 @@ class MLM(Objective):
 
     Config = MLMConfig
 
-    def __init__(self, cfg: MLMConfig, name: str = "mlm", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
-        if ctx is None or ctx.tokens is None:
-            raise ValueError("MLM needs the encoder and the tokenizer's special tokens (pass ctx with tokens)")
+    def __init__(self, cfg: MLMConfig, name: str = "mlm", *, head: MLMHead) -> None:
+        super().__init__(cfg, name)
         self.cfg: MLMConfig = cfg
-        self.head = MLMHead.build(ctx.encoder, MLMHeadConfig(tie_word_embeddings=cfg.tie_word_embeddings))
-        tokens = ctx.tokens
-        self.masker = TokenMasker(cfg.masking, mask_id=tokens.mask_id, vocab_size=tokens.vocab_size,
-                                  special_ids=tokens.never_masked)
+        self.head = head
 
-    def batch_transform(self) -> TokenMasker:
-        return self.masker
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> MLM:
+        assert isinstance(cfg, MLMConfig)
+        head = MLMHead.build(parts.encoder, MLMHeadConfig(tie_word_embeddings=cfg.tie_word_embeddings))
+        return cls(cfg, name, head=head)
 
     def teacher_modules(self) -> dict[str, nn.Module]:
         return {"head": self.head} if self.cfg.distill is not None else {}
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def forward(self, step: StepView) -> ObjectiveOutput:
         mlm = step.batch.mlm
         if mlm is None:
-            raise RuntimeError("the batch carries no masked text; the data pipeline must apply this objective's "
-                               "batch_transform()")
+            raise RuntimeError("the batch carries no masked text; the data pipeline must carry out this "
+                               "objective's loader_requests()")
         text_only = step.batch.images is None  # VLMo's stage 2: the text alone, through the text experts
         tokens = step.masked_text_alone.embeds if text_only else step.fuse(text=step.masked_text).text
         logits = self.head(gather_positions(tokens, mlm.positions)).float()
@@ -93,4 +92,5 @@ class MLM(Objective):
             distill = soft_cross_entropy(logits, F.softmax(logits_m.float(), dim=-1))
             loss = (1 - alpha) * loss + alpha * distill
             metrics["loss_distill"] = distill.detach()
-        return ObjectiveOutput(loss=loss, metrics=metrics)
+        schedule = {} if self.cfg.distill is None else {"alpha": self.cfg.distill.alpha_at(step.teacher_steps)}
+        return ObjectiveOutput(loss=loss, metrics=metrics, schedule=schedule)

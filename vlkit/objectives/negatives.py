@@ -11,38 +11,21 @@ of crashing ``multinomial`` ("invalid multinomial distribution") or teaching a w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from vlkit import dist
-from vlkit.encoders.base import ImageEncoding, TextEncoding
-from vlkit.objectives.step import Step
+from vlkit.core.encodings import ImageEncoding, TextEncoding
+from vlkit.core.errors import ConfigError
+from vlkit.core.similarity import Negatives
+from vlkit.core.step import StepView
 from vlkit.registry import register
-from vlkit.schema import ComponentConfig, ConfigError
+from vlkit.schema import ComponentConfig
 
-
-@dataclass
-class Negatives:
-    """Drawn negatives, each ``[B]``.
-
-    Attributes:
-        image_index: row of the negative image for text ``b``.
-        text_index: row of the negative text for image ``b``.
-        image_valid: 1.0 where ``image_index[b]`` is a real negative, 0.0 for a placeholder.
-        text_valid: likewise for ``text_index``.
-        images: where ``image_index`` points (e.g. negatives gathered from other ranks and
-            re-encoded); None: the step's own images.
-        texts: likewise for ``text_index``.
-    """
-
-    image_index: Tensor
-    text_index: Tensor
-    image_valid: Tensor
-    text_valid: Tensor
-    images: ImageEncoding | None = None
-    texts: TextEncoding | None = None
+__all__ = ["GlobalHardNegatives", "GlobalHardNegativesConfig", "HardNegativesConfig", "InBatchHardNegatives",
+           "NegativeSampler", "Negatives", "RandomNegatives", "SamplerConfig", "admissible", "draw", "masked_softmax"]
 
 
 def draw(weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,13 +46,23 @@ def admissible(idx: Tensor) -> Tensor:
     return idx[:, None] != idx[None, :]
 
 
+@dataclass(kw_only=True)
+class SamplerConfig(ComponentConfig):
+    """Settings every negative sampler has (a sampler registered without a config gets this one)."""
+
+    needs_similarity: ClassVar[bool] = False
+    """The sampler reads the step's contrastive similarities (``step.sim`` / ``step.global_sim``), so the
+    recipe needs an objective that provides them (e.g. ``itc``)."""
+
+
 class NegativeSampler:
-    """Base of negative samplers: ``sample(step) -> Negatives``."""
+    """Base of negative samplers (registry kind ``negatives``): built from their validated config (None:
+    the defaults), ``sample(step) -> Negatives``."""
 
-    def __init__(self, cfg: ComponentConfig | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: SamplerConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else SamplerConfig()
 
-    def sample(self, step: Step) -> Negatives:
+    def sample(self, step: StepView) -> Negatives:
         raise NotImplementedError
 
 
@@ -77,7 +70,9 @@ class NegativeSampler:
 class RandomNegatives(NegativeSampler):
     """Uniform over the other images / texts of the batch (the ALBEF ablation's 'MLM + ITM')."""
 
-    def sample(self, step: Step) -> Negatives:
+    Config = SamplerConfig
+
+    def sample(self, step: StepView) -> Negatives:
         ok = admissible(step.batch.idx).float()
         image_index, image_valid = draw(ok)
         text_index, text_valid = draw(ok)
@@ -91,7 +86,7 @@ def masked_softmax(logits: Tensor, allowed: Tensor) -> Tensor:
 
 
 @dataclass(kw_only=True)
-class HardNegativesConfig(ComponentConfig):
+class HardNegativesConfig(SamplerConfig):
     """Settings of the similarity-weighted samplers.
 
     Attributes:
@@ -103,6 +98,8 @@ class HardNegativesConfig(ComponentConfig):
     """
 
     ramp_steps: int = 0
+
+    needs_similarity: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.ramp_steps < 0:
@@ -120,11 +117,12 @@ class InBatchHardNegatives(NegativeSampler):
 
     Config = HardNegativesConfig
 
-    def __init__(self, cfg: ComponentConfig | None = None) -> None:
-        super().__init__(cfg if isinstance(cfg, HardNegativesConfig) else HardNegativesConfig(type="in_batch_hard"))
+    def __init__(self, cfg: HardNegativesConfig | None = None) -> None:
+        super().__init__()
+        self.cfg: HardNegativesConfig = cfg if cfg is not None else HardNegativesConfig(type="in_batch_hard")
 
     @torch.no_grad()
-    def sample(self, step: Step) -> Negatives:
+    def sample(self, step: StepView) -> Negatives:
         sim = step.sim
         ok = admissible(step.batch.idx)
         hardness = self.cfg.hardness(step.index)
@@ -158,11 +156,11 @@ class GlobalHardNegatives(InBatchHardNegatives):
 
     Config = GlobalHardNegativesConfig
 
-    def __init__(self, cfg: ComponentConfig | None = None) -> None:
-        NegativeSampler.__init__(self, cfg if isinstance(cfg, GlobalHardNegativesConfig)
-                                 else GlobalHardNegativesConfig(type="global_hard"))
+    def __init__(self, cfg: GlobalHardNegativesConfig | None = None) -> None:
+        super().__init__()
+        self.cfg: GlobalHardNegativesConfig = cfg if cfg is not None else GlobalHardNegativesConfig(type="global_hard")
 
-    def sample(self, step: Step) -> Negatives:
+    def sample(self, step: StepView) -> Negatives:
         if not dist.is_distributed():
             return super().sample(step)
         batch = step.batch
@@ -181,8 +179,8 @@ class GlobalHardNegatives(InBatchHardNegatives):
             input_ids = dist.all_gather_padded(batch.input_ids, dim=1)[text_index]
             mask = dist.all_gather_padded(batch.attention_mask, dim=1)[text_index]
         rows = torch.arange(batch.size, device=batch.idx.device)
-        return Negatives(rows, rows, image_valid, text_valid, images=step.encoder.encode_image(images),
-                         texts=step.encoder.encode_text(input_ids, mask))
+        return Negatives(rows, rows, image_valid, text_valid, images=step.encode_image(images),
+                         texts=step.encode_text(input_ids, mask))
 
 
 def _pad(x: Tensor, length: int) -> Tensor:

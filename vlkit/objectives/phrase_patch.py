@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlkit.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput
-from vlkit.objectives.grounding import PhraseRegionTransform, pool_phrases, step_regions
-from vlkit.objectives.step import Step
+from vlkit.core.loader import LoaderRequest, PhraseRegionsRequest
+from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.step import StepView
+from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
+from vlkit.objectives.grounding import pool_phrases, step_regions
 from vlkit.registry import register
 
 
@@ -42,6 +44,9 @@ class PhrasePatchConfig(ObjectiveConfig):
     temperature: float = 0.07
 
     reads_boxes: ClassVar[bool] = True
+
+    def loader_requests(self) -> tuple[LoaderRequest, ...]:
+        return (PhraseRegionsRequest(),)
 
 
 def covered_patches(boxes: Tensor, grid: int) -> Tensor:
@@ -64,23 +69,24 @@ class PhrasePatch(Objective):
 
     Config = PhrasePatchConfig
 
-    def __init__(self, cfg: PhrasePatchConfig, name: str = "phrase_patch", ctx: ObjectiveContext | None = None) -> None:
-        super().__init__(cfg, name, ctx)
-        if ctx is None:
-            raise ValueError("phrase_patch needs the encoder to size its projections (pass ctx)")
+    def __init__(self, cfg: PhrasePatchConfig, name: str = "phrase_patch", *, text_width: int, patch_width: int,
+                 patches: int) -> None:
+        super().__init__(cfg, name)
         self.cfg: PhrasePatchConfig = cfg
-        _, patches, image_width = ctx.encoder.image_geometry()
         self.grid = math.isqrt(patches)
         if self.grid * self.grid != patches:
             raise ValueError(f"phrase_patch needs a square patch grid, the encoder has {patches} patches")
-        self.text_proj = nn.Linear(ctx.encoder.width, cfg.dim)
-        self.patch_proj = nn.Linear(image_width, cfg.dim)
+        self.text_proj = nn.Linear(text_width, cfg.dim)
+        self.patch_proj = nn.Linear(patch_width, cfg.dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.temperature)))
 
-    def batch_transform(self) -> PhraseRegionTransform:
-        return PhraseRegionTransform()
+    @classmethod
+    def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> PhrasePatch:
+        assert isinstance(cfg, PhrasePatchConfig)
+        _, patches, image_width = parts.encoder.image_geometry()
+        return cls(cfg, name, text_width=parts.encoder.width, patch_width=image_width, patches=patches)
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    def forward(self, step: StepView) -> ObjectiveOutput:
         regions = step_regions(step)
         if regions.rows.numel() == 0:
             zero = sum(p.sum() for p in self.parameters()) * 0.0
@@ -101,6 +107,6 @@ class PhrasePatch(Objective):
         temperature = 1 / self.log_scale.exp().detach()
         return ObjectiveOutput(loss=loss, metrics={"top1_in_box": hit, "temperature": temperature})
 
-    def after_step(self, step: object) -> None:
+    def after_step(self, step: StepView) -> None:
         with torch.no_grad():
             self.log_scale.clamp_(math.log(2.0), math.log(1000.0))

@@ -9,12 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vlkit.core.outputs import MATCH_HEAD
 from vlkit.data.config import DataConfig
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import tokenize
 from vlkit.encoders.base import Encoder
 from vlkit.eval.config import EvalConfig
+from vlkit.objectives.base import Objective
 
 
 @dataclass
@@ -23,7 +25,8 @@ class TaskContext:
 
     Attributes:
         encoder: the online encoder (in eval mode).
-        heads: the model's heads by objective name (e.g. ``itm``), for tasks that use them.
+        heads: each objective's heads by role (:meth:`vlkit.objectives.base.Objective.heads`), by objective
+            name, for tasks that use them (:meth:`head`, :attr:`match_head`).
         source: the recipe's data source.
         tokenizer: the recipe's tokenizer.
         data: the recipe's data section (text length, [SEP] rule, normalization, caption cleaning).
@@ -36,7 +39,7 @@ class TaskContext:
     """
 
     encoder: Encoder
-    heads: dict[str, nn.Module]
+    heads: dict[str, dict[str, nn.Module]]
     source: DataSource
     tokenizer: Any
     data: DataConfig
@@ -44,7 +47,16 @@ class TaskContext:
     image_size: int
     device: torch.device
     out_dir: Path | None = None
-    objectives: dict[str, nn.Module] = field(default_factory=dict)
+    objectives: dict[str, Objective] = field(default_factory=dict)
+
+    def head(self, objective: str, role: str) -> nn.Module | None:
+        """Objective ``objective``'s head with ``role`` (None when there is none)."""
+        return self.heads.get(objective, {}).get(role)
+
+    @property
+    def match_head(self) -> nn.Module | None:
+        """The first objective's match head (:data:`~vlkit.core.outputs.MATCH_HEAD`), or None."""
+        return next((heads[MATCH_HEAD] for heads in self.heads.values() if MATCH_HEAD in heads), None)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Texts prepared as in training → ``input_ids``, ``attention_mask`` ``[N, L]`` (on the CPU)."""

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from vlkit.core.outputs import CLASSIFY_HEAD
 from vlkit.data.config import DataConfig
 from vlkit.data.json_dataset import AnnotationError
 from vlkit.data.sources import DataSource
@@ -34,7 +35,7 @@ from vlkit.data.task_data import (
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.transforms import eval_transform
 from vlkit.eval.classification import accuracy
-from vlkit.objectives.bifusion import BiFusionClassifyConfig
+from vlkit.objectives.bifusion import BiFusionClassify, BiFusionClassifyConfig
 from vlkit.objectives.classify import ClassifyConfig, pair_features
 from vlkit.objectives.distill import DistillConfig
 from vlkit.registry import register
@@ -77,6 +78,8 @@ class FusedClassificationTask(Task):
     def __init__(self, cfg: FusedTaskConfig) -> None:
         self.cfg = cfg
         self._entries: dict[str, list[TaskEntry]] = {}
+        self.known_classes: int | None = None
+        """The class count when it is known without reading data (a checkpoint's head fixes it)."""
 
     # ------------------------------------------------------------------ data
     def files(self, source: DataSource, split: str) -> tuple[list[Path], Path]:
@@ -114,8 +117,12 @@ class FusedClassificationTask(Task):
         """The objective fine-tuning trains (it replaces the recipe's pre-training objectives)."""
         return {self.name: self.objective_config(source, data)}
 
+    def class_count(self, source: DataSource, data: DataConfig) -> int:
+        """:attr:`known_classes`, else :meth:`num_classes` (which may read the data)."""
+        return self.known_classes if self.known_classes is not None else self.num_classes(source, data)
+
     def objective_config(self, source: DataSource, data: DataConfig) -> ClassifyConfig:
-        return ClassifyConfig(type="classify", num_classes=self.num_classes(source, data),
+        return ClassifyConfig(type="classify", num_classes=self.class_count(source, data),
                               images_per_sample=self.images_per_sample, head=self.cfg.head, distill=self.cfg.distill)
 
     def train_dataset(self, source: DataSource, data: DataConfig, transform: Any, *, seed: int,
@@ -139,7 +146,7 @@ class FusedClassificationTask(Task):
     def logits(self, ctx: TaskContext) -> tuple[Tensor, list[TaskEntry], int]:
         """``[N, C]`` logits of the evaluation split's readable samples, their entries, and the count of
         samples skipped for unreadable images."""
-        head = ctx.heads.get(self.name)
+        head = ctx.head(self.name, CLASSIFY_HEAD)
         if head is None:
             raise ValueError(f"the model has no `{self.name}` head: evaluate a checkpoint fine-tuned on this task")
         outputs = []
@@ -248,7 +255,7 @@ class NLVR2(FusedClassificationTask):
         if self.cfg.fusion != "bi":
             return super().logits(ctx)
         objective = ctx.objectives.get(self.name)
-        if objective is None or not hasattr(objective, "pair_logits"):
+        if not isinstance(objective, BiFusionClassify):
             raise ValueError("the model has no bi-fusion `nlvr2` objective: evaluate a checkpoint fine-tuned with "
                              "task.fusion: bi")
         batches = self.encoded_batches(ctx)

@@ -191,15 +191,17 @@ class Grounding(Task):
         return usable[: cfg.max_expressions] if cfg.max_expressions else usable
 
     def layer(self, ctx: TaskContext) -> int:
-        count = len(list(getattr(getattr(ctx.encoder, "text_encoder", None), "fusion_layers", [])))
+        stack = ctx.encoder.fusion_stack()
+        count = 0 if stack is None else len(stack.fusion_layers)
         chosen = self.cfg.fusion_layer or min(3, max(count, 1))
         fusion_cross_attention(ctx.encoder, chosen)  # a clear error for encoders without cross-attention
         return chosen
 
     def evaluate(self, ctx: TaskContext) -> dict[str, float]:
-        itm = ctx.heads.get("itm")
+        itm = ctx.match_head
         if itm is None:
-            raise ValueError("Grad-CAM grounding differentiates the ITM score: the model needs an `itm` objective")
+            raise ValueError("Grad-CAM grounding differentiates the ITM score: the model needs an objective with a "
+                             "match head (e.g. itm)")
         layer = self.layer(ctx)
         size = ctx.image_size
         transform = eval_transform(size, ctx.data.normalize)

@@ -34,6 +34,6 @@ class Retrieval(Task):
     def evaluate(self, ctx: TaskContext) -> dict[str, float]:
         eval_cfg = ctx.eval if self.cfg.swap_probe == ctx.eval.swap_probe else \
             type(ctx.eval)(**{**vars(ctx.eval), "swap_probe": self.cfg.swap_probe})
-        evaluator = PretrainEvaluator(ctx.encoder, ctx.heads.get("itm"), ctx.source, ctx.tokenizer, ctx.data, eval_cfg,
+        evaluator = PretrainEvaluator(ctx.encoder, ctx.match_head, ctx.source, ctx.tokenizer, ctx.data, eval_cfg,
                                       ctx.image_size, ctx.device)
         return evaluator()

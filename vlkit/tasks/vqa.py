@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from vlkit.core.errors import ConfigError
+from vlkit.core.outputs import ANSWER_HEAD
 from vlkit.data.config import DataConfig
 from vlkit.data.json_dataset import AnnotationError
 from vlkit.data.sources import DataSource
@@ -21,10 +23,10 @@ from vlkit.data.tokenizer import tokenize
 from vlkit.data.vqa_v2 import is_vqa_v2_questions, read_vqa_v2
 from vlkit.eval.classification import mean_vqa_accuracy
 from vlkit.eval.vqa_normalize import normalize_answer
+from vlkit.heads.answer_decoder import AnswerDecoder
 from vlkit.objectives.answers import GenerateAnswersConfig, rank_answers
 from vlkit.objectives.classify import ClassifyConfig
 from vlkit.registry import register
-from vlkit.schema import ConfigError
 from vlkit.tasks.base import TaskContext
 from vlkit.tasks.classification import FusedClassificationTask, FusedTaskConfig
 
@@ -127,7 +129,7 @@ class VQA(FusedClassificationTask):
         if cfg.head == "rank":
             return GenerateAnswersConfig(type="generate_answers", layers=cfg.decoder_layers, k_test=cfg.k_test,
                                          first_token_twice=cfg.first_token_twice, distill=cfg.distill)
-        return ClassifyConfig(type="classify", num_classes=self.num_classes(source, data), head=cfg.head,
+        return ClassifyConfig(type="classify", num_classes=self.class_count(source, data), head=cfg.head,
                               loss="soft_bce")
 
     def collate(self, tokenizer: Any, source: DataSource, data: DataConfig) -> TaskCollate:
@@ -140,8 +142,8 @@ class VQA(FusedClassificationTask):
     def ranked(self, ctx: TaskContext) -> tuple[list[str], list[TaskEntry], int]:
         """``rank`` head: each readable evaluation sample's predicted answer, the entries, and the count
         skipped for unreadable images."""
-        decoder = ctx.heads.get(self.name)
-        if decoder is None:
+        decoder = ctx.head(self.name, ANSWER_HEAD)
+        if not isinstance(decoder, AnswerDecoder):
             raise ValueError("the model has no `vqa` answer decoder: evaluate a checkpoint fine-tuned with head: rank")
         vocabulary = self.answers(ctx.source, ctx.data)
         candidates = tokenize(ctx.tokenizer, vocabulary, self.cfg.answer_tokens)

@@ -72,15 +72,6 @@ class InitReport:
                 f"{len(self.unused)} unused{first(self.unused)}")
 
 
-def model_aliases(model: nn.Module) -> dict[str, str]:
-    """Every objective's :meth:`~vlkit.objectives.base.Objective.init_aliases`, as full model keys."""
-    objectives = getattr(model, "objectives", None)
-    if objectives is None:
-        return {}
-    return {f"objectives.{name}.{own}": source for name, objective in objectives.items()
-            if hasattr(objective, "init_aliases") for own, source in objective.init_aliases().items()}
-
-
 def teacher_counterpart(key: str) -> str | None:
     """The online key a momentum-teacher copy mirrors: ``teacher.copies.encoder.X`` → ``encoder.X``,
     ``teacher.copies.<objective>__<module>.X`` → ``objectives.<objective>.<module>.X``."""
@@ -124,10 +115,12 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor],
     return report
 
 
-def initialize_from(model: nn.Module, source: str | Path) -> InitReport:
-    """Load the matching weights of the checkpoint at ``source`` (file or run folder) into ``model``."""
+def initialize_from(model: nn.Module, source: str | Path, aliases: dict[str, str] | None = None) -> InitReport:
+    """Load the matching weights of the checkpoint at ``source`` (file or run folder) into ``model``;
+    ``aliases`` (model key → checkpoint key) name where keys the checkpoint lacks may come from instead
+    (a pre-training model's :meth:`~vlkit.models.model.PretrainModel.init_aliases`)."""
     path = find_checkpoint(source)
-    report = load_matching(model, read_checkpoint(path)["model"], model_aliases(model))
+    report = load_matching(model, read_checkpoint(path)["model"], aliases)
     if not report.loaded:
         raise ValueError(f"init_from {path}: no weight of the checkpoint fits this model ({report.summary()})")
     log.info("init_from %s: %s", path, report.summary())

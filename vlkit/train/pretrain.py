@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from vlkit import dist, registry
-from vlkit.build import build_encoder
-from vlkit.data.batch import Batch
+from vlkit.build import build_encoder, build_pretrain_model
+from vlkit.core.batch import Batch
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.corpora import (
     ImageFileDataset,
@@ -28,6 +28,7 @@ from vlkit.data.corpora import (
     TextOnlySource,
 )
 from vlkit.data.json_dataset import EpochSampler, PairDataset, read_parts
+from vlkit.data.loader_requests import batch_transforms, wants_hard_negatives
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
@@ -36,9 +37,8 @@ from vlkit.data.transforms import DeviceNormalize, decode_size, train_transform
 from vlkit.data.webdataset_source import ShardStream, WebDatasetSource
 from vlkit.encoders.base import Encoder
 from vlkit.eval.runner import PretrainEvaluator
-from vlkit.models.model import PretrainModel, build_pretrain_model
+from vlkit.models.model import PretrainModel
 from vlkit.nn.checkpointing import compile_blocks
-from vlkit.objectives.base import ObjectiveContext
 from vlkit.recipe import Recipe
 from vlkit.tasks.base import Task, TaskContext
 from vlkit.train import checkpoint as ckpt
@@ -110,11 +110,10 @@ class Pretraining:
             if fusing and not encoder.supports_fusion:
                 raise ValueError(f"task `{recipe.task.type}` fuses images and text; the `{recipe.encoder.type}` "
                                  "encoder has no fusion layers (use an albef or mome encoder)")
-        self.model: PretrainModel = build_pretrain_model(encoder, objectives, ObjectiveContext(encoder, self.tokens),
-                                                         recipe.momentum)
+        self.model: PretrainModel = build_pretrain_model(encoder, objectives, recipe.momentum)
         self.weight_loads: list[dict[str, Any]] = self._tower_reports(encoder, recipe.strict)
         if recipe.init_from:
-            report = initialize_from(self.model, recipe.init_from)
+            report = initialize_from(self.model, recipe.init_from, self.model.init_aliases())
             self.weight_loads.append({"tower": "init_from", "source": recipe.init_from, **report.to_dict()})
             if recipe.strict and (report.new or report.reshaped or report.unused):
                 raise ValueError(f"strict: init_from {recipe.init_from} does not account for every key: "
@@ -137,11 +136,12 @@ class Pretraining:
         if recipe.train.compile and padding == "longest":  # compiled blocks need repeating shapes
             padding = "multiple_of_8"
             log.info("train.compile: text batches padded to multiples of 8 (data.padding was `longest`)")
+        requests = self.model.loader_requests()
         collate = {"pair": PretrainCollate, "text": TextOnlyCollate}.get(self.modality)
         self.collate: Any = ImageOnlyCollate() if collate is None else collate(
-            self.tokenizer, data.max_text_len, data.drop_sep, self.model.batch_transforms(), seed=recipe.seed,
-            clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
-        reads_negatives = [n for n, c in recipe.objectives.items() if getattr(c, "reads_hard_negatives", False)]
+            self.tokenizer, data.max_text_len, data.drop_sep, batch_transforms(requests, self.tokens),
+            seed=recipe.seed, clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
+        reads_negatives = [n for n, c in recipe.objectives.items() if wants_hard_negatives(c.loader_requests())]
         if reads_negatives and isinstance(self.collate, PretrainCollate):
             self.collate.hard_negatives = True
         self.stream: ShardStream | None = None
@@ -283,11 +283,10 @@ class Pretraining:
     def task_context(self) -> TaskContext:
         """What the recipe's task evaluates with: the online encoder and the objectives' heads."""
         assert self.recipe.data is not None
-        heads = {name: o.head for name, o in self.model.objectives.items() if hasattr(o, "head")}
-        return TaskContext(self.model.encoder, heads, self.source, self.tokenizer, self.recipe.data, self.recipe.eval,
-                           self.recipe.encoder.input_size, self.device,
+        return TaskContext(self.model.encoder, self.model.heads(), self.source, self.tokenizer, self.recipe.data,
+                           self.recipe.eval, self.recipe.encoder.input_size, self.device,
                            out_dir=self.paths.out if dist.is_main() else None,  # rank 0 writes task files
-                           objectives=dict(self.model.objectives.items()))
+                           objectives=dict(self.model.objective_list()))
 
     def evaluator(self) -> Callable[[], dict[str, float]] | None:
         """The end-of-training evaluation: the task's, else retrieval and the swap probe on
@@ -303,9 +302,8 @@ class Pretraining:
         except ValueError as err:
             log.warning("no evaluation: %s", err)
             return None
-        itm = next((o for o in self.model.objectives.values() if o.cfg.type == "itm"), None)
         assert self.recipe.data is not None
-        return PretrainEvaluator(self.model.encoder, getattr(itm, "head", None), self.source, self.tokenizer,
+        return PretrainEvaluator(self.model.encoder, self.model.match_head(), self.source, self.tokenizer,
                                  self.recipe.data, self.recipe.eval, self.recipe.encoder.input_size, self.device)
 
     def trainer(self, progress: bool = True) -> Trainer:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from vlkit import dist
-from vlkit.data.batch import Batch
+from vlkit.core.batch import Batch
 from vlkit.models.model import PretrainModel
 from vlkit.train import checkpoint as ckpt
 from vlkit.train import weights_file
@@ -145,6 +145,8 @@ class _Window:
     samples: int = 0
     sums: dict[str, Tensor] = field(default_factory=dict)
     count: int = 0
+    schedule: dict[str, float] = field(default_factory=dict)
+    """The objectives' schedule values at the window's last step (e.g. ``alpha/itc``)."""
 
     def add(self, values: dict[str, Tensor]) -> None:
         self.count += 1
@@ -283,6 +285,7 @@ class Trainer:
             self._nonfinite |= ~torch.isfinite(result.loss.detach())
             results.append(result)
             window.add({"loss/total": result.loss, **result.losses, **result.metrics})
+            window.schedule.update(result.schedule)
         average_gradients(self._replicated)  # FSDP's replicated 0-d parameters (temperatures)
         if self.cfg.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
@@ -382,12 +385,8 @@ class Trainer:
             "time/data_s": window.data_seconds,
             "time/compute_s": seconds - window.data_seconds,
             "data/skipped_total": float(self.skipped),
+            **window.schedule,
         })
-        teacher_start = self.model.teacher.cfg.warmup_steps if self.model.teacher is not None else 0
-        for name, objective in self.model.objectives.items():
-            distill = getattr(objective.cfg, "distill", None)
-            if distill is not None:
-                scalars[f"alpha/{name}"] = distill.alpha_at(self.step - 1 - teacher_start)
         for key, value in scalars.items():
             self.writer().add_scalar(key, value, self.step)
         bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.2e}",

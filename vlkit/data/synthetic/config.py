@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from vlkit.schema import ConfigError
+from vlkit.core.errors import ConfigError
 
 FORMAT_VERSION = 4  # 2: records carry `group` (a scene and its twin share it); 3: and `phrases` (grounding);
 # 4: and `hard_negatives` (verified-false swaps of each caption)

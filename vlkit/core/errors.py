@@ -1,0 +1,45 @@
+"""The user-error family: conditions a user can cause (a recipe key, a file, a flag) and fix.
+
+The command line catches :class:`UserError` once and prints one line ``error: ...`` (exit 2); any
+other exception is a bug in vlkit and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Base of every error a user can cause and fix; the message names the key or file and the fix."""
+
+
+class RecipeError(UserError, ValueError):
+    """A recipe problem found before anything heavy starts.
+
+    Attributes:
+        source: the file (or ``command line``) the offending key came from.
+        key: the dotted key path, or ``""`` for the recipe as a whole.
+    """
+
+    def __init__(self, message: str, source: str = "", key: str = "") -> None:
+        self.message = message
+        self.source = source
+        self.key = key
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+class ConfigError(UserError, ValueError):
+    """Raised by a config's ``__post_init__`` for a cross-field rule; ``key`` names the field."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        self.key = key
+        super().__init__(message)
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with its key moved below ``prefix`` (for checks of nested sections)."""
+        return ConfigError(str(self), key=f"{prefix}.{self.key}" if self.key else prefix)
+
+
+class RegistryError(UserError, KeyError):
+    """An unknown registry kind or name; the message lists the nearest registered names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
+        return str(self.args[0]) if self.args else ""
