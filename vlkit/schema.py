@@ -221,10 +221,10 @@ class _Validator:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return self._raise(path, f"`{path}` must be a number, got {_type_name(value)} `{value}`")
             return float(value)
-        if hint is str:
+        if isinstance(hint, type) and issubclass(hint, str):  # str, or a typed string such as WeightSource
             if not isinstance(value, str):
                 return self._raise(path, f"`{path}` must be a string, got {_type_name(value)}")
-            return value
+            return value if hint is str else hint(value)
         raise TypeError(f"schema type {hint!r} at `{path}` is not supported")
 
     @staticmethod
@@ -278,7 +278,7 @@ class _Validator:
         return instance
 
     def apply_size(self, cfg_cls: type, settings: dict[str, Any], path: str) -> dict[str, Any]:
-        sizes: dict[str, dict[str, Any]] = getattr(cfg_cls, "SIZES", {})
+        sizes: dict[str, dict[str, Any]] = cfg_cls.SIZES if issubclass(cfg_cls, ComponentConfig) else {}
         if not sizes:
             return settings
         default = next((f.default for f in dataclasses.fields(cfg_cls) if f.name == "size"), None)
@@ -320,4 +320,6 @@ def to_dict(instance: Any) -> Any:
         return [to_dict(v) for v in instance]
     if isinstance(instance, dict):
         return {k: to_dict(v) for k, v in instance.items()}
+    if isinstance(instance, str):
+        return str(instance)  # typed strings (WeightSource) as plain YAML strings
     return instance

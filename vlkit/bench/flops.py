@@ -16,8 +16,14 @@ vlkit's executed FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from vlkit.encoders.albef import AlbefConfig
+from vlkit.encoders.base import EncoderConfig
+from vlkit.encoders.mome import MomeConfig
+from vlkit.objectives.base import ObjectiveConfig
+from vlkit.objectives.itc import ITCConfig
 
 
 def layer_flops(n: int, d: int, ffn: int) -> float:
@@ -100,22 +106,22 @@ def vlmo_reference(shape: MomeShape, text_len: int) -> dict[str, float]:
     return {"total": sum(parts.values()), **parts}
 
 
-def reference_flops(encoder_cfg: Any, objectives: dict[str, Any], text_len: int, batch: int) -> dict[str, float] | None:
+def reference_flops(encoder_cfg: EncoderConfig, objectives: Mapping[str, ObjectiveConfig], text_len: int,
+                    batch: int) -> dict[str, float] | None:
     """The reference for a recipe's encoder (ALBEF or MoME), or None (no official step to compare)."""
-    vocab = getattr(getattr(encoder_cfg, "text", None), "vocab_size", None)
-    if encoder_cfg.type == "albef":
+    if isinstance(encoder_cfg, AlbefConfig):
         image, bert = encoder_cfg.image, encoder_cfg.text
-        itc = objectives.get("itc")
+        itc = next((c for c in objectives.values() if isinstance(c, ITCConfig)), None)
         shape = AlbefShape(d_image=image.dim, d_text=bert.dim, ffn_image=int(image.dim * image.mlp_ratio),
                            ffn_text=bert.intermediate, vit_depth=image.depth, text_layers=encoder_cfg.fusion_layer,
                            fusion_layers=bert.layers - encoder_cfg.fusion_layer, patch=image.patch_size,
                            image_tokens=1 + (image.image_size // image.patch_size) ** 2, vocab=bert.vocab_size,
-                           embed_dim=encoder_cfg.embed_dim, queue=getattr(itc, "queue_size", 0) if itc else 0)
+                           embed_dim=encoder_cfg.embed_dim, queue=itc.queue_size if itc else 0)
         return albef_reference(shape, text_len, batch)
-    if encoder_cfg.type == "mome":
+    if isinstance(encoder_cfg, MomeConfig):
         shape = MomeShape(d=encoder_cfg.dim, ffn=int(encoder_cfg.dim * encoder_cfg.mlp_ratio), depth=encoder_cfg.depth,
                           vl_start=encoder_cfg.vl_start, patch=encoder_cfg.patch_size,
                           image_tokens=1 + (encoder_cfg.image_size // encoder_cfg.patch_size) ** 2,
-                          vocab=vocab or encoder_cfg.vocab_size)
+                          vocab=encoder_cfg.vocab_size)
         return vlmo_reference(shape, text_len)
     return None

@@ -23,6 +23,13 @@ from vlkit.convert.layout import Layout
 from vlkit.convert.resize import resize_position_grid, truncate_positions
 from vlkit.convert.rules import Drop, Rule, is_arange, temperature_transform
 from vlkit.convert.target import Target
+from vlkit.encoders.albef import AlbefConfig
+from vlkit.objectives.answers import GenerateAnswers
+from vlkit.objectives.bifusion import BiFusionClassify
+from vlkit.objectives.classify import Classify
+from vlkit.objectives.itc import ITC
+from vlkit.objectives.itm import ITM
+from vlkit.objectives.mlm import MLM
 
 LAYOUTS = ("pretrain", "retrieval", "vqa", "nlvr2")
 TEACHER = "teacher.copies."
@@ -70,17 +77,19 @@ def _names(target: Target, layout: str) -> dict[str, str]:
     """The recipe's objective names, or the usual ones (whose absence the rules then report)."""
     classify = "nlvr2" if layout == "nlvr2" else "ve"
     return {
-        "itc": target.objective("itc") or "itc",
-        "itm": target.objective("itm") or "itm",
-        "mlm": target.objective("mlm") or "mlm",
-        "vqa": target.objective("generate_answers") or "vqa",
-        "cls": target.objective("classify", "classify_bifusion") or classify,
+        "itc": target.objective(ITC) or "itc",
+        "itm": target.objective(ITM) or "itm",
+        "mlm": target.objective(MLM) or "mlm",
+        "vqa": target.objective(GenerateAnswers) or "vqa",
+        "cls": target.objective(Classify, BiFusionClassify) or classify,
     }
 
 
 def _tower_rules(layout: str, target: Target, n: dict[str, str]) -> list[Rule]:
     """Image tower, projections and the text stack, online (``""``) and momentum (``_m``)."""
-    fusion = target.encoder_cfg.fusion_layer
+    cfg = target.encoder_cfg
+    assert isinstance(cfg, AlbefConfig)  # the command checked the recipe's encoder
+    fusion = cfg.fusion_layer
     rules: list[Rule] = []
     for suffix, root in (("", "encoder."), ("_m", TEACHER + "encoder.")):
         teacher = suffix == "_m"
@@ -132,7 +141,7 @@ def _head_rules(layout: str, target: Target, n: dict[str, str]) -> list[Rule]:
                               f"the recipe has no {n['cls']} classifier (task: {{type: {n['cls']}}})"))
     itc, itm = f"objectives.{n['itc']}.", f"objectives.{n['itm']}."
     no_itc = "the recipe has no itc objective"
-    itc_cfg = target.objective_cfg(target.objective("itc"))
+    itc_cfg = target.itc_config()
     log_scale = itc_cfg is not None and itc_cfg.parametrization == "log_scale"
     rules += [
         Rule("itm_head.", itm + "head.fc.", itm, "the recipe has no itm objective"),
@@ -178,10 +187,10 @@ def albef_layout(name: str, target: Target) -> Layout:
 
 def layout_of_model(target: Target) -> str:
     """The official layout a vlkit ALBEF model exports to by default."""
-    if target.objective("generate_answers"):
+    if target.objective(GenerateAnswers):
         return "vqa"
-    if target.objective("classify_bifusion"):
+    if target.objective(BiFusionClassify):
         return "nlvr2"
-    if target.objective("mlm"):
+    if target.objective(MLM):
         return "pretrain"
     return "retrieval"

@@ -17,6 +17,9 @@ from vlkit.convert.io import load_official, save_official, save_vlkit
 from vlkit.convert.layout import Layout
 from vlkit.convert.report import Accounting
 from vlkit.convert.target import Target
+from vlkit.encoders.albef import AlbefConfig
+from vlkit.encoders.base import EncoderConfig
+from vlkit.encoders.mome import MomeConfig
 from vlkit.recipe import Recipe, resolve, validate_recipe
 from vlkit.train.init import find_checkpoint, read_checkpoint
 
@@ -24,7 +27,7 @@ log = logging.getLogger("vlkit.convert")
 
 FAMILIES = ("albef", "vlmo")
 DEFAULT_RECIPES = {"albef": "albef/base", "vlmo": "vlmo/base"}
-ENCODERS = {"albef": "albef", "vlmo": "mome"}
+ENCODERS: dict[str, type[EncoderConfig]] = {"albef": AlbefConfig, "vlmo": MomeConfig}
 
 
 @dataclass
@@ -39,9 +42,10 @@ class Converted:
 def _recipe(family: str, ref: str | None, overrides: list[str]) -> tuple[Recipe, str]:
     name = ref or DEFAULT_RECIPES[family]
     recipe = resolve(name, overrides).recipe
-    if recipe.encoder.type != ENCODERS[family]:
+    if not isinstance(recipe.encoder, ENCODERS[family]):
+        wanted = "an albef" if family == "albef" else "a mome"
         raise ConversionError(f"recipe {name} does not fit {family}", [
-            f"its encoder is `{recipe.encoder.type}`; {family} checkpoints need a `{ENCODERS[family]}` encoder"])
+            f"its encoder is `{recipe.encoder.type}`; {family} checkpoints need {wanted} encoder"])
     return recipe, name + (" " + " ".join(overrides) if overrides else "")
 
 

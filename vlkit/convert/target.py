@@ -7,17 +7,19 @@ initialized by vlkit."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlkit import registry
 from vlkit.build import build_encoder, build_objectives, build_pretrain_model
+from vlkit.encoders.base import EncoderConfig
 from vlkit.models.model import PretrainModel
+from vlkit.objectives.base import Objective
+from vlkit.objectives.itc import ITC, ITCConfig
 from vlkit.recipe import Recipe
 from vlkit.tasks.classification import FusedClassificationTask
 
@@ -88,22 +90,24 @@ class Target:
         """Whether the model holds any key under ``prefix`` (or the key itself)."""
         return any(k == prefix or k.startswith(prefix) for k in self.shapes)
 
-    def objective(self, *types: str, names: tuple[str, ...] = ()) -> str | None:
-        """Name of the first objective of one of ``types`` (or named one of ``names``), None if none."""
-        objectives: nn.ModuleDict = self.model.objectives
-        for name, objective in objectives.items():
-            if objective.cfg.type in types or name in names:
+    def objective(self, *kinds: type[Objective], names: tuple[str, ...] = ()) -> str | None:
+        """Name of the first objective of one of the classes ``kinds`` (or named one of ``names``), None if none."""
+        for name, objective in self.model.objective_list():
+            if isinstance(objective, kinds) or name in names:
                 return name
         return None
 
-    def objective_cfg(self, name: str | None) -> Any:
-        """The config of objective ``name`` (None if absent)."""
-        if name is None or name not in self.model.objectives:
+    def itc_config(self) -> ITCConfig | None:
+        """The config of the recipe's first contrastive (``itc``) objective, None if it has none."""
+        name = self.objective(ITC)
+        if name is None:
             return None
-        return self.model.objectives[name].cfg
+        cfg = self.model.objectives[name].cfg
+        assert isinstance(cfg, ITCConfig)
+        return cfg
 
     @property
-    def encoder_cfg(self) -> Any:
+    def encoder_cfg(self) -> EncoderConfig:
         return self.recipe.encoder
 
     def initial_values(self, keys: list[str]) -> dict[str, Tensor]:
@@ -121,19 +125,7 @@ class Target:
                 return {k: state[k] for k in keys}
         log.info("building the recipe's model on the CPU for the weights the checkpoint does not provide")
         recipe = copy.deepcopy(self.recipe)
-        _clear_tower_init(recipe.encoder)
+        recipe.encoder = recipe.encoder.without_tower_inits()
         torch.manual_seed(recipe.seed)
         state = build_model(recipe, "cpu", self.num_classes).state_dict()
         return {k: state[k] for k in keys}
-
-
-def _clear_tower_init(cfg: Any) -> None:
-    """Set every ``init`` field of a (nested) encoder config to None, in place."""
-    if not dataclasses.is_dataclass(cfg):
-        return
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name == "init" and value is not None:
-            setattr(cfg, f.name, None)
-        else:
-            _clear_tower_init(value)

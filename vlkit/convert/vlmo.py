@@ -18,6 +18,10 @@ from vlkit.convert.layout import Layout, first_component
 from vlkit.convert.resize import resize_position_grid, resize_relative_table, truncate_positions
 from vlkit.convert.rules import Drop, Rule, is_arange, temperature_transform
 from vlkit.convert.target import Target
+from vlkit.encoders.mome import MomeConfig
+from vlkit.objectives.itc import ITC
+from vlkit.objectives.itm import ITM
+from vlkit.objectives.mlm import MLM
 
 TEXT_POSITIONS = "encoder.text_embeddings.position_embeddings.weight"
 VL_EXPERT_PARTS = (".mlp_vl.", ".norm2_vl.")
@@ -49,12 +53,12 @@ def _drops() -> list[Drop]:
 
 
 def _rules(target: Target) -> list[Rule]:
-    itc = target.objective("itc") or "itc"
-    itm = target.objective("itm") or "itm"
-    mlm = target.objective("mlm") or "mlm"
+    itc = target.objective(ITC) or "itc"
+    itm = target.objective(ITM) or "itm"
+    mlm = target.objective(MLM) or "mlm"
     vqa = target.objective(names=("vqa",)) or "vqa"
     nlvr2 = target.objective(names=("nlvr2",)) or "nlvr2"
-    itc_cfg = target.objective_cfg(target.objective("itc"))
+    itc_cfg = target.itc_config()
     log_scale = itc_cfg is None or itc_cfg.parametrization == "log_scale"
     scale = temperature_transform(True, log_scale)
     no_vl = "the recipe's encoder has no VL experts (vl_start = depth), hence no VL-path projection"
@@ -93,7 +97,8 @@ def _rules(target: Target) -> list[Rule]:
 def vlmo_layout(target: Target) -> Layout:
     """The rules of the VLMo layout for the recipe's model."""
     cfg = target.encoder_cfg
-    span = getattr(cfg, "max_text_len_of_initckpt", 196)
+    assert isinstance(cfg, MomeConfig)
+    span = cfg.max_text_len_of_initckpt
 
     def resize(key: str, value: Tensor, shape: torch.Size) -> tuple[Tensor, str] | None:
         if key.endswith("relative_position_bias_table"):
@@ -105,7 +110,7 @@ def vlmo_layout(target: Target) -> Layout:
         return None
 
     def derive(state: dict[str, Tensor]) -> list[tuple[str, Tensor, str]]:
-        rows = getattr(cfg, "max_text_len", 40)
+        rows = cfg.max_text_len
         return [("text_embeddings.position_ids", torch.arange(rows).unsqueeze(0), "BERT's position-index buffer")]
 
     return Layout(family="vlmo", name="vlmo", rules=_rules(target), drops=_drops(), group=group, resize=resize,

@@ -4,8 +4,10 @@ these so several objectives share one encoding."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 KV = tuple[Tensor, Tensor]
@@ -18,6 +20,17 @@ and values; None for encoders that have nothing to share (MoME fuses from the to
 
 def _select(x: Tensor | None, index: Tensor) -> Tensor | None:
     return None if x is None else x[index]
+
+
+def _to(x: Tensor | None, device: torch.device | str) -> Tensor | None:
+    return None if x is None else x.to(device)
+
+
+def _cat(parts: Sequence[Tensor | None]) -> Tensor | None:
+    """The parts concatenated along the batch axis; None when the first part has none."""
+    if parts[0] is None:
+        return None
+    return torch.cat([p for p in parts if p is not None])
 
 
 @dataclass
@@ -41,6 +54,23 @@ class ImageEncoding:
         """Rows ``index`` ``[B']`` of every tensor."""
         return ImageEncoding(_select(self.embeds, index), _select(self.feat, index), _select(self.vl_feat, index),
                              _select(self.inputs, index))
+
+    def to(self, device: torch.device | str) -> ImageEncoding:
+        """Every tensor on ``device``."""
+        return ImageEncoding(_to(self.embeds, device), _to(self.feat, device), _to(self.vl_feat, device),
+                             _to(self.inputs, device))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are."""
+        first = next(t for t in (self.embeds, self.feat, self.vl_feat, self.inputs) if t is not None)
+        return first.device
+
+    @staticmethod
+    def cat(parts: Sequence[ImageEncoding]) -> ImageEncoding:
+        """Batches concatenated along the batch axis."""
+        return ImageEncoding(_cat([p.embeds for p in parts]), _cat([p.feat for p in parts]),
+                             _cat([p.vl_feat for p in parts]), _cat([p.inputs for p in parts]))
 
 
 @dataclass
@@ -66,6 +96,23 @@ class TextEncoding:
         """Rows ``index`` ``[B']`` of every tensor."""
         return TextEncoding(_select(self.embeds, index), self.mask[index], _select(self.feat, index),
                             _select(self.vl_feat, index), _select(self.inputs, index))
+
+    def to(self, device: torch.device | str) -> TextEncoding:
+        """Every tensor on ``device``."""
+        return TextEncoding(_to(self.embeds, device), self.mask.to(device), _to(self.feat, device),
+                            _to(self.vl_feat, device), _to(self.inputs, device))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are."""
+        return self.mask.device
+
+    @staticmethod
+    def cat(parts: Sequence[TextEncoding]) -> TextEncoding:
+        """Batches (of one token width) concatenated along the batch axis."""
+        return TextEncoding(_cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]),
+                            _cat([p.feat for p in parts]), _cat([p.vl_feat for p in parts]),
+                            _cat([p.inputs for p in parts]))
 
 
 @dataclass

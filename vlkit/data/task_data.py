@@ -3,7 +3,7 @@
 - VE (SNLI-VE): ``[{"image", "sentence", "label": "entailment" | "neutral" | "contradiction"}]``.
 - NLVR2: ``[{"images": [left, right], "sentence", "label": "True" | "False"}]``.
 - VQA: ``[{"question_id", "image", "question", "answer": [str, ...]}]`` (one answer per annotator), answers
-  normalized as the official VQA evaluation does (:func:`~vlkit.eval.vqa_normalize.normalize_answer`); the
+  normalized as the official VQA evaluation does (:func:`~vlkit.data.vqa_normalize.normalize_answer`); the
   official VQA v2 files are read by :mod:`vlkit.data.vqa_v2`.
 
 Each becomes :class:`TaskEntry` (image paths, text, target); malformed entries are skipped, counted
@@ -26,7 +26,7 @@ from vlkit.core.batch import Batch
 from vlkit.data.collate import PretrainCollate, stack_images
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, KeyedImageDataset, read_annotation_list
 from vlkit.data.tokenizer import tokenize
-from vlkit.eval.vqa_normalize import normalize_answer
+from vlkit.data.vqa_normalize import normalize_answer
 
 log = logging.getLogger("vlkit.data")
 

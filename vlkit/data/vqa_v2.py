@@ -21,7 +21,7 @@ from typing import Any
 
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError
 from vlkit.data.task_data import TaskEntry
-from vlkit.eval.vqa_normalize import normalize_answer
+from vlkit.data.vqa_normalize import normalize_answer
 
 log = logging.getLogger("vlkit.data")
 

@@ -12,6 +12,7 @@ Module names follow the official code (``visual_encoder``, ``text_encoder``, ``v
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.weight_source import WeightSource
 from vlkit.encoders.base import (
     Encoder,
     EncoderConfig,
@@ -33,7 +35,6 @@ from vlkit.nn.packing import TextPacking
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import register
-from vlkit.weights.sources import tower_init_problem
 
 
 @dataclass(kw_only=True)
@@ -85,10 +86,17 @@ class AlbefConfig(EncoderConfig):
         if not 0 < self.fusion_layer < self.text.layers:
             raise ConfigError(f"must be in [1, {self.text.layers - 1}] (text.layers = {self.text.layers}) "
                               "so that there are text and fusion layers", key="fusion_layer")
-        if problem := tower_init_problem(self.image.init, "image", self.image.stem):
+        if self.image.init is not None and (problem := self.image.init.problem("image", self.image.stem)):
             raise ConfigError(problem, key="image.init")
-        if problem := tower_init_problem(self.text.init, "text"):
+        if self.text.init is not None and (problem := self.text.init.problem("text")):
             raise ConfigError(problem, key="text.init")
+
+    def tower_inits(self) -> dict[str, WeightSource]:
+        return {key: init for key, init in (("image", self.image.init), ("text", self.text.init)) if init is not None}
+
+    def without_tower_inits(self) -> AlbefConfig:
+        return dataclasses.replace(self, image=dataclasses.replace(self.image, init=None),
+                                   text=dataclasses.replace(self.text, init=None))
 
 
 class AlbefEncoder(Encoder):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlkit.core.encodings import FusedEncoding, ImageEncoding, ImageKV, PatchMask, TextEncoding
+from vlkit.core.weight_source import WeightSource
 from vlkit.nn.bert import BertStack
 from vlkit.nn.checkpointing import set_grad_checkpointing, transformer_blocks
 from vlkit.schema import ComponentConfig
@@ -49,6 +50,15 @@ class EncoderConfig(ComponentConfig):
     def has_vl_path(self) -> bool:
         """The encoder computes VLMo's second contrastive feature (``vl_feat``)."""
         return False
+
+    def tower_inits(self) -> dict[str, WeightSource]:
+        """The pre-trained weights this config names, by tower (``image``, ``text``; ``""`` for a single
+        tower such as MoME's): what :func:`vlkit.weights.apply.initialize_towers` loads."""
+        return {}
+
+    def without_tower_inits(self) -> EncoderConfig:
+        """A copy that names no pre-trained weights (random initialization everywhere)."""
+        return self
 
     @property
     def packs_text(self) -> bool:

@@ -7,6 +7,7 @@ feed the projection. Each tower has a linear projection into the shared embeddin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -17,13 +18,13 @@ import timm
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.weight_source import WeightSource
 from vlkit.encoders.base import Encoder, EncoderConfig, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
 from vlkit.nn.bert import BertConfig, BertStack
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.vit import VisionTransformer, ViTConfig
 from vlkit.registry import did_you_mean, register
-from vlkit.weights.sources import tower_init_problem
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,17 @@ class DualConfig(EncoderConfig):
             raise ConfigError(f"`{self.image_backbone}` is neither `vit` nor a timm model"
                               f"{did_you_mean(self.image_backbone, _timm_models())}", key="image_backbone")
         stem = self.image.stem if self.image_backbone == "vit" else "patch"
-        if problem := tower_init_problem(self.image.init, "image", stem):
+        if self.image.init is not None and (problem := self.image.init.problem("image", stem)):
             raise ConfigError(problem, key="image.init")
-        if problem := tower_init_problem(self.text.init, "text"):
+        if self.text.init is not None and (problem := self.text.init.problem("text")):
             raise ConfigError(problem, key="text.init")
+
+    def tower_inits(self) -> dict[str, WeightSource]:
+        return {key: init for key, init in (("image", self.image.init), ("text", self.text.init)) if init is not None}
+
+    def without_tower_inits(self) -> DualConfig:
+        return dataclasses.replace(self, image=dataclasses.replace(self.image, init=None),
+                                   text=dataclasses.replace(self.text, init=None))
 
 
 class TimmImageTower(nn.Module):

@@ -19,6 +19,7 @@ Module names follow VLMo's checkpoints (``transformer.*``, ``relative_position_b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.weight_source import WeightSource
 from vlkit.encoders.base import Encoder, EncoderConfig, FusedEncoding, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.nn.bert import BertConfig, BertEmbeddings
 from vlkit.nn.multiway import MultiwayTransformer, Route
@@ -40,7 +42,6 @@ from vlkit.nn.relative_position import (
 )
 from vlkit.nn.stem import Stem, stem_problem
 from vlkit.registry import register
-from vlkit.weights.sources import tower_init_problem
 
 _SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {"image_size": 32, "patch_size": 8, "dim": 64, "depth": 4, "heads": 4, "vl_start": 2},
@@ -115,7 +116,7 @@ class MomeConfig(EncoderConfig):
     init_std: float = 0.02
     stem: Stem = "patch"
     experts: Literal["modality", "shared"] = "modality"
-    init: str | None = None
+    init: WeightSource | None = None
     init_experts: tuple[Literal["image", "text", "vl"], ...] = ("image",)
 
     SIZES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -126,10 +127,12 @@ class MomeConfig(EncoderConfig):
     }
 
     def __post_init__(self) -> None:
-        for key in ("image_size", "patch_size", "dim", "depth", "heads", "max_text_len", "max_text_len_of_initckpt",
-                    "vocab_size", "embed_dim"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"must be at least 1, got {getattr(self, key)}", key=key)
+        for key, value in (("image_size", self.image_size), ("patch_size", self.patch_size), ("dim", self.dim),
+                           ("depth", self.depth), ("heads", self.heads), ("max_text_len", self.max_text_len),
+                           ("max_text_len_of_initckpt", self.max_text_len_of_initckpt),
+                           ("vocab_size", self.vocab_size), ("embed_dim", self.embed_dim)):
+            if value < 1:
+                raise ConfigError(f"must be at least 1, got {value}", key=key)
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} is not divisible by {self.heads} heads", key="heads")
         if self.image_size % self.patch_size:
@@ -156,11 +159,17 @@ class MomeConfig(EncoderConfig):
             raise ConfigError(f"must be positive, got {self.mlp_ratio}", key="mlp_ratio")
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"must be in [0, 1), got {self.drop_path}", key="drop_path")
-        if problem := tower_init_problem(self.init, "image", self.stem):
+        if self.init is not None and (problem := self.init.problem("image", self.stem)):
             raise ConfigError(problem, key="init")
         if not self.init_experts or len(set(self.init_experts)) != len(self.init_experts):
             raise ConfigError(f"names each expert once and at least one, got {list(self.init_experts)}",
                               key="init_experts")
+
+    def tower_inits(self) -> dict[str, WeightSource]:
+        return {} if self.init is None else {"": self.init}
+
+    def without_tower_inits(self) -> MomeConfig:
+        return dataclasses.replace(self, init=None)
 
     @property
     def grid(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vlkit.eval.vqa_normalize import normalize_answer
+from vlkit.data.vqa_normalize import normalize_answer
 
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
@@ -20,7 +20,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], *, normalize: bool = T
     With 10 annotators this is the standard metric; ``[0, 1]``.
 
     With ``normalize`` the prediction and every answer are compared as
-    :func:`~vlkit.eval.vqa_normalize.normalize_answer` writes them (``"Two"`` matches ``"2"``). The official
+    :func:`~vlkit.data.vqa_normalize.normalize_answer` writes them (``"Two"`` matches ``"2"``). The official
     script normalizes only when the annotators disagree, and the annotators' answers only partly (punctuation);
     here both sides always get the full normalization, so a prediction is judged the same whatever the
     annotators' spelling."""

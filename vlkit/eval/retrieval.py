@@ -12,10 +12,9 @@ only the rows it fuses.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,30 +33,17 @@ class EncodedGallery:
     texts: TextEncoding
 
 
-def concat_encodings(parts: list[Any]) -> Any:
-    """Concatenate :class:`ImageEncoding` / :class:`TextEncoding` batches along the batch axis."""
-    cls = type(parts[0])
-    return cls(**{f.name: None if getattr(parts[0], f.name) is None else torch.cat([getattr(p, f.name) for p in parts])
-                  for f in dataclasses.fields(cls)})
-
-
-def moved(encoding: E, device: torch.device) -> E:
-    """``encoding`` with every tensor on ``device``."""
-    return type(encoding)(**{f.name: None if (t := getattr(encoding, f.name)) is None else t.to(device)
-                             for f in dataclasses.fields(encoding)})
-
-
 @torch.no_grad()
 def encode_gallery(encoder: Encoder, images: Iterable[Tensor], input_ids: Tensor, attention_mask: Tensor, *,
                    batch_size: int, device: torch.device, store: torch.device | None = None) -> EncodedGallery:
     """Encode every image (an iterable of ``[b, 3, H, W]`` batches) and every text (``[N_t, L]``), keeping
     the encodings on ``store`` (default: ``device``)."""
     store = store or device
-    image_parts = [moved(encoder.encode_image(batch.to(device)), store) for batch in images]
-    text_parts = [moved(encoder.encode_text(input_ids[i:i + batch_size].to(device),
-                                            attention_mask[i:i + batch_size].to(device)), store)
+    image_parts = [encoder.encode_image(batch.to(device)).to(store) for batch in images]
+    text_parts = [encoder.encode_text(input_ids[i:i + batch_size].to(device),
+                                      attention_mask[i:i + batch_size].to(device)).to(store)
                   for i in range(0, input_ids.shape[0], batch_size)]
-    return EncodedGallery(concat_encodings(image_parts), concat_encodings(text_parts))
+    return EncodedGallery(ImageEncoding.cat(image_parts), TextEncoding.cat(text_parts))
 
 
 ITMScorer = Callable[[Tensor], Tensor]
@@ -129,8 +115,7 @@ class _Reranker:
 
     def _take(self, encoding: E, rows: Tensor) -> E:
         """Rows ``rows`` of a gallery encoding (wherever it is stored), on the compute device."""
-        stored = next(t for f in dataclasses.fields(encoding) if (t := getattr(encoding, f.name)) is not None)
-        return moved(encoding.select(rows.to(stored.device)), self.device)
+        return encoding.select(rows.to(encoding.device)).to(self.device)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlkit.core.encodings import ImageEncoding
 from vlkit.data.config import DataConfig
 from vlkit.data.json_dataset import Gallery, ImageFolderList, read_json, read_parts
 from vlkit.data.sources import DataSource
@@ -16,7 +17,7 @@ from vlkit.data.tokenizer import tokenize
 from vlkit.data.transforms import eval_transform
 from vlkit.encoders.base import Encoder
 from vlkit.eval.config import EvalConfig
-from vlkit.eval.retrieval import concat_encodings, encode_gallery, evaluate_retrieval
+from vlkit.eval.retrieval import encode_gallery, evaluate_retrieval
 from vlkit.eval.swap import swap_accuracy
 
 
@@ -76,7 +77,7 @@ class PretrainEvaluator:
         paths = sorted({item["image"] for item in items})
         row = {p: i for i, p in enumerate(paths)}
         loader = self._images([self.source.image_root / p for p in paths])
-        unique = concat_encodings([self.encoder.encode_image(batch.to(self.device)) for batch in loader])
+        unique = ImageEncoding.cat([self.encoder.encode_image(batch.to(self.device)) for batch in loader])
         images = unique.select(torch.tensor([row[item["image"]] for item in items], device=self.device))
         return swap_accuracy(self.encoder, images, self._text([i["caption"] for i in items]),
                              self._text([i["swapped"] for i in items]), [i.get("kind", "swap") for i in items],

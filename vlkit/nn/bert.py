@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlkit.core.weight_source import WeightSource
 from vlkit.nn.attention import AttentionLayer, attention
 from vlkit.nn.checkpointing import CheckpointedBlock
 from vlkit.nn.packing import PackedSeqlens, TextPacking
@@ -79,7 +80,7 @@ class BertConfig:
     init_std: float = 0.02
     fused_projections: bool = False
     local_mixing: int = 0
-    init: str | None = None
+    init: WeightSource | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:

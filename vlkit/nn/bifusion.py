@@ -25,15 +25,12 @@ from torch import Tensor, nn
 
 from vlkit.nn.bert import KV, BertConfig, BertLayer, BertStack
 
-SHARED_PROJECTIONS = ("key", "value")
-"""The cross-attention projections a pair shares (``crossattention.self.<name>``)."""
-
 
 def _share_cross_kv(first: BertLayer, second: BertLayer) -> None:
     """Make ``second``'s cross-attention key/value projections the very modules of ``first``."""
     assert first.crossattention is not None and second.crossattention is not None
-    for name in SHARED_PROJECTIONS:
-        setattr(second.crossattention.self, name, getattr(first.crossattention.self, name))
+    source, target = first.crossattention.self, second.crossattention.self
+    target.key, target.value = source.key, source.value
 
 
 def _dotted(prefix: str) -> str:

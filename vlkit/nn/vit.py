@@ -15,6 +15,7 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.weight_source import WeightSource
 from vlkit.nn.checkpointing import CheckpointedBlock
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.self_attention import SelfAttention
@@ -56,7 +57,7 @@ class ViTConfig:
     drop_path: float = 0.0
     init_std: float = 0.02
     stem: Stem = "patch"
-    init: str | None = None
+    init: WeightSource | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:

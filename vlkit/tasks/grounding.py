@@ -91,8 +91,8 @@ class GroundingConfig(ComponentConfig):
         if self.fusion_layer is not None and self.fusion_layer < 1:
             raise ConfigError("counts fusion layers from 1 (ALBEF: 3)", key="fusion_layer")
         if self.format == "simple":
-            for key in ("detections", "refs", "instances"):
-                if getattr(self, key) is not None:
+            for key, value in (("detections", self.detections), ("refs", self.refs), ("instances", self.instances)):
+                if value is not None:
                     raise ConfigError(f"`{key}` is read with `format: refcoco`", key=key)
         elif self.annotations is None:
             raise ConfigError("`format: refcoco` reads the expressions from `annotations` (e.g. refcoco+_val.json)",

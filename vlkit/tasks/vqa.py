@@ -20,9 +20,9 @@ from vlkit.data.json_dataset import AnnotationError
 from vlkit.data.sources import DataSource
 from vlkit.data.task_data import TaskCollate, TaskEntry, answer_vocabulary, parse_vqa, read_task_files
 from vlkit.data.tokenizer import tokenize
+from vlkit.data.vqa_normalize import normalize_answer
 from vlkit.data.vqa_v2 import is_vqa_v2_questions, read_vqa_v2
 from vlkit.eval.classification import mean_vqa_accuracy
-from vlkit.eval.vqa_normalize import normalize_answer
 from vlkit.heads.answer_decoder import AnswerDecoder
 from vlkit.objectives.answers import GenerateAnswersConfig, rank_answers
 from vlkit.objectives.classify import ClassifyConfig

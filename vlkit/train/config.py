@@ -81,8 +81,9 @@ class TrainConfig:
     eval_every: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "grad_accum", "log_every", "keep_last"):
-            if getattr(self, key) < 1:
+        for key, value in (("steps", self.steps), ("batch_size", self.batch_size), ("grad_accum", self.grad_accum),
+                           ("log_every", self.log_every), ("keep_last", self.keep_last)):
+            if value < 1:
                 raise ConfigError("must be at least 1", key=key)
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}",

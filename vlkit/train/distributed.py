@@ -41,6 +41,7 @@ from vlkit.dist import (  # noqa: F401 - re-exported
     rank,
     world_size,
 )
+from vlkit.models.model import PretrainModel
 from vlkit.train.checkpoint import restore_rng, rng_state
 
 log = logging.getLogger("vlkit.train")
@@ -104,7 +105,7 @@ def torchrun_scope() -> Iterator[None]:
         shutdown()
 
 
-def wrap_model(model: nn.Module, strategy: Strategy, device: torch.device, *, bf16: bool = False,
+def wrap_model(model: PretrainModel, strategy: Strategy, device: torch.device, *, bf16: bool = False,
                find_unused_parameters: bool = False) -> tuple[nn.Module, list[nn.Parameter]]:
     """The module the training step calls: ``model`` itself in one process, else DDP around it or
     ``model`` sharded in place with FSDP2; and the parameters whose gradients the caller must
@@ -137,7 +138,7 @@ def _no_buffer_broadcast() -> dict[str, bool]:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
 
 
-def shard_fsdp(model: nn.Module, *, bf16: bool = False) -> list[nn.Parameter]:
+def shard_fsdp(model: PretrainModel, *, bf16: bool = False) -> list[nn.Parameter]:
     """FSDP2 ``fully_shard`` on every transformer block of the online encoder and of the teacher (but
     ALBEF's fusion layers, whose image keys/values are computed outside their forward), then on the
     whole model (embeddings, fusion layers, heads). Returns the 0-d parameters FSDP2
@@ -148,7 +149,7 @@ def shard_fsdp(model: nn.Module, *, bf16: bool = False) -> list[nn.Parameter]:
     scalars = [p for p in model.parameters() if p.dim() == 0]
     options: dict[str, Any] = {"mp_policy": policy} if policy is not None else {}
     encoders = [model.encoder]
-    teacher = getattr(model, "teacher", None)
+    teacher = model.teacher
     if teacher is not None:
         encoders.append(teacher.encoder)
     for encoder in encoders:
