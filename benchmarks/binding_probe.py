@@ -48,7 +48,7 @@ from vlkit.encoders.base import Encoder
 from vlkit.heads.itm import ITMHead
 from vlkit.recipe import load_recipe
 from vlkit.registry import get as registry_get
-from vlkit.train.init import find_checkpoint, read_checkpoint
+from vlkit.weights.init_from import find_checkpoint, read_checkpoint
 
 
 def read_image(path: Path) -> Tensor:

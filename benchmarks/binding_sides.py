@@ -42,10 +42,10 @@ from vlkit.data.json_dataset import ImageFolderList
 from vlkit.data.synthetic.lexicon import COLORS, SHAPES, WORD_TO_SHAPE
 from vlkit.data.tokenizer import tokenize
 from vlkit.data.transforms import eval_transform
+from vlkit.eval.checkpoint_eval import load_online_weights
 from vlkit.recipe import load_recipe
-from vlkit.train.evaluate import load_online_weights
-from vlkit.train.init import find_checkpoint, read_checkpoint
 from vlkit.train.pretrain import Pretraining
+from vlkit.weights.init_from import find_checkpoint, read_checkpoint
 
 
 class ShapeQueryReadout(nn.Module):

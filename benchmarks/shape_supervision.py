@@ -47,7 +47,7 @@ from vlkit.data.transforms import eval_transform
 from vlkit.encoders.base import Encoder
 from vlkit.recipe import load_recipe
 from vlkit.registry import get as registry_get
-from vlkit.train import checkpoint as ckpt
+from vlkit.weights import checkpoints as ckpt
 
 
 def load_split(root: Path, split: str, limit: int | None, image_size: int, normalize: str,

@@ -31,8 +31,8 @@ from vlkit.data.synthetic.lexicon import COLORS, SHAPES
 from vlkit.data.transforms import eval_transform
 from vlkit.encoders.base import Encoder
 from vlkit.recipe import load_recipe
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.pretrain import Pretraining
+from vlkit.weights import checkpoints as ckpt
 
 
 def presence_labels(scenes: list[dict[str, Any]]) -> Tensor:

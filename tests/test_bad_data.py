@@ -15,9 +15,9 @@ import pytest
 
 from vlkit.data.json_dataset import AnnotationError, AnnotationPart, EpochSampler, read_parts
 from vlkit.recipe import load_recipe
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.pretrain import run_pretraining
 from vlkit.train.trainer import TooManyBadSamples
+from vlkit.weights import checkpoints as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,8 +20,8 @@ from vlkit.objectives.bifusion import BiFusionClassifyConfig
 from vlkit.objectives.distill import DistillConfig
 from vlkit.recipe import load_recipe
 from vlkit.schema import RecipeError, validate_component
-from vlkit.train.init import load_matching
 from vlkit.train.optim import param_groups
+from vlkit.weights.init_from import load_matching
 
 SHAPES = ["encoder.image.image_size=32", "encoder.attention=sdpa"]  # 4×4 patches: fast on 2 cores
 STACK = "encoder.text_encoder.encoder.layer"

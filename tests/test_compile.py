@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.test_train import small_recipe
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.pretrain import Pretraining, run_pretraining
+from vlkit.weights import checkpoints as ckpt
 
 torch.set_num_threads(1)
 

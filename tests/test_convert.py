@@ -16,8 +16,8 @@ from vlkit.cli import main
 from vlkit.convert import ConversionError, UnsafeCheckpoint, load_official, official_to_vlkit, vlkit_to_official
 from vlkit.convert.target import build_model
 from vlkit.recipe import resolve
-from vlkit.train import weights_file
-from vlkit.train.init import initialize_from
+from vlkit.weights import release as weights_file
+from vlkit.weights.init_from import initialize_from
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from vlkit.train import checkpoint as ckpt
+from vlkit.weights import checkpoints as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"

@@ -56,7 +56,7 @@ def test_fine_tuning_from_scratch_beats_chance(task: str, steps: int, data_root:
 
 
 def test_init_from_loads_the_pretrained_encoder_and_adds_the_head(data_root: Path, tmp_path: Path) -> None:
-    from vlkit.train import checkpoint as ckpt
+    from vlkit.weights import checkpoints as ckpt
 
     pre = tmp_path / "pre"
     run_pretraining(task_recipe(data_root, "train.steps=2", "eval.k_test=4"), pre, progress=False)

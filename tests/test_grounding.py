@@ -151,7 +151,7 @@ def test_grounding_task_writes_overlays_and_needs_cross_attention(tmp_path: Path
     from tests.test_train import SMALL_DATA
     from vlkit.cli import main
     from vlkit.data.synthetic.grounding import referring_expressions
-    from vlkit.train.evaluate import task_metrics
+    from vlkit.eval.checkpoint_eval import task_metrics
     from vlkit.train.pretrain import Pretraining, run_pretraining
 
     args = [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=2",

@@ -15,9 +15,9 @@ from vlkit.encoders.mome import MomeConfig
 from vlkit.nn.patch_mask import PatchMask, random_patch_positions
 from vlkit.objectives.mim import MIMConfig, patchify
 from vlkit.recipe import load_recipe
-from vlkit.train import checkpoint as ckpt
-from vlkit.train.init import find_checkpoint
 from vlkit.train.pretrain import Pretraining, run_pretraining
+from vlkit.weights import checkpoints as ckpt
+from vlkit.weights.init_from import find_checkpoint
 
 torch.set_num_threads(1)
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from vlkit.recipe import load_recipe
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.pretrain import Pretraining, run_pretraining
 from vlkit.train.trainer import NonFiniteLoss
+from vlkit.weights import checkpoints as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_DATA = ["data.source.train_images=48", "data.source.val_images=6", "data.source.test_images=8",

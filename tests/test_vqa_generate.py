@@ -14,8 +14,8 @@ from tests.test_finetune import task_recipe
 from vlkit.heads.answer_decoder import AnswerDecoder, sequence_nll
 from vlkit.nn.bert import BertConfig
 from vlkit.objectives.answers import rank_answers
-from vlkit.train.init import load_matching
 from vlkit.train.pretrain import Pretraining, run_pretraining
+from vlkit.weights.init_from import load_matching
 
 CFG = BertConfig(vocab_size=50, dim=32, layers=2, heads=4, intermediate=64, max_positions=16, dropout=0.0,
                  attention_dropout=0.0)

@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from tests.test_tower_init import save, save_tiny_bert_mlm, timm_vit
 from vlkit.cli import main
 from vlkit.recipe import load_recipe
-from vlkit.train import checkpoint as ckpt
-from vlkit.train import weights_file
-from vlkit.train.init import find_checkpoint
 from vlkit.train.pretrain import Pretraining, run_pretraining
+from vlkit.weights import checkpoints as ckpt
+from vlkit.weights import release as weights_file
+from vlkit.weights.init_from import find_checkpoint
 
 torch.set_num_threads(1)
 SMALL_DATA = ["data.source.train_images=48", "data.source.val_images=6", "data.source.test_images=8",

@@ -102,9 +102,9 @@ def _online_parts(recipe: Any) -> dict[str, list[Any]]:
 def _cmd_train(args: argparse.Namespace) -> int:
     from vlkit.data.json_dataset import AnnotationError
     from vlkit.recipe import resolve
-    from vlkit.train import checkpoint as ckpt
     from vlkit.train.pretrain import run_pretraining
     from vlkit.train.trainer import Interrupted, NonFiniteLoss, TooManyBadSamples
+    from vlkit.weights import checkpoints as ckpt
 
     recipe = resolve(args.recipe, args.overrides).recipe  # all recipe errors surface here, before any work
     if args.command == "finetune":
@@ -150,8 +150,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vlkit.data.json_dataset import AnnotationError
+    from vlkit.eval.checkpoint_eval import CheckpointMismatch, run_evaluation
     from vlkit.recipe import resolve
-    from vlkit.train.evaluate import CheckpointMismatch, run_evaluation
 
     recipe = resolve(args.recipe, args.overrides).recipe
     try:
@@ -169,9 +169,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from vlkit.eval.checkpoint_eval import CheckpointMismatch
+    from vlkit.eval.retrieve import Query, run_retrieval_query
     from vlkit.recipe import resolve
-    from vlkit.train.evaluate import CheckpointMismatch
-    from vlkit.train.retrieve import Query, run_retrieval_query
 
     recipe = resolve(args.recipe, args.overrides).recipe
     query = Query(image=Path(args.image) if args.image else None, image_index=args.image_index,

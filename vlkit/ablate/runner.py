@@ -16,8 +16,8 @@ from pathlib import Path
 from vlkit.ablate.grid import Grid
 from vlkit.ablate.report import write_report
 from vlkit.recipe import Recipe, resolve
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.pretrain import run_pretraining
+from vlkit.weights import checkpoints as ckpt
 
 log = logging.getLogger("vlkit.ablate")
 

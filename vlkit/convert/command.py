@@ -21,7 +21,7 @@ from vlkit.encoders.albef import AlbefConfig
 from vlkit.encoders.base import EncoderConfig
 from vlkit.encoders.mome import MomeConfig
 from vlkit.recipe import Recipe, resolve, validate_recipe
-from vlkit.train.init import find_checkpoint, read_checkpoint
+from vlkit.weights.init_from import find_checkpoint, read_checkpoint
 
 log = logging.getLogger("vlkit.convert")
 

@@ -21,7 +21,7 @@ from vlkit.convert.layout import Layout
 from vlkit.convert.report import Accounting
 from vlkit.convert.rules import first_rule
 from vlkit.convert.target import Target
-from vlkit.train.init import teacher_counterpart
+from vlkit.weights.init_from import teacher_counterpart
 
 MAX_PROBLEMS = 40
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlkit.train import checkpoint as ckpt
-from vlkit.train import weights_file
+from vlkit.weights import checkpoints as ckpt
+from vlkit.weights import release
 
 log = logging.getLogger("vlkit.convert")
 
@@ -82,12 +82,12 @@ def find_state_dict(obj: Any, name: str) -> tuple[dict[str, Tensor], str]:
 def save_vlkit(folder: Path, state: dict[str, Tensor], recipe_yaml: str, converted_from: dict[str, str]) -> Path:
     """A vlkit checkpoint that ``init_from: folder`` and ``vlkit eval --checkpoint folder`` read:
     ``folder/checkpoints/step_00000000.pt`` (format of :mod:`vlkit.train.checkpoint`: model weights,
-    step 0, the recipe), the same weights as ``folder/model.safetensors`` (:mod:`vlkit.train.weights_file`),
+    step 0, the recipe), the same weights as ``folder/model.safetensors`` (:mod:`vlkit.weights.release`),
     and ``folder/recipe.yaml``."""
     path = ckpt.checkpoint_path(folder / "checkpoints", 0)
     ckpt.save_atomic({"step": 0, "samples": 0, "model": state, "recipe": recipe_yaml,
                       "converted_from": converted_from}, path)
-    weights_file.save_weights(folder / weights_file.FILE_NAME, state, recipe_yaml=recipe_yaml, step=0, samples=0,
+    release.save_weights(folder / release.FILE_NAME, state, recipe_yaml=recipe_yaml, step=0, samples=0,
                               converted_from=converted_from)
     (folder / "recipe.yaml").write_text(recipe_yaml)
     return path

@@ -42,7 +42,7 @@ from vlkit.dist import (  # noqa: F401 - re-exported
     world_size,
 )
 from vlkit.models.model import PretrainModel
-from vlkit.train.checkpoint import restore_rng, rng_state
+from vlkit.train.rng import restore_rng, rng_state
 
 log = logging.getLogger("vlkit.train")
 

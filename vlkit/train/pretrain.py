@@ -41,14 +41,14 @@ from vlkit.models.model import PretrainModel
 from vlkit.nn.checkpointing import compile_blocks
 from vlkit.recipe import Recipe
 from vlkit.tasks.base import Task, TaskContext
-from vlkit.train import checkpoint as ckpt
 from vlkit.train.devices import available_cores, resolve_device, set_cpu_threads  # noqa: F401 - re-exported
 from vlkit.train.distributed import init_from_environment, torchrun_scope
 from vlkit.train.freeze import freeze_parameters
-from vlkit.train.init import initialize_from
 from vlkit.train.run_report import write_run_report
 from vlkit.train.trainer import RunPaths, Trainer
+from vlkit.weights import checkpoints as ckpt
 from vlkit.weights.apply import tower_init_keys
+from vlkit.weights.init_from import initialize_from
 
 log = logging.getLogger("vlkit.train")
 

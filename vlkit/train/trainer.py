@@ -31,8 +31,6 @@ from torch import Tensor
 from vlkit import dist
 from vlkit.core.batch import Batch
 from vlkit.models.model import PretrainModel
-from vlkit.train import checkpoint as ckpt
-from vlkit.train import weights_file
 from vlkit.train.config import TrainConfig
 from vlkit.train.distributed import (
     average_gradients,
@@ -44,7 +42,10 @@ from vlkit.train.distributed import (
     wrap_model,
 )
 from vlkit.train.optim import build_optimizer
+from vlkit.train.rng import cpu_rng, restore_rng, rng_state
 from vlkit.train.schedule import build_scheduler
+from vlkit.weights import checkpoints as ckpt
+from vlkit.weights import release
 
 log = logging.getLogger("vlkit.train")
 
@@ -97,7 +98,7 @@ class RunPaths:
 
     @property
     def weights(self) -> Path:
-        return self.out / weights_file.FILE_NAME
+        return self.out / release.FILE_NAME
 
     @property
     def tensorboard(self) -> Path:
@@ -211,7 +212,7 @@ class Trainer:
         self._check_finite()
         path = ckpt.checkpoint_path(self.paths.checkpoints, self.step)
         model_state, optimizer_state = full_state(self.model, self.optimizer)
-        rng_ranks = dist.all_gather_object(ckpt.rng_state())
+        rng_ranks = dist.all_gather_object(rng_state())
         if dist.is_main():
             ckpt.save_atomic({
                 "step": self.step, "samples": self.samples, "skipped": self.skipped,
@@ -219,7 +220,7 @@ class Trainer:
                 "rng": rng_ranks[0], "rng_ranks": rng_ranks, "world_size": self.world, "recipe": self.recipe_yaml,
             }, path)
             if self.cfg.save_weights:
-                weights_file.save_weights(self.paths.weights, model_state, recipe_yaml=self.recipe_yaml,
+                release.save_weights(self.paths.weights, model_state, recipe_yaml=self.recipe_yaml,
                                           step=self.step, samples=self.samples)
             ckpt.prune(self.paths.checkpoints, self.cfg.keep_last)
         dist.barrier()
@@ -239,7 +240,7 @@ class Trainer:
         self.step, self.samples, self.skipped = int(state["step"]), int(state["samples"]), int(state["skipped"])
         rng_ranks = state.get("rng_ranks") or [state["rng"]]
         me = dist.rank()
-        ckpt.restore_rng(ckpt.cpu_rng(rng_ranks[me] if len(rng_ranks) == self.world else rng_ranks[0]))
+        restore_rng(cpu_rng(rng_ranks[me] if len(rng_ranks) == self.world else rng_ranks[0]))
         if len(rng_ranks) != self.world and me > 0:
             torch.manual_seed(int(torch.randint(0, 2**62, ())) + me)
         if dist.is_main():

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlkit.train import checkpoint as ckpt
-from vlkit.train import weights_file
+from vlkit.weights import checkpoints as ckpt
+from vlkit.weights import release
 
 log = logging.getLogger("vlkit.train")
 
@@ -27,17 +27,17 @@ def find_checkpoint(path: str | Path) -> Path:
     for folder in (path / "checkpoints", path):
         if folder.is_dir() and (found := ckpt.latest_checkpoint(folder)) is not None:
             return found
-    if (path / weights_file.FILE_NAME).is_file():
-        return path / weights_file.FILE_NAME
+    if (path / release.FILE_NAME).is_file():
+        return path / release.FILE_NAME
     raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt or .safetensors file, or a run folder with "
-                            f"checkpoints/ or {weights_file.FILE_NAME})")
+                            f"checkpoints/ or {release.FILE_NAME})")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint or a vlkit weights file, as a dict with at least ``model``, ``step``
     and ``recipe`` (both formats load without unpickling code)."""
     if path.suffix == ".safetensors":
-        return weights_file.load_weights(path)
+        return release.load_weights(path)
     return ckpt.load(path)
 
 

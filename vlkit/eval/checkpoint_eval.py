@@ -20,8 +20,8 @@ import torch
 from vlkit import dist
 from vlkit.recipe import Recipe
 from vlkit.train.distributed import torchrun_scope
-from vlkit.train.init import find_checkpoint, read_checkpoint
 from vlkit.train.pretrain import Pretraining
+from vlkit.weights.init_from import find_checkpoint, read_checkpoint
 
 log = logging.getLogger("vlkit.eval")
 

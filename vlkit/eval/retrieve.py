@@ -14,12 +14,12 @@ import torch
 from vlkit.data.image_files import list_images
 from vlkit.data.json_dataset import ImageFolderList, load_image, read_parts
 from vlkit.data.transforms import eval_transform
+from vlkit.eval.checkpoint_eval import load_online_weights
 from vlkit.eval.composed import compose, contact_sheet, rank
 from vlkit.eval.zeroshot import image_features
 from vlkit.recipe import Recipe
-from vlkit.train.evaluate import load_online_weights
-from vlkit.train.init import find_checkpoint, read_checkpoint
 from vlkit.train.pretrain import Pretraining
+from vlkit.weights.init_from import find_checkpoint, read_checkpoint
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, the last ``k`` kept, safe loading (``weights_only=True``).
+"""Training checkpoint files: atomic writes, the last ``k`` kept, safe loading (``weights_only=True``).
 
 A checkpoint holds everything needed to continue bit for bit: model (teacher and queues included),
 optimizer, scheduler, step, samples consumed, RNG states and the resolved recipe. Model and optimizer
@@ -71,22 +71,3 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise ValueError(f"{path} has checkpoint version {state.get('version')}; this vlkit reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     return state
-
-
-def rng_state() -> dict[str, Any]:
-    """The global torch RNG states (CPU and every CUDA device)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def cpu_rng(state: dict[str, Any]) -> dict[str, Any]:
-    """An RNG state as :func:`restore_rng` needs it (byte tensors on the CPU)."""
-    return {k: v.cpu() if isinstance(v, torch.Tensor) else [t.cpu() for t in v] for k, v in state.items()}
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
