@@ -40,10 +40,10 @@ from PIL import Image
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.json_dataset import EpochSampler, PairDataset, Sample, load_image, read_entries
 from vlkit.data.masking import MaskingConfig, TokenMasker
-from vlkit.data.pack import pack_json_dataset
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tokens import TextTokens
+from vlkit.data.tools.pack import pack_json_dataset
 from vlkit.data.transforms import decode_size, train_transform
 from vlkit.data.webdataset_source import ShardStream
 

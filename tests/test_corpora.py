@@ -25,7 +25,7 @@ from vlkit.data.corpora import (
 )
 from vlkit.data.json_dataset import AnnotationError, EpochSampler
 from vlkit.data.masking import MaskingConfig, TokenMasker
-from vlkit.data.pack import pack_json_dataset
+from vlkit.data.tools.pack import pack_json_dataset
 from vlkit.data.transforms import train_transform
 from vlkit.schema import ConfigError
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from vlkit.cli import EXIT_DATA_ERROR, main
-from vlkit.data.filtering import FilterRules, NearDuplicateIndex, filter_json_dataset, inspect_image, word_count
 from vlkit.data.json_dataset import read_entries
+from vlkit.data.tools.filtering import FilterRules, NearDuplicateIndex, filter_json_dataset, inspect_image, word_count
 
 
 def photo(seed: int, width: int, height: int) -> Image.Image:

@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.cli import EXIT_RECIPE_ERROR, main
+from vlkit.data.formats.task_data import (
+    answer_vocabulary,
+    parse_nlvr2,
+    parse_ve,
+    parse_vqa,
+    read_task_files,
+    soft_scores,
+)
 from vlkit.data.json_dataset import AnnotationError
-from vlkit.data.task_data import answer_vocabulary, parse_nlvr2, parse_ve, parse_vqa, read_task_files, soft_scores
 from vlkit.eval.classification import mean_vqa_accuracy, vqa_accuracy
 from vlkit.recipe import load_recipe
 from vlkit.train.pretrain import Pretraining, run_pretraining

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from vlkit.data.formats.refcoco import GroundingItem, load_refcoco, read_refcoco, xywh_to_ltrb
 from vlkit.data.json_dataset import AnnotationError
-from vlkit.data.refcoco import GroundingItem, load_refcoco, read_refcoco, xywh_to_ltrb
 
 GOOD: list[Any] = [
     {"image": "a.jpg", "text": "left dog", "ref_id": 1},  # box from refs + instances (split testA)

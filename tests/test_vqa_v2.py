@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vlkit.data.formats.task_data import answer_vocabulary, parse_vqa
+from vlkit.data.formats.vqa_v2 import is_vqa_v2_questions, read_vqa_v2
 from vlkit.data.json_dataset import AnnotationError
-from vlkit.data.task_data import answer_vocabulary, parse_vqa
 from vlkit.data.vqa_normalize import ARTICLES, CONTRACTIONS, NUMBER_WORDS, PUNCTUATION, normalize_answer
-from vlkit.data.vqa_v2 import is_vqa_v2_questions, read_vqa_v2
 from vlkit.eval.classification import mean_vqa_accuracy, vqa_accuracy
 
 

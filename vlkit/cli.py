@@ -209,7 +209,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_pack(args: argparse.Namespace) -> int:
-    from vlkit.data.pack import pack_json_dataset
+    from vlkit.data.tools.pack import pack_json_dataset
 
     missing = [f for f in args.annotations if not Path(f).is_file()]
     if missing:
@@ -226,8 +226,8 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_filter(args: argparse.Namespace) -> int:
-    from vlkit.data.filtering import FilterRules, filter_json_dataset
     from vlkit.data.json_dataset import AnnotationError
+    from vlkit.data.tools.filtering import FilterRules, filter_json_dataset
 
     missing = [f for f in [*args.annotations, *args.eval] if not Path(f).is_file()]
     if missing:

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlkit.data.classification import Classification
+from vlkit.data.formats.classification import Classification
 from vlkit.data.json_dataset import AnnotationPart
 from vlkit.data.synthetic import SynthConfig, ensure
 from vlkit.data.synthetic.classification import largest_object_classes

@@ -2,7 +2,7 @@
 
 A shard is a tar file whose members are grouped by key: ``{key}.jpg|jpeg|png|webp`` holds the image
 and ``{key}.txt`` (a caption) or ``{key}.json`` (a mapping whose ``caption_key`` field is a caption or
-a list of captions) its text. :func:`vlkit.data.pack.pack_json_dataset` writes such shards from
+a list of captions) its text. :func:`vlkit.data.tools.pack.pack_json_dataset` writes such shards from
 ALBEF-style JSON.
 
 :class:`WebDatasetSource` (registry ``dataset``/``webdataset``) streams training samples through
@@ -289,8 +289,9 @@ class ShardStream(IterableDataset):
 
 @register("dataset", "webdataset", config=WebDatasetConfig)
 class WebDatasetSource(DataSource):
-    """Image-text pairs from webdataset tar shards (img2dataset output, :func:`vlkit.data.pack.pack_json_dataset`);
-    training reads them through :meth:`stream`, evaluation splits are ALBEF JSON files."""
+    """Image-text pairs from webdataset tar shards (img2dataset output,
+    :func:`vlkit.data.tools.pack.pack_json_dataset`); training reads them through :meth:`stream`, evaluation
+    splits are ALBEF JSON files."""
 
     def __init__(self, cfg: WebDatasetConfig) -> None:
         self.cfg = cfg

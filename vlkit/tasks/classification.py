@@ -3,7 +3,7 @@
 Each trains the ``classify`` objective (a head on the fused [CLS]; NLVR2 concatenates the [CLS] of both
 images, as VLMo does) and reports the papers' metric.
 
-Annotation files come from the task's ``splits`` (ALBEF's formats, :mod:`vlkit.data.task_data`) or,
+Annotation files come from the task's ``splits`` (ALBEF's formats, :mod:`vlkit.data.formats.task_data`) or,
 when it names none, from the data source (the synthetic world ships ``ve_*``, ``nlvr_*``, ``vqa_*``).
 """
 
@@ -20,9 +20,7 @@ from torch import Tensor
 
 from vlkit.core.outputs import CLASSIFY_HEAD
 from vlkit.data.config import DataConfig
-from vlkit.data.json_dataset import AnnotationError
-from vlkit.data.sources import DataSource
-from vlkit.data.task_data import (
+from vlkit.data.formats.task_data import (
     VE_LABELS,
     Parse,
     TaskCollate,
@@ -32,6 +30,8 @@ from vlkit.data.task_data import (
     parse_ve,
     read_task_files,
 )
+from vlkit.data.json_dataset import AnnotationError
+from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.transforms import eval_transform
 from vlkit.eval.classification import accuracy

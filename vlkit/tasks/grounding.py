@@ -6,7 +6,7 @@ map's peak) in ``OUT/gradcam/``.
 Expressions come from ``annotations`` — with ``format: simple`` (the default) a JSON list of
 ``{"image", "text", "box": [left, top, right, bottom]}`` in pixels of the image file; with ``format:
 refcoco`` ALBEF's RefCOCO+ files (``refcoco+_val.json`` …, ``detections``: ``dets.json``, ground-truth
-boxes from ``refs`` + ``instances``; see :mod:`vlkit.data.refcoco`) — or from the synthetic world ("the
+boxes from ``refs`` + ``instances``; see :mod:`vlkit.data.formats.refcoco`) — or from the synthetic world ("the
 red circle" for every object whose colour and shape are unique in its image; the candidates are all the
 image's objects).
 
@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlkit.data.formats.refcoco import GroundingItem, read_refcoco
 from vlkit.data.json_dataset import AnnotationError, load_image, read_annotation_list
-from vlkit.data.refcoco import GroundingItem, read_refcoco
 from vlkit.data.sources import SyntheticSource
 from vlkit.data.synthetic import read_scenes
 from vlkit.data.synthetic.grounding import Expression
@@ -63,12 +63,12 @@ class GroundingConfig(ComponentConfig):
             (ALBEF: 3); null: the third, or the last when the encoder has fewer.
         annotations: the expressions; null: the data source's (synthetic world). With ``format: simple`` a
             JSON list of ``{"image", "text", "box"}``; with ``format: refcoco`` ALBEF's
-            ``refcoco+_{val,test}.json`` (``{"image", "text", "ref_id"}``, see :mod:`vlkit.data.refcoco`).
+            ``refcoco+_{val,test}.json`` (``{"image", "text", "ref_id"}``, see :mod:`vlkit.data.formats.refcoco`).
         format: ``simple`` (every entry must be well formed) or ``refcoco`` (malformed entries skipped;
             boxes from ``box``/``bbox`` fields or ``refs`` + ``instances``; candidates from ``detections``).
         detections: ``refcoco``: ALBEF's ``dets.json`` (``{ref_id: [[x, y, w, h], ...]}``); enables ``box_acc``.
         refs: ``refcoco``: the REFER refs converted from ``refs(unc).p`` to a JSON list (vlkit does not
-            unpickle; see :mod:`vlkit.data.refcoco`); needs ``instances``.
+            unpickle; see :mod:`vlkit.data.formats.refcoco`); needs ``instances``.
         instances: ``refcoco``: COCO ``instances.json`` (ground-truth boxes of the refs' ``ann_id``).
         image_root: folder the ``image`` paths of ``annotations`` are relative to.
         split: the data source's split (synthetic world).

@@ -1,7 +1,7 @@
 """VQA (``vqa`` task): VLMo's classifier over the answer vocabulary with soft scores, or ALBEF's generative
 answer decoder ranking the vocabulary as candidates (``head: rank``); ``vqa_acc`` is the official VQA
 accuracy (answers normalized as the official evaluation does). Annotations: ALBEF's pre-processed lists
-or the official VQA v2 questions / annotations files (:mod:`vlkit.data.vqa_v2`), told apart by content.
+or the official VQA v2 questions / annotations files (:mod:`vlkit.data.formats.vqa_v2`), told apart by content.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch
 from vlkit.core.errors import ConfigError
 from vlkit.core.outputs import ANSWER_HEAD
 from vlkit.data.config import DataConfig
+from vlkit.data.formats.task_data import TaskCollate, TaskEntry, answer_vocabulary, parse_vqa, read_task_files
+from vlkit.data.formats.vqa_v2 import is_vqa_v2_questions, read_vqa_v2
 from vlkit.data.json_dataset import AnnotationError
 from vlkit.data.sources import DataSource
-from vlkit.data.task_data import TaskCollate, TaskEntry, answer_vocabulary, parse_vqa, read_task_files
 from vlkit.data.tokenizer import tokenize
 from vlkit.data.vqa_normalize import normalize_answer
-from vlkit.data.vqa_v2 import is_vqa_v2_questions, read_vqa_v2
 from vlkit.eval.classification import mean_vqa_accuracy
 from vlkit.heads.answer_decoder import AnswerDecoder
 from vlkit.objectives.answers import GenerateAnswersConfig, rank_answers

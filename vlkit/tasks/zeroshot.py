@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from vlkit.data.classification import Classification, annotation_classification, folder_classification
+from vlkit.data.formats.classification import Classification, annotation_classification, folder_classification
 from vlkit.data.json_dataset import AnnotationError, ImageFolderList
 from vlkit.data.transforms import eval_transform
 from vlkit.eval.zeroshot import class_embeddings, image_features, topk_accuracy

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from vlkit.data.classification import Classification
+from vlkit.data.formats.classification import Classification
 from vlkit.data.synthetic.lexicon import COLORS, SHAPES
 from vlkit.data.synthetic.writer import read_scenes
 

@@ -4,7 +4,7 @@
 - NLVR2: ``[{"images": [left, right], "sentence", "label": "True" | "False"}]``.
 - VQA: ``[{"question_id", "image", "question", "answer": [str, ...]}]`` (one answer per annotator), answers
   normalized as the official VQA evaluation does (:func:`~vlkit.data.vqa_normalize.normalize_answer`); the
-  official VQA v2 files are read by :mod:`vlkit.data.vqa_v2`.
+  official VQA v2 files are read by :mod:`vlkit.data.formats.vqa_v2`.
 
 Each becomes :class:`TaskEntry` (image paths, text, target); malformed entries are skipped, counted
 and named like pre-training annotations (a file beyond ``max_bad_fraction`` is an error).

@@ -6,10 +6,10 @@
   "answer_type", "multiple_choice_answer", "answers": [{"answer": str, "answer_confidence", "answer_id"},
   ...]}, ...], ...}``.
 
-Each question becomes a :class:`~vlkit.data.task_data.TaskEntry` with its COCO image
+Each question becomes a :class:`~vlkit.data.formats.task_data.TaskEntry` with its COCO image
 ``COCO_<data_subtype>_<image_id:012d>.jpg``, the question, its annotators' answers normalized as the official
 evaluation does, and ``idx = question_id``. ALBEF's pre-processed VQA list is read by
-:func:`~vlkit.data.task_data.parse_vqa`; :func:`is_vqa_v2_questions` tells the two apart.
+:func:`~vlkit.data.formats.task_data.parse_vqa`; :func:`is_vqa_v2_questions` tells the two apart.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vlkit.data.formats.task_data import TaskEntry
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError
-from vlkit.data.task_data import TaskEntry
 from vlkit.data.vqa_normalize import normalize_answer
 
 log = logging.getLogger("vlkit.data")
