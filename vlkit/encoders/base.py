@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlkit.core.encodings import FusedEncoding, ImageEncoding, ImageKV, PatchMask, TextEncoding
 from vlkit.core.weight_source import WeightSource
+from vlkit.nn.attention import Backend
 from vlkit.nn.bert import BertStack
 from vlkit.nn.checkpointing import set_grad_checkpointing, transformer_blocks
 from vlkit.schema import ComponentConfig
@@ -40,7 +41,7 @@ class EncoderConfig(ComponentConfig):
     """
 
     size: str = "base"
-    attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
+    attention: Backend = "auto"
     grad_checkpointing: bool = False
 
     supports_fusion: ClassVar[bool] = True

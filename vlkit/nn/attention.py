@@ -27,6 +27,7 @@ import functools
 import importlib.util
 import logging
 import math
+import typing
 from collections.abc import Sequence
 from typing import Literal
 
@@ -37,7 +38,8 @@ from torch import Tensor, nn
 from vlkit.nn.packing import PackedSeqlens, real_token_positions
 
 Backend = Literal["auto", "xformers", "sdpa", "math"]
-BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
+"""The attention backends (the one list; recipes' ``encoder.attention`` is typed with it)."""
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
 log = logging.getLogger("vlkit.attention")
 _logged_choices: set[tuple[str, str]] = set()

@@ -22,6 +22,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from vlkit.nn.checkpointing import CheckpointedBlock
+from vlkit.nn.init import trunc_normal_init_
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import Stem, build_stem
@@ -195,15 +196,9 @@ class MultiwayTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=std)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=std)
+        trunc_normal_init_(self, std)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, SelfAttention) and module.q_bias is not None and module.v_bias is not None:
+            if isinstance(module, SelfAttention) and module.q_bias is not None and module.v_bias is not None:
                 nn.init.zeros_(module.q_bias)
                 nn.init.zeros_(module.v_bias)
             elif isinstance(module, MultiwayBlock) and module.layer_scale is not None:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from vlkit.core.errors import ConfigError
 from vlkit.core.weight_source import WeightSource
 from vlkit.nn.checkpointing import CheckpointedBlock
+from vlkit.nn.init import trunc_normal_init_
 from vlkit.nn.patch_mask import PatchMask
 from vlkit.nn.self_attention import SelfAttention
 from vlkit.nn.stem import Stem, build_stem, stem_problem
@@ -125,14 +126,7 @@ class VisionTransformer(nn.Module):
         std = self.cfg.init_std
         nn.init.trunc_normal_(self.pos_embed, std=std)
         nn.init.trunc_normal_(self.cls_token, std=std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        trunc_normal_init_(self, std)
 
     @property
     def dim(self) -> int:
