@@ -13,18 +13,11 @@ import torch
 from PIL import Image
 
 from vlkit import registry
-from vlkit.data.corpora import (
-    ImageOnlyCollate,
-    ImageOnlyConfig,
-    ImageOnlySource,
-    TextCorpus,
-    TextOnlyCollate,
-    TextOnlyConfig,
-    TextOnlySource,
-    list_images,
-)
+from vlkit.data.corpora import ImageOnlyConfig, ImageOnlySource, TextOnlyConfig, TextOnlySource
+from vlkit.data.image_files import list_images
 from vlkit.data.json_dataset import AnnotationError, EpochSampler
 from vlkit.data.masking import MaskingConfig, TokenMasker
+from vlkit.data.single_modality import ImageOnlyCollate, TextCorpus, TextOnlyCollate
 from vlkit.data.tools.pack import pack_json_dataset
 from vlkit.data.transforms import train_transform
 from vlkit.schema import ConfigError

@@ -5,221 +5,28 @@ text for masked language modelling) — registry kind ``dataset``:
 - ``text_only``: plain text files (one text per non-blank line) and JSON-lines files (a ``text_key``
   field per line; ``.jsonl`` / ``.json`` / ``.ndjson``).
 
-Both index with access keys from :class:`~vlkit.data.json_dataset.EpochSampler` (``key % N`` is the
-item, augmentation and masking draw from ``(seed, key)``), so multi-worker loading and resuming are
-exact as for image-text pairs. Batches come from :class:`ImageOnlyCollate` (``Batch.images`` only) and
-:class:`TextOnlyCollate` (``Batch.input_ids`` / ``attention_mask`` and the objectives' batch
-transforms, e.g. MLM masking; ``Batch.images`` is None).
-
-Text files are not loaded into memory: indexing records the byte offset of each usable line (8 bytes
-per text) and a sample seeks to it, so corpora of billions of characters are fine.
+Their samples, datasets and collate functions are in :mod:`vlkit.data.single_modality`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
-import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from vlkit.core.batch import Batch
-from vlkit.data.collate import PretrainCollate, stack_images
 from vlkit.data.image_files import list_images
-from vlkit.data.json_dataset import AnnotationError, KeyedImageDataset
+from vlkit.data.single_modality import (
+    ImageFileDataset,
+    TextCorpus,
+)
 from vlkit.data.sources import DataSource
+from vlkit.data.training_set import TrainingRequest, TrainingSet
 from vlkit.data.webdataset_source import IMAGE_EXTENSIONS, ShardStream, expand_shards, local_path
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
-
-log = logging.getLogger("vlkit.data")
-
-JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
-
-
-@dataclass
-class ImageSample:
-    """One image-only sample: image ``[3, H, W]``, image id (file index), access key."""
-
-    image: Tensor
-    idx: int
-    key: int
-
-
-@dataclass
-class TextSample:
-    """One text-only sample: the text, its id (line index over all files), access key."""
-
-    text: str
-    idx: int
-    key: int
-
-
-# ---------------------------------------------------------------------------------------------- images
-class ImageFileDataset(KeyedImageDataset):
-    """Images from files: access ``key`` → :class:`ImageSample` (None for an unreadable file)."""
-
-    @property
-    def files(self) -> list[Path]:
-        return self.items
-
-    def __getitem__(self, key: int) -> ImageSample | None:
-        index = key % len(self.items)
-        images = self.load(key, [self.items[index]])
-        return None if images is None else ImageSample(images[0], index, key)
-
-
-@dataclass
-class ImageOnlyCollate:
-    """``list[ImageSample | Sample | None]`` → :class:`Batch` with ``images [B, 3, H, W]`` and ``idx [B]``;
-    no text (None samples are dropped and counted in ``Batch.skipped``)."""
-
-    def __call__(self, samples: Sequence[Any]) -> Batch:
-        kept = [s for s in samples if s is not None]
-        if not kept:
-            raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
-        return Batch(images=stack_images([s.image for s in kept]), input_ids=None, attention_mask=None,
-                     idx=torch.tensor([s.idx for s in kept]), skipped=len(samples) - len(kept))
-
-
-# ---------------------------------------------------------------------------------------------- text
-def _text_of_line(line: bytes, json_lines: bool, text_key: str) -> str | None:
-    """The text of one line, or None when it has none (blank, undecodable, or a bad JSON line)."""
-    try:
-        decoded = line.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if not json_lines:
-        return decoded.strip() or None
-    if not decoded.strip():
-        return None
-    try:
-        value = json.loads(decoded)
-    except json.JSONDecodeError:
-        return None
-    text = value.get(text_key) if isinstance(value, dict) else None
-    return (text.strip() or None) if isinstance(text, str) else None
-
-
-@dataclass
-class TextFileIndex:
-    """Byte offsets of the usable lines of one file (blank lines are skipped silently; bad JSON lines
-    and lines without a text are counted in ``bad``)."""
-
-    path: Path
-    json_lines: bool
-    offsets: np.ndarray
-    bad: int
-    lines: int
-
-    @classmethod
-    def build(cls, path: Path, text_key: str = "text") -> TextFileIndex:
-        json_lines = path.suffix.lower() in JSON_LINES_SUFFIXES
-        offsets: list[int] = []
-        bad = lines = 0
-        position = 0
-        with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    lines += 1
-                    if _text_of_line(line, json_lines, text_key) is None:
-                        bad += 1
-                    else:
-                        offsets.append(position)
-                position += len(line)
-        return cls(path, json_lines, np.asarray(offsets, dtype=np.int64), bad, lines)
-
-
-class TextCorpus(Dataset):
-    """Texts from line-oriented files; index with an access key (item ``key % N``).
-
-    Args:
-        files: ``.txt`` (one text per non-blank line) or JSON-lines files (``text_key`` per line).
-        text_key: the text field of JSON lines.
-        max_bad_fraction: a file with more unusable non-blank lines than this fraction is an
-            :class:`AnnotationError` (most likely the wrong format or ``text_key``), raised while indexing.
-    """
-
-    def __init__(self, files: Sequence[str | Path], text_key: str = "text", max_bad_fraction: float = 1.0) -> None:
-        self.text_key = text_key
-        self.indexes: list[TextFileIndex] = []
-        for file in files:
-            index = TextFileIndex.build(Path(file), text_key)
-            if index.bad:
-                log.warning("%s: skipped %d of %d lines without a usable text", file, index.bad, index.lines)
-                if index.bad > max_bad_fraction * index.lines:
-                    what = f'JSON lines with a "{text_key}" string' if index.json_lines else "UTF-8 text lines"
-                    raise AnnotationError(f"{file}: {index.bad} of {index.lines} lines are unusable (limit "
-                                          f"data.max_bad_fraction={max_bad_fraction:g}); expected {what}")
-            self.indexes.append(index)
-        self.skipped = sum(i.bad for i in self.indexes)
-        self.starts = np.cumsum([0, *(len(i.offsets) for i in self.indexes)])
-        self._handles: dict[int, IO[bytes]] = {}
-        self._pid = -1
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def _handle(self, file: int) -> IO[bytes]:
-        if self._pid != os.getpid():  # a forked loader worker opens its own files
-            self._handles, self._pid = {}, os.getpid()
-        if file not in self._handles:
-            self._handles[file] = open(self.indexes[file].path, "rb")  # noqa: SIM115 - kept open for reuse
-        return self._handles[file]
-
-    def text(self, item: int) -> str:
-        """The text of item ``item`` (``0 ≤ item < len(self)``)."""
-        file = int(np.searchsorted(self.starts, item, side="right")) - 1
-        index = self.indexes[file]
-        handle = self._handle(file)
-        handle.seek(int(index.offsets[item - self.starts[file]]))
-        text = _text_of_line(handle.readline(), index.json_lines, self.text_key)
-        if text is None:
-            raise AnnotationError(f"{index.path} changed after it was indexed")
-        return text
-
-    def __getitem__(self, key: int) -> TextSample:
-        item = key % len(self)
-        return TextSample(self.text(item), item, key)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": {}, "_pid": -1}
-
-
-class TextListDataset(Dataset):
-    """Texts held in memory (e.g. the captions of an image-text split trained as text only); access
-    ``key`` → :class:`TextSample` of item ``key % N``."""
-
-    def __init__(self, texts: Sequence[str]) -> None:
-        self.texts = list(texts)
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, key: int) -> TextSample:
-        item = key % len(self.texts)
-        return TextSample(self.texts[item], item, key)
-
-
-@dataclass
-class TextOnlyCollate(PretrainCollate):
-    """``list[TextSample]`` → :class:`Batch` with ``input_ids`` / ``attention_mask [B, L]``, ``idx [B]`` and
-    whatever the batch transforms add (e.g. MLM masking); ``images`` is None. Same options as
-    :class:`~vlkit.data.collate.PretrainCollate`."""
-
-    def __call__(self, samples: Sequence[TextSample]) -> Batch:  # type: ignore[override]
-        text = self.tokenize_texts([s.text for s in samples])
-        batch = Batch(images=None, input_ids=text.input_ids, attention_mask=text.attention_mask,
-                      idx=torch.tensor([s.idx for s in samples]), text_lengths=Batch.lengths_of(text.attention_mask))
-        return self.transform(batch, text, [s.key for s in samples])
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -228,6 +35,11 @@ class CorpusSource(DataSource):
 
     def split_files(self, split: str) -> list[Path]:
         raise ValueError(f"a `{self.modality}`-only corpus has no evaluation split `{split}`")
+
+    def _check_modality(self, modality: str) -> None:
+        if modality != self.modality:
+            raise ValueError(f"this source holds {self.modality}s only; data.modality `{modality}` needs a source "
+                             f"with {modality}s")
 
     @property
     def image_root(self) -> Path:
@@ -279,6 +91,13 @@ class ImageOnlySource(CorpusSource):
         if self.cfg.folders and not self.files():
             raise FileNotFoundError(f"no images ({', '.join(self.cfg.extensions)}) under {', '.join(self.cfg.folders)}")
 
+    def training_set(self, request: TrainingRequest) -> TrainingSet:
+        """The corpus's images: a keyed dataset (folders) or this rank's shard stream (shards)."""
+        self._check_modality(request.modality)
+        data = self.dataset(request.transform, seed=request.seed, rank=request.rank, world_size=request.world_size,
+                            draft_size=request.draft_size)
+        return TrainingSet(stream=data) if isinstance(data, ShardStream) else TrainingSet(dataset=data)
+
     def files(self) -> list[Path]:
         """The image files of ``folders`` (listed once)."""
         if self._files is None:
@@ -328,6 +147,11 @@ class TextOnlySource(CorpusSource):
         missing = [f for f in self.cfg.files if not Path(f).is_file()]
         if missing:
             raise FileNotFoundError(f"text files not found: {', '.join(missing)}")
+
+    def training_set(self, request: TrainingRequest) -> TrainingSet:
+        """The indexed corpus."""
+        self._check_modality(request.modality)
+        return TrainingSet(dataset=self.dataset(request.max_bad_fraction))
 
     def dataset(self, max_bad_fraction: float = 1.0) -> TextCorpus:
         """The indexed corpus (reads every file once)."""

@@ -38,6 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vlkit.data.json_dataset import MAX_LOGGED, Sample, load_image, sample_seed, seeded_transform
 from vlkit.data.sources import DataSource
+from vlkit.data.training_set import TrainingRequest, TrainingSet
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
 
@@ -319,6 +320,17 @@ class WebDatasetSource(DataSource):
             raise ValueError(f"no evaluation split `{split}` (eval_splits names: {known}); "
                              "training data comes from the shards through stream()")
         return [Path(f) for f in self.cfg.eval_splits[split]]
+
+    def training_set(self, request: TrainingRequest) -> TrainingSet:
+        """The shard stream of this rank (image-text pairs only: shards hold no annotation lists to group
+        or to split by modality)."""
+        if request.modality != "pair":
+            raise ValueError(f"data.modality `{request.modality}` on webdataset pairs is not supported; use an "
+                             "image_only source with `shards` (images) or a text_only source (texts)")
+        if request.group_batches:
+            raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
+        return TrainingSet(stream=self.stream(request.transform, seed=request.seed, draft_size=request.draft_size,
+                                              rank=request.rank, world_size=request.world_size))
 
     def stream(self, transform: Callable[[Image.Image], Tensor], *, seed: int, start: int = 0, rank: int = 0,
                world_size: int = 1, draft_size: int | None = None) -> ShardStream:

@@ -13,28 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from vlkit import dist, registry
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import Batch
 from vlkit.data.collate import PretrainCollate
-from vlkit.data.corpora import (
-    ImageFileDataset,
-    ImageOnlyCollate,
-    ImageOnlySource,
-    TextListDataset,
-    TextOnlyCollate,
-    TextOnlySource,
-)
-from vlkit.data.json_dataset import EpochSampler, PairDataset, read_parts
+from vlkit.data.json_dataset import EntryList, EpochSampler
 from vlkit.data.loader_requests import batch_transforms, wants_hard_negatives
+from vlkit.data.single_modality import ImageOnlyCollate, TextOnlyCollate
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tokens import TextTokens
+from vlkit.data.training_set import EpochStream, TrainingRequest, TrainingSet
 from vlkit.data.transforms import DeviceNormalize, decode_size, train_transform
-from vlkit.data.webdataset_source import ShardStream, WebDatasetSource
 from vlkit.encoders.base import Encoder
 from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel
@@ -144,40 +136,37 @@ class Pretraining:
         reads_negatives = [n for n, c in recipe.objectives.items() if wants_hard_negatives(c.loader_requests())]
         if reads_negatives and isinstance(self.collate, PretrainCollate):
             self.collate.hard_negatives = True
-        self.stream: ShardStream | None = None
+        self.training: TrainingSet | None = None
         self.annotations_skipped = 0
         if not train_data:
             return
         if self.task is not None and self.task.trains_own_objectives:  # the task's annotations and batches
             self.collate = self.task.collate(self.tokenizer, self.source, data)
-            self.dataset = self.task.train_dataset(self.source, data, transform, seed=recipe.seed,
-                                                   draft_size=draft_size)
-            self.train_entries = None
+            self.training = TrainingSet(dataset=self.task.train_dataset(self.source, data, transform, seed=recipe.seed,
+                                                                        draft_size=draft_size))
             return
-        if self.modality != "pair":
-            self._single_modality_data(transform, draft_size)
+        self.training = self.source.training_set(TrainingRequest(
+            modality=self.modality, split=data.train_split, transform=transform, seed=recipe.seed, rank=self.rank,
+            world_size=self.world, draft_size=draft_size, max_bad_fraction=data.max_bad_fraction,
+            group_batches=data.group_batches))
+        self.annotations_skipped = self.training.annotations_skipped
+        if self.training.description:
+            log.info("%s of `%s`", self.training.description, data.source.type)
+        if reads_negatives and self.modality == "pair":
+            self._log_hard_negatives(reads_negatives[0], self.training.entries, data.train_split)
+
+    @staticmethod
+    def _log_hard_negatives(objective: str, entries: EntryList | None, split: str) -> None:
+        """How many training entries list annotated hard-negative captions (a warning when none can)."""
+        if entries is None:
+            log.warning("objectives.%s.hard_negatives: these samples (a shard stream) carry no annotated "
+                        "hard-negative captions; those ITM pairs are left out", objective)
             return
-        if isinstance(self.source, WebDatasetSource):  # streamed shards: no annotation lists to read
-            if data.group_batches:
-                raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
-            if reads_negatives:
-                log.warning("objectives.%s.hard_negatives: webdataset samples carry no annotated hard-negative "
-                            "captions; those ITM pairs are left out", reads_negatives[0])
-            self.stream = self.source.stream(transform, seed=recipe.seed, draft_size=draft_size, rank=self.rank,
-                                             world_size=self.world)
-            return
-        parts = self.source.split_parts(data.train_split)
-        self.train_entries = read_parts(parts, max_bad_fraction=data.max_bad_fraction)
-        if not self.train_entries.entries:
-            raise ValueError(f"the `{data.train_split}` split has no usable entries")
-        self.annotations_skipped = self.train_entries.skipped
-        if reads_negatives:
-            with_negatives = sum(any(e.hard_negatives or ()) for e in self.train_entries.entries)
-            log.log(logging.INFO if with_negatives else logging.WARNING,
-                    "objectives.%s.hard_negatives: %d of %d `%s` entries list hard-negative captions%s",
-                    reads_negatives[0], with_negatives, len(self.train_entries.entries), data.train_split,
-                    "" if with_negatives else " (the README's data section says how); those ITM pairs are left out")
-        self.dataset = PairDataset(self.train_entries.entries, transform, seed=recipe.seed, draft_size=draft_size)
+        with_negatives = sum(any(e.hard_negatives or ()) for e in entries.entries)
+        log.log(logging.INFO if with_negatives else logging.WARNING,
+                "objectives.%s.hard_negatives: %d of %d `%s` entries list hard-negative captions%s",
+                objective, with_negatives, len(entries.entries), split,
+                "" if with_negatives else " (the README's data section says how); those ITM pairs are left out")
 
     @staticmethod
     def _tower_reports(encoder: Encoder, strict: bool) -> list[dict[str, Any]]:
@@ -214,65 +203,35 @@ class Pretraining:
                                  f"gives {self.modality}{'s' if self.modality == 'pair' else '-only batches'} "
                                  "(data.modality / data.source); remove the objective or change the data")
 
-    def _single_modality_data(self, transform: Callable[..., Tensor], draft_size: int | None) -> None:
-        """The training set of an image-only or text-only run: a corpus source's, or one side of a
-        pair source's training split (its images, or all its captions)."""
+    def _stream_batches(self, stream: EpochStream, start: int) -> Iterator[Batch]:
+        """Endless micro-batches from a shard stream, epoch after epoch (epochs of ``epoch_samples``); a
+        resume continues at ``start``'s epoch with fresh draws, not a replay."""
         data = self.recipe.data
         assert data is not None
-        self.train_entries = None
-        if isinstance(self.source, ImageOnlySource):
-            dataset = self.source.dataset(transform, seed=self.recipe.seed, rank=self.rank, world_size=self.world,
-                                          draft_size=draft_size)
-            if isinstance(dataset, ShardStream):
-                self.stream = dataset
-            else:
-                self.dataset = dataset
-            return
-        if isinstance(self.source, TextOnlySource):
-            self.dataset = self.source.dataset(data.max_bad_fraction)
-            return
-        if isinstance(self.source, WebDatasetSource):
-            raise ValueError(f"data.modality `{self.modality}` on webdataset pairs is not supported; use an "
-                             "image_only source with `shards` (images) or a text_only source (texts)")
-        entries = read_parts(self.source.split_parts(data.train_split), max_bad_fraction=data.max_bad_fraction)
-        self.annotations_skipped = entries.skipped
-        if self.modality == "image":
-            self.dataset = ImageFileDataset([e.image for e in entries.entries], transform, seed=self.recipe.seed,
-                                            draft_size=draft_size)
-        else:
-            self.dataset = TextListDataset([caption for e in entries.entries for caption in e.captions])
-        if not len(self.dataset):
-            raise ValueError(f"the `{data.train_split}` split has no usable entries")
-        log.info("%s-only training on the %s split of `%s`: %d %ss", self.modality, data.train_split,
-                 data.source.type, len(self.dataset), self.modality)
-
-    def _stream_batches(self, start: int) -> Iterator[Batch]:
-        """Endless micro-batches from the shard stream, epoch after epoch (epochs of
-        ``epoch_samples``); a resume continues at ``start``'s epoch with fresh draws, not a replay."""
-        data = self.recipe.data
-        assert data is not None and self.stream is not None
-        epoch_samples = self.source.cfg.epoch_samples  # webdataset and image_only shards
-        epoch = start // epoch_samples
+        epoch = start // stream.epoch_samples
         while True:
-            self.stream.set_epoch(epoch)
+            stream.set_epoch(epoch)
             yield from torch.utils.data.DataLoader(
-                self.stream, batch_size=self.micro_batch, collate_fn=self.collate,
+                stream, batch_size=self.micro_batch, collate_fn=self.collate,
                 num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
                 prefetch_factor=4 if data.num_workers else None)
             epoch += 1
 
     def batches(self, start: int) -> Iterator[Batch]:
         """Micro-batches from sample ``start`` on (deterministic: keys, captions, crops, masks)."""
-        if self.stream is not None:
-            return self._stream_batches(start)
-        data = self.recipe.data
+        data, training = self.recipe.data, self.training
+        if training is None:
+            raise RuntimeError("this run was assembled without training data (train_data=False)")
         assert data is not None
-        entries = self.train_entries
+        if training.stream is not None:
+            return self._stream_batches(training.stream, start)
+        dataset, entries = training.dataset, training.entries
+        assert dataset is not None
         groups = [e.group for e in entries.entries] if data.group_batches and entries is not None else None
         parts, ratios = (entries.part_of, entries.ratios) if entries is not None else (None, None)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.micro_batch,
-            sampler=EpochSampler(len(self.dataset), self.recipe.seed, start=start, groups=groups, parts=parts,
+            dataset, batch_size=self.micro_batch,
+            sampler=EpochSampler(len(dataset), self.recipe.seed, start=start, groups=groups, parts=parts,
                                  ratios=ratios, rank=self.rank, world_size=self.world, block=self.micro_batch),
             collate_fn=self.collate,
             num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
