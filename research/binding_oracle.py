@@ -31,8 +31,8 @@ swapped caption differ is masked; the true tokens' summed log-probability must b
 chance 0.5), ``itm_swap`` (the ITM head's match logit of the true caption above the swapped one, the
 ``swap_acc_itm`` that ``vlkit train`` reports), per probe kind.
 
-    python benchmarks/binding_oracle.py recipes/albef/tiny.yaml --image oracle --text-mixing conv
-    python benchmarks/binding_oracle.py recipes/albef/tiny.yaml --image oracle --text-mixing conv --itm-weight 1
+    python research/binding_oracle.py recipes/albef/tiny.yaml --image oracle --text-mixing conv
+    python research/binding_oracle.py recipes/albef/tiny.yaml --image oracle --text-mixing conv --itm-weight 1
 
 Measured (2 CPU cores, torch 2.15.0, albef/tiny, seed 0; swap accuracies attribute / relation at the
 last step; the first five rows ran on 2026-11-23, the others on 2026-11-24). Rows marked * used the
@@ -54,7 +54,7 @@ benchmark's earlier neighbour-mixing wrapper (the same convolution and initializ
 | pixels, ``--stem-extra 2`` * | conv | 1 | 1500 | 341 s | 0.53 / 0.54 | 0.50 / 0.49 |
 | pixels, ``--image-tower`` dense tower, ``--freeze-tower`` | conv | 1 | 1500 | 212 s | 0.89 / 0.51 | **0.86** / 0.46 |
 
-The dense tower: ``python benchmarks/shape_supervision.py recipes/albef/tiny.yaml --dense --steps 800
+The dense tower: ``python research/shape_supervision.py recipes/albef/tiny.yaml --dense --steps 800
 --train-images 8000 --save runs/dense_tower.pt`` (every patch supervised with the colour and shape of
 the object covering it; 0.95 / 0.95 on held-out object patches, 38 s).
 

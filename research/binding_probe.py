@@ -10,8 +10,8 @@ A fraction ``--random-negatives`` of the negatives is instead a caption of a ran
 the training loss and accuracy and ``swap_acc`` on the test split's swap probes (the same probe as
 ``vlkit train`` reports as ``swap_acc_itm``).
 
-    python benchmarks/binding_probe.py recipes/albef/tiny.yaml --steps 2000 --random-negatives 0.5
-    python benchmarks/binding_probe.py recipes/albef/tiny.yaml --pool mean encoder.text.dim=128
+    python research/binding_probe.py recipes/albef/tiny.yaml --steps 2000 --random-negatives 0.5
+    python research/binding_probe.py recipes/albef/tiny.yaml --pool mean encoder.text.dim=128
 
 Runs on the CPU: about 12 steps/s at tiny size with B=32 on 2 cores. Measured (2 CPU cores, torch
 2.15.0, the first command above): training loss stays at ln 2 until step ~700, then reaches train

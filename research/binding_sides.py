@@ -14,8 +14,8 @@ Three frozen-feature probes on a finished ``vlkit train`` run on the synthetic d
   is masked, and the MLM head's summed log-probability of the true tokens is compared with that of the
   swapped ones (the text alone is symmetric, so chance is 0.5; needs an ``mlm`` objective).
 
-    python benchmarks/binding_sides.py runs/albef-tiny
-    python benchmarks/binding_sides.py runs/albef-tiny --image-tower runs/shape_tower.pt
+    python research/binding_sides.py runs/albef-tiny
+    python research/binding_sides.py runs/albef-tiny --image-tower runs/shape_tower.pt
 
 Measured (2 CPU cores, torch 2.15.0; about 25 s each). The README's albef/tiny run (1,800 steps):
 image side 0.55, text side 0.52 vs bag-of-words 0.57, MLM swap 0.49 attribute / 0.55 relation; with

@@ -8,9 +8,9 @@ keeps the trained tower (``visual_encoder`` state dict), which ``binding_probe.p
 starts from, to ask whether shape features are what binding lacks. ``--save-init FILE`` writes the
 same tower as a vlkit checkpoint (keys ``encoder.visual_encoder.*``) for a recipe's ``init_from``.
 
-    python benchmarks/shape_supervision.py recipes/albef/tiny.yaml --steps 600 --save runs/shape_tower.pt
-    python benchmarks/binding_probe.py recipes/albef/tiny.yaml --image-tower runs/shape_tower.pt
-    python benchmarks/shape_supervision.py recipes/albef/tiny.yaml --steps 600 --save-init runs/shape_init.pt
+    python research/shape_supervision.py recipes/albef/tiny.yaml --steps 600 --save runs/shape_tower.pt
+    python research/binding_probe.py recipes/albef/tiny.yaml --image-tower runs/shape_tower.pt
+    python research/shape_supervision.py recipes/albef/tiny.yaml --steps 600 --save-init runs/shape_init.pt
     vlkit train recipes/albef/tiny.yaml init_from=runs/shape_init.pt --out runs/albef-tiny-shape-init
 
 Measured (2 CPU cores, torch 2.15.0, 2026-11-23, the two commands above): shape presence 0.57 at step
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from binding_oracle import scene_grid  # noqa: E402 - sibling scripts (benchmarks/ is not a package)
+from binding_oracle import scene_grid  # noqa: E402 - sibling scripts (research/ is not a package)
 from torch import Tensor
 from tower_probe import presence_labels  # noqa: E402
 

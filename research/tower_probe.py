@@ -6,8 +6,8 @@ fits a linear probe (multi-label logistic regression) for the presence of each s
 It prints the held-out accuracy next to the majority-class baseline and to the same probe on the
 recipe's randomly initialized tower (``--init``).
 
-    python benchmarks/tower_probe.py runs/albef-tiny            # the trained tower
-    python benchmarks/tower_probe.py runs/albef-tiny --init     # the same recipe at random init
+    python research/tower_probe.py runs/albef-tiny            # the trained tower
+    python research/tower_probe.py runs/albef-tiny --init     # the same recipe at random init
 
 Measured (2 CPU cores, torch 2.15.0; the README's albef/tiny run, 1,800 steps): colour presence
 1.00 (random init 0.96, majority 0.63), shape presence 0.61 (random init 0.64, majority 0.54) — the

@@ -54,7 +54,7 @@ class BertConfig:
         local_mixing: width (odd, ≥ 3) of a depthwise convolution that adds each token's neighbours'
             embeddings to its own before the embedding LayerNorm (:class:`LocalMixing`); 0: off (BERT).
             A vlkit deviation for small models trained from scratch: with absolute positions alone a
-            tiny text tower barely learns which noun a colour word belongs to (``benchmarks/binding_oracle.py``).
+            tiny text tower barely learns which noun a colour word belongs to (``research/binding_oracle.py``).
             Its kernel starts random (PyTorch's Conv1d default: a zero kernel learns far more slowly,
             ITM swap 0.64 vs 0.86 there with ``--image grid``); importing BERT weights (``init``) zeroes it, so
             the stack then computes exactly the checkpoint's BERT until it trains.
@@ -104,6 +104,7 @@ class LocalMixing(nn.Module):
     @torch.no_grad()
     def zero_(self) -> None:
         """Make the mixing the identity (done when pre-trained BERT weights are imported)."""
+        assert self.conv.bias is not None  # built with the default bias=True
         self.conv.weight.zero_()
         self.conv.bias.zero_()
 
@@ -366,6 +367,14 @@ class BertStack(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.encoder.layer
 
+    def layer_at(self, index: int) -> BertLayer:
+        """Layer ``index`` of :attr:`layers`, as the :class:`BertLayer` it is (a ``ModuleList`` hands out
+        ``nn.Module``)."""
+        layer = self.layers[index]
+        if not isinstance(layer, BertLayer):
+            raise TypeError(f"layer {index} of the stack is a {type(layer).__name__}, not a BertLayer")
+        return layer
+
     @property
     def text_layers(self) -> range:
         return range(0, self.fusion_layer)
@@ -380,7 +389,7 @@ class BertStack(nn.Module):
 
     def image_kv(self, image_embeds: Tensor) -> list[KV]:
         """Keys/values of every fusion layer for ``image_embeds`` ``[B, M, Dv]``."""
-        return [self.layers[i].cross_kv(image_embeds) for i in self.fusion_layers]
+        return [self.layer_at(i).cross_kv(image_embeds) for i in self.fusion_layers]
 
     def run(self, hidden: Tensor, mask: Tensor | None, layers: range,
             image_kv: list[KV] | None = None, image_mask: Tensor | None = None,

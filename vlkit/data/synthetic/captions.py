@@ -146,8 +146,7 @@ def swap(caption: Caption, kind: str) -> Caption | None:
     if kind == "relation":
         swapped = (q, p)
     else:
-        for field in ("color", "shape", "size"):
-            u, v = getattr(p, field), getattr(q, field)
+        for field, u, v in (("color", p.color, q.color), ("shape", p.shape, q.shape), ("size", p.size, q.size)):
             if u is not None and v is not None and u != v:
                 swapped = (replace(p, **{field: v}), replace(q, **{field: u}))
                 break

@@ -20,7 +20,7 @@ def largest_object_classes(folder: str | Path, split: str, attribute: Attribute 
     images, labels = [], []
     for scene in read_scenes(folder, split):
         biggest = max(o.extent for o in scene.objects)
-        values = {getattr(o, attribute) for o in scene.objects if o.extent == biggest}
+        values = {o.color if attribute == "color" else o.shape for o in scene.objects if o.extent == biggest}
         if len(values) == 1:
             images.append(Path(folder) / scene.image)
             labels.append(classes.index(values.pop()))

@@ -54,25 +54,25 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "image_size": 32 <= self.image_size <= 512,
-            "train_images": self.train_images >= 2,
-            "val_images": self.val_images >= 2,
-            "test_images": self.test_images >= 2,
-            "captions_per_image": 1 <= self.captions_per_image <= 12,
-            "twin_fraction": 0.0 <= self.twin_fraction <= 1.0,
-            "min_objects": 1 <= self.min_objects <= self.max_objects,
-            "max_objects": 1 <= self.max_objects <= 4,
-            "vocab_size": self.vocab_size >= 100,
-            "vqa_per_image": 0 <= self.vqa_per_image < 100,
-            "vqa_annotators": self.vqa_annotators >= 1,
-            "vqa_noise": 0.0 <= self.vqa_noise < 0.5,
-            "nlvr_per_image": self.nlvr_per_image >= 0,
-            "ve_per_image": self.ve_per_image >= 0,
-            "swaps_per_image": 0 <= self.swaps_per_image <= 2,
+            "image_size": (32 <= self.image_size <= 512, self.image_size),
+            "train_images": (self.train_images >= 2, self.train_images),
+            "val_images": (self.val_images >= 2, self.val_images),
+            "test_images": (self.test_images >= 2, self.test_images),
+            "captions_per_image": (1 <= self.captions_per_image <= 12, self.captions_per_image),
+            "twin_fraction": (0.0 <= self.twin_fraction <= 1.0, self.twin_fraction),
+            "min_objects": (1 <= self.min_objects <= self.max_objects, self.min_objects),
+            "max_objects": (1 <= self.max_objects <= 4, self.max_objects),
+            "vocab_size": (self.vocab_size >= 100, self.vocab_size),
+            "vqa_per_image": (0 <= self.vqa_per_image < 100, self.vqa_per_image),
+            "vqa_annotators": (self.vqa_annotators >= 1, self.vqa_annotators),
+            "vqa_noise": (0.0 <= self.vqa_noise < 0.5, self.vqa_noise),
+            "nlvr_per_image": (self.nlvr_per_image >= 0, self.nlvr_per_image),
+            "ve_per_image": (self.ve_per_image >= 0, self.ve_per_image),
+            "swaps_per_image": (0 <= self.swaps_per_image <= 2, self.swaps_per_image),
         }
-        for key, ok in checks.items():
+        for key, (ok, value) in checks.items():
             if not ok:
-                raise ConfigError(f"invalid value {getattr(self, key)!r} for {key}", key=key)
+                raise ConfigError(f"invalid value {value!r} for {key}", key=key)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready mapping."""

@@ -220,8 +220,8 @@ def make_twin(
         kind = TWIN_KINDS[int(k)]
         for p in rng.permutation(len(pairs)):
             i, j = pairs[int(p)]
-            attr = {"color": "color", "shape": "shape", "position": "x"}[kind]
-            if kind != "position" and getattr(objects[i], attr) == getattr(objects[j], attr):
+            a, b = objects[i], objects[j]
+            if (kind == "color" and a.color == b.color) or (kind == "shape" and a.shape == b.shape):
                 continue
             twin = swap_pair(objects, kind, i, j)
             if valid_layout(twin, image_size):

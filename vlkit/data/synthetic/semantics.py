@@ -44,8 +44,8 @@ class Desc:
 
     def matches(self, o: Obj) -> bool:
         """Whether object ``o`` fits the description."""
-        return all(v is None or v == getattr(o, k) for k, v in (("shape", self.shape), ("color", self.color),
-                                                                  ("size", self.size)))
+        return all(want is None or want == have for want, have in ((self.shape, o.shape), (self.color, o.color),
+                                                                     (self.size, o.size)))
 
 
 @dataclass(frozen=True)
