@@ -4,9 +4,9 @@
 # the first node's c10d rendezvous. Submit again after a time-out or pre-emption: the run resumes
 # from its newest checkpoint (at any node count; train.batch_size is the global batch).
 #
-#   sbatch benchmarks/slurm_train.sh                                  # recipes/albef/base.yaml
-#   RECIPE=recipes/vlmo/base.yaml OUT=runs/vlmo-base sbatch --nodes 2 benchmarks/slurm_train.sh
-#   sbatch benchmarks/slurm_train.sh train.strategy=fsdp              # extra arguments are recipe overrides
+#   sbatch examples/slurm_train.sh                                  # recipes/albef/base.yaml
+#   RECIPE=recipes/vlmo/base.yaml OUT=runs/vlmo-base sbatch --nodes 2 examples/slurm_train.sh
+#   sbatch examples/slurm_train.sh train.strategy=fsdp              # extra arguments are recipe overrides
 #
 #SBATCH --job-name=vlkit-train
 #SBATCH --nodes=4
