@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from vlkit import dist
 from vlkit.core.batch import Batch
@@ -290,7 +291,7 @@ class Trainer:
         average_gradients(self._replicated)  # FSDP's replicated 0-d parameters (temperatures)
         if self.cfg.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-            window.add({"grad_norm": norm.full_tensor() if hasattr(norm, "full_tensor") else norm})
+            window.add({"grad_norm": norm.full_tensor() if isinstance(norm, DTensor) else norm})  # FSDP2: sharded
         self.optimizer.step()
         self.scheduler.step()
         self.model.after_step(results)
