@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from tests.test_train import SMALL_DATA
 from vlkit.ablate.grid import GridError, load_grid
 from vlkit.ablate.report import markdown
 from vlkit.build import build_encoder
@@ -17,8 +16,8 @@ from vlkit.cli import main
 torch.set_num_threads(1)
 
 
-def write_grid(tmp_path, variants: str, extra: str = "") -> str:
-    overrides = "\n".join(f"  - {o}" for o in [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}",
+def write_grid(tmp_path, small_data: list[str], variants: str, extra: str = "") -> str:
+    overrides = "\n".join(f"  - {o}" for o in [*small_data, f"data.source.root={tmp_path / 'data'}",
                                                  "train.batch_size=8", "train.steps=2", "train.log_every=1",
                                                  "train.cpu_threads=1", "eval.batch_size=8", "eval.k_test=4"])
     path = tmp_path / "grid.yaml"
@@ -27,8 +26,9 @@ def write_grid(tmp_path, variants: str, extra: str = "") -> str:
     return str(path)
 
 
-def test_grid_runs_variants_and_seeds_then_reports(tmp_path):
-    grid = write_grid(tmp_path, "  plain: {}\n  smooth: {objectives.itc.label_smoothing: 0.0}\n", "seeds: [0, 1]\n")
+def test_grid_runs_variants_and_seeds_then_reports(tmp_path, small_data):
+    grid = write_grid(tmp_path, small_data, "  plain: {}\n  smooth: {objectives.itc.label_smoothing: 0.0}\n",
+                      "seeds: [0, 1]\n")
     out = tmp_path / "ablation"
     assert main(["ablate", grid, "--out", str(out), "--no-progress"]) == 0
     table = (out / "results.md").read_text()
@@ -48,16 +48,16 @@ def test_grid_runs_variants_and_seeds_then_reports(tmp_path):
     assert json.loads((out / "grid.json").read_text())["runs"] == {"plain": [0, 1], "smooth": [0, 1]}
 
 
-def test_a_bad_variant_key_stops_the_grid_before_training(tmp_path):
-    grid = write_grid(tmp_path, "  good: {}\n  bad: {objectives.itc.label_smothing: 0.1}\n")
+def test_a_bad_variant_key_stops_the_grid_before_training(tmp_path, small_data):
+    grid = write_grid(tmp_path, small_data, "  good: {}\n  bad: {objectives.itc.label_smothing: 0.1}\n")
     with pytest.raises(GridError, match=r"variant `bad`.*label_smothing.*label_smoothing"):
         load_grid(grid)
     assert main(["ablate", grid, "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
 
 
-def test_a_variant_may_start_from_another_recipe(tmp_path):
-    grid = write_grid(tmp_path, "  dual: {}\n  albef: {base: albef/tiny, objectives.mlm: null}\n")
+def test_a_variant_may_start_from_another_recipe(tmp_path, small_data):
+    grid = write_grid(tmp_path, small_data, "  dual: {}\n  albef: {base: albef/tiny, objectives.mlm: null}\n")
     loaded = load_grid(grid)
     assert loaded.recipe("dual").encoder.type == "dual"
     albef = loaded.recipe("albef")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_train import small_recipe
 from vlkit.train.pretrain import Pretraining, run_pretraining
 from vlkit.weights import checkpoints as ckpt
 
@@ -13,7 +12,7 @@ torch.set_num_threads(1)
 
 
 @pytest.mark.slow
-def test_compiled_blocks_train_like_eager_ones(tmp_path):
+def test_compiled_blocks_train_like_eager_ones(tmp_path, small_recipe):
     """3 steps of albef/tiny with the teacher consulted from step 0 (distillation, queue), eager vs compiled:
     every weight within 1e-5 (measured ≤ 1e-6). AdamW's eps is 1e-3 so that rounding differences in
     exactly-zero gradients (attention key biases) are not normalized into ±lr steps."""
@@ -30,7 +29,7 @@ def test_compiled_blocks_train_like_eager_ones(tmp_path):
         torch.testing.assert_close(weights[True][key], value, rtol=0.0, atol=1e-5, msg=key)
 
 
-def test_compile_wraps_every_block_and_pads_text_to_buckets(tmp_path):
+def test_compile_wraps_every_block_and_pads_text_to_buckets(tmp_path, small_recipe):
     run = Pretraining(small_recipe(tmp_path, "albef/tiny", "train.compile=true"), tmp_path / "run")
     blocks = run.model.encoder.blocks() + run.model.teacher.encoder.blocks()
     assert blocks and all(block._compiled_call_impl is not None for block in blocks)

@@ -34,13 +34,12 @@ def test_contact_sheet_lays_out_query_and_results() -> None:
     assert sheet.size == (4 * 38 + 6, 4 * (32 + 16 + 6) + 6)  # query row + 3 result rows
 
 
-def test_retrieve_command_writes_sheet_and_results(tmp_path: Path) -> None:
-    from tests.test_train import SMALL_DATA
+def test_retrieve_command_writes_sheet_and_results(tmp_path: Path, small_data: list[str]) -> None:
     from vlkit.cli import EXIT_RECIPE_ERROR, main
     from vlkit.recipe import load_recipe
     from vlkit.train.pretrain import run_pretraining
 
-    args = [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=2",
+    args = [*small_data, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=2",
             "eval.batch_size=8", "eval.k_test=4"]
     run_pretraining(load_recipe("dual/tiny", args), tmp_path / "run", progress=False)
     out = tmp_path / "sheet.png"

@@ -213,10 +213,9 @@ def test_data_preparation_keys_are_validated():
         load_recipe("recipes/albef/base.yaml", ["data.padding=shortest"])
 
 
-def test_normalize_on_device_matches_loader_normalization(tmp_path: Path):
+def test_normalize_on_device_matches_loader_normalization(tmp_path: Path, small_recipe):
     """``data.normalize_on_device``: the loader yields uint8 images; the trainer's on-device step turns
     them into the very images (and so the very loss) the loader would have normalized itself."""
-    from tests.test_train import small_recipe
     from vlkit.train.pretrain import Pretraining
 
     batches, runs = {}, {}

@@ -19,26 +19,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def text_batch(b: int = 4, length: int = 9, vocab: int = 30522) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.randint(1000, vocab, (b, length))
-    ids[:, 0] = 101
-    mask = torch.ones(b, length, dtype=torch.long)
-    for row in range(1, b):
-        mask[row, length - 2 * row:] = 0
-    return ids.masked_fill(mask == 0, 0), mask
-
-
-TEST_SHAPES = ["encoder.image.image_size=32",  # 4×4 patches keep these tests fast
-               "encoder.text.vocab_size=30522"]  # text_batch draws bert-base-uncased ids
-
-
 @pytest.fixture(scope="module")
-def albef() -> AlbefEncoder:
+def albef(encoder_test_shapes: list[str]) -> AlbefEncoder:
     torch.manual_seed(0)
-    return build_encoder(load_recipe("albef/tiny", ["encoder.attention=sdpa", *TEST_SHAPES]).encoder).eval()
+    return build_encoder(load_recipe("albef/tiny", ["encoder.attention=sdpa", *encoder_test_shapes]).encoder).eval()
 
 
-def test_albef_shapes_and_unit_features(albef):
+def test_albef_shapes_and_unit_features(albef, text_batch):
     images = torch.randn(4, 3, 32, 32)
     ids, mask = text_batch()
     image = albef.encode_image(images)
@@ -52,7 +39,7 @@ def test_albef_shapes_and_unit_features(albef):
     torch.testing.assert_close(fused.cls, fused.text[:, 0])
 
 
-def test_albef_shared_image_kv_with_indices_equals_fusing_gathered_rows(albef):
+def test_albef_shared_image_kv_with_indices_equals_fusing_gathered_rows(albef, text_batch):
     """Hard negatives reuse the per-layer image keys/values by indexing them; the result is the same
     as fusing explicitly gathered image and text batches (no recomputation needed)."""
     torch.manual_seed(1)
@@ -67,7 +54,7 @@ def test_albef_shared_image_kv_with_indices_equals_fusing_gathered_rows(albef):
     torch.testing.assert_close(shared.text, explicit.text, rtol=0, atol=0)
 
 
-def test_albef_fusion_reads_text_layers_then_cross_attends(albef):
+def test_albef_fusion_reads_text_layers_then_cross_attends(albef, text_batch):
     """encode_text + fuse = BERT's 'multi_modal' pass: every layer in order, fusion layers attending
     to the image tokens (written out layer by layer against the stack's modules)."""
     torch.manual_seed(2)
@@ -83,9 +70,9 @@ def test_albef_fusion_reads_text_layers_then_cross_attends(albef):
 
 
 @pytest.mark.parametrize("recipe", ["albef/tiny", "dual/tiny"])
-def test_sdpa_equals_math_forward_and_gradients(recipe):
+def test_sdpa_equals_math_forward_and_gradients(recipe, encoder_test_shapes, text_batch):
     torch.manual_seed(3)
-    encoder = build_encoder(load_recipe(recipe, TEST_SHAPES).encoder).eval()
+    encoder = build_encoder(load_recipe(recipe, encoder_test_shapes).encoder).eval()
     images, (ids, mask) = torch.randn(3, 3, 32, 32), text_batch(3)
     outputs = {}
     for backend in ("math", "sdpa"):
@@ -111,8 +98,8 @@ def test_sdpa_equals_math_forward_and_gradients(recipe):
         assert (a.double() - b.double()).norm() <= TOL * b.double().norm() + floor
 
 
-def test_dual_encoder_has_no_fusion_and_says_so():
-    encoder = build_encoder(load_recipe("dual/tiny", TEST_SHAPES).encoder)
+def test_dual_encoder_has_no_fusion_and_says_so(encoder_test_shapes, text_batch):
+    encoder = build_encoder(load_recipe("dual/tiny", encoder_test_shapes).encoder)
     assert isinstance(encoder, DualEncoder) and not encoder.supports_fusion
     image = encoder.encode_image(torch.randn(2, 3, 32, 32))
     text = encoder.encode_text(*text_batch(2))
@@ -159,10 +146,11 @@ def test_conv_stem_gives_the_patch_grid(patch_size):
     assert len(convs) == patch_size.bit_length() - 1
 
 
-def test_conv_stem_has_no_batch_statistics():
+def test_conv_stem_has_no_batch_statistics(encoder_test_shapes):
     """A sample's encoding does not depend on the rest of its batch (LayerNorm, not BatchNorm)."""
     torch.manual_seed(5)
-    encoder = build_encoder(load_recipe("albef/tiny", [*TEST_SHAPES, "encoder.image.stem=conv"]).encoder).train()
+    encoder = build_encoder(load_recipe("albef/tiny", [*encoder_test_shapes, "encoder.image.stem=conv"]).encoder)
+    encoder = encoder.train()
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         whole = encoder.encode_image(images).embeds

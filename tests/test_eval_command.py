@@ -10,21 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_train import SMALL_DATA
 from vlkit.cli import EXIT_RECIPE_ERROR, main
 from vlkit.eval.retrieval import recall_metrics
 
 
-def _args(tmp_path: Path) -> list[str]:
-    return [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=3",
+def _args(tmp_path: Path, small_data: list[str]) -> list[str]:
+    return [*small_data, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=3",
             "train.warmup_steps=1", "eval.batch_size=8", "eval.k_test=4", "train.cpu_threads=1"]
 
 
-def test_eval_reproduces_the_final_metrics_of_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_reproduces_the_final_metrics_of_training(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       small_data: list[str]) -> None:
     run = tmp_path / "run"
-    assert main(["train", "albef/tiny", *_args(tmp_path), "--out", str(run), "--no-progress"]) == 0
+    assert main(["train", "albef/tiny", *_args(tmp_path, small_data), "--out", str(run), "--no-progress"]) == 0
     trained = json.loads((run / "metrics.json").read_text())
-    assert main(["eval", "albef/tiny", *_args(tmp_path), "--checkpoint", str(run), "--out", str(tmp_path / "ev")]) == 0
+    assert main(["eval", "albef/tiny", *_args(tmp_path, small_data), "--checkpoint", str(run),
+                 "--out", str(tmp_path / "ev")]) == 0
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert evaluated["step"] == 3 and evaluated["checkpoint"].endswith(".pt")
     for key in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "n_images", "n_texts",
@@ -33,38 +34,22 @@ def test_eval_reproduces_the_final_metrics_of_training(tmp_path: Path, capsys: p
     assert (tmp_path / "ev" / "recipe.yaml").is_file()
     assert "txt_r1" in capsys.readouterr().out
 
-    zero_shot = ["eval", "albef/tiny", *_args(tmp_path), "task={type: zeroshot, attribute: shape}",
+    zero_shot = ["eval", "albef/tiny", *_args(tmp_path, small_data), "task={type: zeroshot, attribute: shape}",
                  "--checkpoint", str(run), "--out", str(tmp_path / "zs")]
     assert main(zero_shot) == 0
     zs = json.loads((tmp_path / "zs" / "metrics.json").read_text())
     assert zs["n_classes"] == 5 and 0 < zs["n_images"] <= 8 and 0 <= zs["top1"] <= 100 and zs["step"] == 3
 
-    other = ["eval", "vlmo/tiny", *_args(tmp_path), "--checkpoint", str(run), "--out", str(tmp_path / "bad")]
+    other = ["eval", "vlmo/tiny", *_args(tmp_path, small_data), "--checkpoint", str(run),
+             "--out", str(tmp_path / "bad")]
     assert main(other) == EXIT_RECIPE_ERROR
     assert "does not fit the recipe's model" in capsys.readouterr().err
     missing = ["eval", "albef/tiny", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
     assert main(missing) == EXIT_RECIPE_ERROR
 
 
-def direct_recalls(i2t: np.ndarray, t2i: np.ndarray, img2txt: list[list[int]], txt2img: list[int]) -> dict:
-    """ALBEF's rules, written out per query: an image's text rank is the best position of any of its
-    captions among all texts sorted by score; a text's image rank the position of its image."""
-    text_ranks = []
-    for i, captions in enumerate(img2txt):
-        order = list(np.argsort(-i2t[i], kind="stable"))
-        text_ranks.append(min(order.index(c) for c in captions))
-    image_ranks = [list(np.argsort(-t2i[t], kind="stable")).index(img) for t, img in enumerate(txt2img)]
-    out = {}
-    for name, ranks in (("txt", text_ranks), ("img", image_ranks)):
-        for k in (1, 5, 10):
-            out[f"{name}_r{k}"] = 100.0 * sum(r < k for r in ranks) / len(ranks)
-        out[f"{name}_r_mean"] = (out[f"{name}_r1"] + out[f"{name}_r5"] + out[f"{name}_r10"]) / 3
-    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
-    return out
-
-
 @pytest.mark.parametrize("seed", range(5))
-def test_recall_metrics_match_a_direct_computation(seed: int) -> None:
+def test_recall_metrics_match_a_direct_computation(seed: int, direct_recalls) -> None:
     rng = np.random.default_rng(seed)
     counts = rng.integers(1, 6, size=40)  # 1 to 5 captions per image
     img2txt, txt2img = [], []

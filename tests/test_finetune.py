@@ -25,25 +25,15 @@ from vlkit.eval.classification import mean_vqa_accuracy, vqa_accuracy
 from vlkit.recipe import load_recipe
 from vlkit.train.pretrain import Pretraining, run_pretraining
 
-TASK_DATA = ["data.source.train_images=600", "data.source.val_images=20", "data.source.test_images=120"]
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("task-data")
 
 
-def task_recipe(root: Path, *extra: str):
-    # the albef/tiny encoder as before its binding additions (text mixing): the figures below were
-    # measured with it, and from random weights 120 NLVR2 steps stayed at the majority answer with them (one run)
-    return load_recipe("albef/tiny", [*TASK_DATA, f"data.source.root={root}", "encoder.text.local_mixing=0",
-                                      "train.batch_size=32",
-                                      "train.warmup_steps=10", "train.log_every=50", "eval.batch_size=64",
-                                      "train.cpu_threads=2", *extra])
-
-
 @pytest.mark.parametrize(("task", "steps"), [("ve", 120), ("nlvr2", 120), ("vqa", 300)])
-def test_fine_tuning_from_scratch_beats_chance(task: str, steps: int, data_root: Path, tmp_path: Path) -> None:
+def test_fine_tuning_from_scratch_beats_chance(task: str, steps: int, data_root: Path, tmp_path: Path,
+                                                task_recipe) -> None:
     """Measured on 2 CPU cores (torch 2.15): VE 66.7 % (chance 33.3), NLVR2 62.5 % (majority 50),
     VQA 43.6 % (always the most frequent answer: 11.0), ~50 s for the three."""
     recipe = task_recipe(data_root, f"task={{type: {task}}}", f"train.steps={steps}", "train.head_lr_mult=10")
@@ -62,7 +52,8 @@ def test_fine_tuning_from_scratch_beats_chance(task: str, steps: int, data_root:
     assert again[key] == pytest.approx(metrics[key], abs=1e-9)  # eval of the checkpoint = end-of-run figure
 
 
-def test_init_from_loads_the_pretrained_encoder_and_adds_the_head(data_root: Path, tmp_path: Path) -> None:
+def test_init_from_loads_the_pretrained_encoder_and_adds_the_head(data_root: Path, tmp_path: Path,
+                                                                  task_recipe) -> None:
     from vlkit.weights import checkpoints as ckpt
 
     pre = tmp_path / "pre"
@@ -80,10 +71,11 @@ def test_init_from_loads_the_pretrained_encoder_and_adds_the_head(data_root: Pat
                     train_data=False)
 
 
-def test_finetune_command_needs_a_task_and_dual_encoders_cannot_fuse(data_root: Path, tmp_path: Path) -> None:
-    assert main(["finetune", "albef/tiny", f"data.source.root={data_root}", *TASK_DATA,
+def test_finetune_command_needs_a_task_and_dual_encoders_cannot_fuse(data_root: Path, tmp_path: Path,
+                                                                     task_data: list[str]) -> None:
+    assert main(["finetune", "albef/tiny", f"data.source.root={data_root}", *task_data,
                  "--out", str(tmp_path / "r")]) == EXIT_RECIPE_ERROR
-    recipe = load_recipe("dual/tiny", [*TASK_DATA, f"data.source.root={data_root}", "task={type: nlvr2}"])
+    recipe = load_recipe("dual/tiny", [*task_data, f"data.source.root={data_root}", "task={type: nlvr2}"])
     with pytest.raises(ValueError, match="no fusion layers"):
         Pretraining(recipe, tmp_path / "dual", train_data=False)
 
@@ -161,7 +153,7 @@ def test_classify_distillation_mixes_teacher_targets(tmp_path: Path) -> None:
     torch.testing.assert_close(loss, expected)
 
 
-def test_head_lr_multiplier_puts_heads_in_their_own_groups(data_root: Path, tmp_path: Path) -> None:
+def test_head_lr_multiplier_puts_heads_in_their_own_groups(data_root: Path, tmp_path: Path, task_recipe) -> None:
     run = Pretraining(task_recipe(data_root, "task={type: ve}", "train.head_lr_mult=20", "train.lr=1e-4"),
                       tmp_path / "r", train_data=False)
     trainer = run.trainer(progress=False)
@@ -178,10 +170,9 @@ FINETUNE_RECIPES = [f"finetune/{family}/{task}_tiny" for family, tasks in
 
 
 @pytest.mark.parametrize("name", FINETUNE_RECIPES)
-def test_every_shipped_finetune_recipe_trains_and_evaluates(name: str, tmp_path: Path) -> None:
-    from tests.test_train import SMALL_DATA
-
-    recipe = load_recipe(name, [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "train.steps=2",
+def test_every_shipped_finetune_recipe_trains_and_evaluates(name: str, tmp_path: Path,
+                                                            small_data: list[str]) -> None:
+    recipe = load_recipe(name, [*small_data, f"data.source.root={tmp_path / 'data'}", "train.steps=2",
                                 "train.batch_size=8", "train.warmup_steps=1", "eval.batch_size=8", "eval.k_test=4",
                                 "train.ckpt_every=0"])
     assert recipe.task is not None and recipe.init_from is None

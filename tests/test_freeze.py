@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_train import small_recipe
 from vlkit.train.freeze import freeze_parameters
 from vlkit.train.pretrain import Pretraining
 
 torch.set_num_threads(1)
 
 
-def test_frozen_parameters_do_not_change_and_trainable_ones_do(tmp_path):
+def test_frozen_parameters_do_not_change_and_trainable_ones_do(tmp_path, small_recipe):
     recipe = small_recipe(tmp_path, "albef/tiny", "train.steps=3", "train.cpu_threads=1", "momentum.warmup_steps=0",
                           "freeze=[encoder.visual_encoder.*, objectives.itm.head.*]")
     run = Pretraining(recipe, tmp_path / "run")

@@ -147,14 +147,13 @@ def refcoco_files(folder: Path, data: Path) -> tuple[str, list[float]]:
     return task, chance
 
 
-def test_grounding_task_writes_overlays_and_needs_cross_attention(tmp_path: Path) -> None:
-    from tests.test_train import SMALL_DATA
+def test_grounding_task_writes_overlays_and_needs_cross_attention(tmp_path: Path, small_data: list[str]) -> None:
     from vlkit.cli import main
     from vlkit.data.synthetic.grounding import referring_expressions
     from vlkit.eval.checkpoint_eval import task_metrics
     from vlkit.train.pretrain import Pretraining, run_pretraining
 
-    args = [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=2",
+    args = [*small_data, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=2",
             "eval.batch_size=8", "eval.k_test=4"]
     run_pretraining(load_recipe("albef/tiny", args), tmp_path / "run", progress=False)
     out = tmp_path / "ground"

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import training_scenes
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
 from vlkit.data.collate import PretrainCollate
@@ -37,7 +36,7 @@ def data(small_synthetic: Path) -> Path:
     return small_synthetic
 
 
-def test_synthetic_hard_negatives_are_false_word_swaps_of_their_caption() -> None:
+def test_synthetic_hard_negatives_are_false_word_swaps_of_their_caption(training_scenes) -> None:
     scenes = training_scenes(40, 2)
     relation_swaps = 0
     for scene in scenes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_work_reductions import B, tiny_batch, tiny_model
 from vlkit.build import build_encoder
 from vlkit.core.batch import Batch
 from vlkit.encoders.albef import AlbefConfig
@@ -59,12 +58,13 @@ def test_packed_text_encoding_equals_padded(backend: str) -> None:
 
 
 @pytest.mark.parametrize("distill", [False, True], ids=["plain", "momentum_distillation"])
-def test_packed_step_gives_the_padded_losses_and_gradients(distill: bool) -> None:
+def test_packed_step_gives_the_padded_losses_and_gradients(distill: bool, tiny_albef_model, tiny_albef_batch,
+                                                           tiny_albef_batch_shape: tuple[int, int]) -> None:
     """A whole ALBEF step (ITC + ITM hard negatives + MLM, teacher and queue with ``distill``) in fp32."""
     results = {}
     for pack in (False, True):
-        model = tiny_model(distill)  # same seed: same weights
-        batch = tiny_batch(model)
+        model = tiny_albef_model(distill)  # same seed: same weights
+        batch = tiny_albef_batch(model)
         batch.text_lengths = Batch.lengths_of(batch.attention_mask)
         for encoder in (model.encoder, *([model.teacher.encoder] if model.teacher is not None else [])):
             encoder.pack_text = pack
@@ -79,6 +79,7 @@ def test_packed_step_gives_the_padded_losses_and_gradients(distill: bool) -> Non
         torch.testing.assert_close(losses[key], ref_losses[key], rtol=1e-5, atol=1e-6, msg=key)
     rel = float((grads - ref_grads).norm() / ref_grads.norm())
     assert rel <= 1e-5, rel
+    B, _ = tiny_albef_batch_shape
     assert batch.size == B
 
 

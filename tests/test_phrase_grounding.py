@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import training_scenes
 from vlkit.core.batch import PHRASE_REGIONS, Batch
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.json_dataset import AnnotationPart, PairDataset, Sample, read_parts
@@ -33,7 +32,7 @@ def data(small_synthetic: Path) -> Path:
     return small_synthetic
 
 
-def test_caption_phrase_spans_name_the_phrase_text_and_its_object() -> None:
+def test_caption_phrase_spans_name_the_phrase_text_and_its_object(training_scenes) -> None:
     scenes = training_scenes(30, 1)
     checked = 0
     for scene in scenes:

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_encoders import TEST_SHAPES, text_batch
-from tests.test_eval_command import direct_recalls
 from vlkit.build import build_encoder
 from vlkit.eval.retrieval import encode_gallery, evaluate_retrieval, ground_truth_ranks, recall_metrics
 from vlkit.recipe import load_recipe
@@ -23,7 +21,7 @@ def _captions(counts: list[int]) -> tuple[list[list[int]], list[int]]:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_ties_are_broken_by_gallery_order_like_a_stable_sort(seed: int) -> None:
+def test_ties_are_broken_by_gallery_order_like_a_stable_sort(seed: int, direct_recalls) -> None:
     rng = np.random.default_rng(seed)
     img2txt, txt2img = _captions(list(rng.integers(1, 5, size=30)))
     i2t = rng.integers(0, 4, size=(len(img2txt), len(txt2img))).astype(float)  # many ties
@@ -40,9 +38,9 @@ def test_ground_truth_rank_is_the_best_positive() -> None:
 
 
 @pytest.fixture(scope="module")
-def gallery_case():
+def gallery_case(encoder_test_shapes: list[str], text_batch):
     torch.manual_seed(0)
-    encoder = build_encoder(load_recipe("albef/tiny", ["encoder.attention=sdpa", *TEST_SHAPES]).encoder).eval()
+    encoder = build_encoder(load_recipe("albef/tiny", ["encoder.attention=sdpa", *encoder_test_shapes]).encoder).eval()
     itm_head = torch.nn.Linear(64, 2)  # the tiny fusion width
     img2txt, txt2img = _captions([1, 3, 2, 1, 2, 3, 1])  # 7 images, 13 captions
     images = torch.randn(len(img2txt), 3, 32, 32)

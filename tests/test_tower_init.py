@@ -4,8 +4,6 @@ ViT into VLMo's MoME; offline errors that say how to use a local copy; recipe va
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import timm
 import torch
@@ -30,16 +28,6 @@ SENTENCES = ["a red circle above a small blue square", "two dogs", "an empty ima
 
 def build(recipe: str, *overrides: str):
     return build_encoder(load_recipe(recipe, ["encoder.attention=math", *overrides]).encoder).eval()
-
-
-def random_(module: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
-    """Every parameter random (so zero-initialized tables, biases and layer scales are tested too);
-    LayerNorm weights and layer scales near their usual values."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            centre = 1.0 if "norm" in name and name.endswith("weight") else 0.1 if "gamma" in name else 0.0
-            p.copy_(centre + std * torch.randn_like(p))
-    return module
 
 
 # --------------------------------------------------------------------------- (a) HF BERT
@@ -109,21 +97,8 @@ def test_real_minilm_split_into_albef_text_and_fusion_layers(minilm):
     assert any("layers 3–5 → fusion layers" in n for n in encoder.init_reports[0].notes)
 
 
-def save_tiny_bert_mlm(folder: Path) -> transformers.BertForMaskedLM:
-    """A BertForMaskedLM shaped like recipes/albef/tiny.yaml's text stack, saved as an HF folder."""
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                  intermediate_size=256, max_position_embeddings=64, attn_implementation="eager")
-    model = transformers.BertForMaskedLM(cfg).eval()
-    with torch.no_grad():
-        model.cls.predictions.bias.normal_()
-        model.cls.predictions.transform.LayerNorm.bias.normal_()
-    model.save_pretrained(folder)
-    return model
-
-
 @pytest.fixture(scope="module")
-def tiny_bert_mlm(tmp_path_factory) -> tuple[str, transformers.BertForMaskedLM]:
+def tiny_bert_mlm(tmp_path_factory, save_tiny_bert_mlm) -> tuple[str, transformers.BertForMaskedLM]:
     folder = tmp_path_factory.mktemp("bert") / "tiny-bert"
     return str(folder), save_tiny_bert_mlm(folder)
 
@@ -191,30 +166,10 @@ def test_hub_name_without_network_says_how_to_use_a_local_copy(monkeypatch):
 
 
 # --------------------------------------------------------------------------- (b) timm ViT
-def timm_vit(img: int = 64, **extra) -> torch.nn.Module:
-    torch.manual_seed(1)
-    model = timm.models.vision_transformer.VisionTransformer(img_size=img, patch_size=8, embed_dim=64, depth=2,
-                                                             num_heads=4, num_classes=10, **extra)
-    return random_(model, 0.05).eval()
-
-
-def save(state: dict[str, torch.Tensor], path: Path, fmt: str) -> Path:
-    if fmt == "pth":  # DeiT releases nest the weights under `model`
-        torch.save({"model": state, "epoch": 3}, path.with_suffix(".pth"))
-        return path.with_suffix(".pth")
-    if fmt == "safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path.with_suffix(".safetensors")))
-        return path.with_suffix(".safetensors")
-    path.mkdir()  # an HF-hub-style folder as timm writes it
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
-    (path / "config.json").write_text('{"architecture": "vit_tiny_patch16_224", "num_classes": 10}')
-    return path
-
-
 @pytest.mark.parametrize("fmt", ["pth", "safetensors", "folder"])
-def test_timm_vit_file_initializes_vit_and_matches_timm(tmp_path, fmt):
+def test_timm_vit_file_initializes_vit_and_matches_timm(tmp_path, fmt, timm_vit, save_state_dict):
     reference = timm_vit()
-    file = save(reference.state_dict(), tmp_path / "vit", fmt)
+    file = save_state_dict(reference.state_dict(), tmp_path / "vit", fmt)
     encoder = build("albef/tiny", "encoder.image.stem=patch", f"encoder.image.init={file}")
     (report,) = encoder.init_reports
     assert not report.new and sorted(report.unused) == ["head.bias", "head.weight"]
@@ -225,9 +180,9 @@ def test_timm_vit_file_initializes_vit_and_matches_timm(tmp_path, fmt):
     assert report.to_dict()["counts"] == {"loaded": len(report.loaded), "new": 0, "unused": 2, "held": 0}
 
 
-def test_timm_vit_pos_embed_interpolated_to_recipe_resolution(tmp_path):
+def test_timm_vit_pos_embed_interpolated_to_recipe_resolution(tmp_path, timm_vit, save_state_dict):
     reference = timm_vit()  # 8×8 grid at 64 px
-    file = save(reference.state_dict(), tmp_path / "vit", "pth")
+    file = save_state_dict(reference.state_dict(), tmp_path / "vit", "pth")
     encoder = build("albef/tiny", "encoder.image.stem=patch", "encoder.image.image_size=96",
                     f"encoder.image.init={file}")  # 12×12 grid
     source = reference.pos_embed.detach()
@@ -242,14 +197,14 @@ def test_timm_vit_pos_embed_interpolated_to_recipe_resolution(tmp_path):
     assert torch.equal(encoder.visual_encoder.blocks[1].mlp.fc2.weight, reference.blocks[1].mlp.fc2.weight)
 
 
-def test_layer_scale_and_distilled_deit_checkpoints(tmp_path):
+def test_layer_scale_and_distilled_deit_checkpoints(tmp_path, timm_vit, save_state_dict):
     """Layer scales fold into the projections; a distillation token's row and weights are set aside."""
     reference = timm_vit(init_values=0.1)
     state = dict(reference.state_dict())
     dist_pos = torch.randn(1, 1, 64)
     state["pos_embed"] = torch.cat((state["pos_embed"][:, :1], dist_pos, state["pos_embed"][:, 1:]), dim=1)
     state["dist_token"] = torch.randn(1, 1, 64)
-    file = save(state, tmp_path / "deit_distilled", "pth")
+    file = save_state_dict(state, tmp_path / "deit_distilled", "pth")
     encoder = build("albef/tiny", "encoder.image.stem=patch", f"encoder.image.init={file}")
     assert "dist_token" in encoder.init_reports[0].unused
     images = torch.randn(2, 3, 64, 64)
@@ -257,8 +212,8 @@ def test_layer_scale_and_distilled_deit_checkpoints(tmp_path):
         assert (encoder.visual_encoder(images) - reference.forward_features(images)).abs().max().item() <= TOL
 
 
-def test_image_shape_mismatch_names_both(tmp_path):
-    file = save(timm_vit().state_dict(), tmp_path / "vit", "pth")
+def test_image_shape_mismatch_names_both(tmp_path, timm_vit, save_state_dict):
+    file = save_state_dict(timm_vit().state_dict(), tmp_path / "vit", "pth")
     with pytest.raises(TowerInitError, match=r"width is 64, encoder\.image\.dim is 96"):
         build("albef/tiny", "encoder.image.stem=patch", "encoder.image.dim=96", f"encoder.image.init={file}")
     with pytest.raises(TowerInitError, match=r"patches are 8 px, encoder\.image\.patch_size is 16"):
@@ -301,12 +256,17 @@ def test_meta_build_loads_nothing():
 
 
 # --------------------------------------------------------------------------- (c) MoME from BEiT / ViT
-def timm_beit(depth: int = 4) -> torch.nn.Module:
-    torch.manual_seed(2)
-    model = timm.models.beit.Beit(img_size=32, patch_size=8, embed_dim=64, depth=depth, num_heads=4, num_classes=0,
-                                  init_values=0.1, use_abs_pos_emb=False, use_rel_pos_bias=True, global_pool="",
-                                  use_fc_norm=False)
-    return random_(model, 0.05).eval()
+@pytest.fixture
+def timm_beit(randomize_parameters):
+    """``timm_beit(depth=4)``: a small timm BEiT (relative positions, layer scale), every parameter random."""
+    def make(depth: int = 4) -> torch.nn.Module:
+        torch.manual_seed(2)
+        model = timm.models.beit.Beit(img_size=32, patch_size=8, embed_dim=64, depth=depth, num_heads=4,
+                                      num_classes=0, init_values=0.1, use_abs_pos_emb=False, use_rel_pos_bias=True,
+                                      global_pool="", use_fc_norm=False)
+        return randomize_parameters(model, 0.05).eval()
+
+    return make
 
 
 MOME = ("encoder.image_size=32", "encoder.stem=patch")
@@ -319,7 +279,7 @@ def image_path(encoder, images: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
-def test_mome_from_beit_file_image_expert_and_shared_attention(tmp_path):
+def test_mome_from_beit_file_image_expert_and_shared_attention(tmp_path, timm_beit):
     reference = timm_beit()
     file = tmp_path / "beit.pth"
     torch.save(reference.state_dict(), file)
@@ -347,7 +307,7 @@ def test_mome_from_beit_file_image_expert_and_shared_attention(tmp_path):
     assert report.tower == "encoder.init" and any(k.startswith("text_embeddings") for k in report.new)
 
 
-def test_mome_text_expert_on_request_and_resolution_change(tmp_path):
+def test_mome_text_expert_on_request_and_resolution_change(tmp_path, timm_beit):
     reference = timm_beit(depth=2)
     file = tmp_path / "beit.safetensors"
     save_file(reference.state_dict(), str(file))
@@ -360,11 +320,11 @@ def test_mome_text_expert_on_request_and_resolution_change(tmp_path):
     assert any("resized to a 6×6 grid" in n for n in encoder.init_reports[0].notes)
 
 
-def test_mome_from_vit_with_layer_scale_computes_what_the_vit_does(tmp_path):
+def test_mome_from_vit_with_layer_scale_computes_what_the_vit_does(tmp_path, randomize_parameters):
     """A ViT (qkv bias, layer scale, absolute positions) into a MoME with absolute positions and no
     layer scale: the key bias drops out, the scales fold in, the image path equals the ViT."""
     torch.manual_seed(3)
-    reference = random_(timm.models.vision_transformer.VisionTransformer(
+    reference = randomize_parameters(timm.models.vision_transformer.VisionTransformer(
         img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=0, init_values=0.1)).eval()
     file = tmp_path / "vit.pth"
     torch.save(reference.state_dict(), file)

@@ -19,17 +19,9 @@ from vlkit.train.trainer import NonFiniteLoss
 from vlkit.weights import checkpoints as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL_DATA = ["data.source.train_images=48", "data.source.val_images=6", "data.source.test_images=8",
-              "data.source.vqa_per_image=1", "data.source.ve_per_image=1", "data.source.nlvr_per_image=0.5"]
 
 
-def small_recipe(tmp_path: Path, name: str = "albef/tiny", *extra: str):
-    overrides = [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.log_every=2",
-                 "train.warmup_steps=2", "eval.batch_size=8", "eval.k_test=4", *extra]
-    return load_recipe(name, overrides)
-
-
-def test_output_contract_and_metrics(tmp_path):
+def test_output_contract_and_metrics(tmp_path, small_recipe):
     out = tmp_path / "run"
     metrics = run_pretraining(small_recipe(tmp_path, "albef/tiny", "train.steps=4", "train.ckpt_every=2"), out,
                               progress=False)
@@ -51,7 +43,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ["albef/tiny", "vlmo/tiny"])
-def test_resume_continues_bit_for_bit(tmp_path, name):
+def test_resume_continues_bit_for_bit(tmp_path, name, small_recipe):
     """2·N steps in one go == N steps, a fresh process state, resume, N more steps.
 
     One intra-op thread: with several, some CPU kernels reduce in a thread-dependent order, so even two
@@ -74,7 +66,7 @@ def test_resume_continues_bit_for_bit(tmp_path, name):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, small_recipe):
     run = Pretraining(small_recipe(tmp_path, "albef/tiny", "train.steps=6", "train.ckpt_every=2",
                                    "train.log_every=1"), tmp_path / "run")
     itm = run.model.objectives["itm"]
@@ -94,10 +86,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]
 
 
-def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, small_data):
     """A real process killed with SIGTERM mid-run saves, exits 143, and `--resume` completes the run."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "vlkit", "train", "albef/tiny", *SMALL_DATA,
+    args = [sys.executable, "-m", "vlkit", "train", "albef/tiny", *small_data,
             f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=400", "train.log_every=1",
             "eval.k_test=4", "--out", str(out), "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

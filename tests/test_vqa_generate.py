@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_finetune import task_recipe
 from vlkit.heads.answer_decoder import AnswerDecoder, sequence_nll
 from vlkit.nn.bert import BertConfig
 from vlkit.objectives.answers import rank_answers
@@ -101,7 +100,7 @@ def test_ranking_considers_only_the_top_k_first_tokens(decoder: AnswerDecoder) -
         assert got[row] == allowed[row][full[row, allowed[row]].argmax()]
 
 
-def test_decoder_starts_from_the_fusion_layers_and_mlm_head(tmp_path: Path) -> None:
+def test_decoder_starts_from_the_fusion_layers_and_mlm_head(tmp_path: Path, task_recipe) -> None:
     pre = Pretraining(task_recipe(tmp_path, "train.steps=1"), tmp_path / "pre", train_data=False)
     state = pre.model.state_dict()
     tuned = Pretraining(task_recipe(tmp_path, "task={type: vqa, head: rank, distill: {alpha: 0.4}}", "train.steps=1",
@@ -125,7 +124,7 @@ def test_decoder_starts_from_the_fusion_layers_and_mlm_head(tmp_path: Path) -> N
     assert not any(name.startswith("objectives.vqa.") for name in report.new)
 
 
-def test_generative_vqa_fine_tunes_above_the_most_frequent_answer(tmp_path: Path) -> None:
+def test_generative_vqa_fine_tunes_above_the_most_frequent_answer(tmp_path: Path, task_recipe) -> None:
     recipe = task_recipe(tmp_path / "data", "task={type: vqa, head: rank, k_test: 16}", "train.steps=200",
                          "train.head_lr_mult=1", "train.lr=5e-4")
     metrics = run_pretraining(recipe, tmp_path / "run", progress=False)

@@ -12,7 +12,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tests.test_tower_init import save, save_tiny_bert_mlm, timm_vit
 from vlkit.cli import main
 from vlkit.recipe import load_recipe
 from vlkit.train.pretrain import Pretraining, run_pretraining
@@ -123,21 +122,22 @@ def test_strict_init_from_refuses_new_weights_and_lenient_reports_them(trained: 
     assert all(k.startswith("objectives.ve.") for k in report["new"])
 
 
-def test_strict_tower_init_refuses_unused_checkpoint_weights(data_root: Path, tmp_path: Path) -> None:
-    with_head = save(timm_vit().state_dict(), tmp_path / "vit_head", "safetensors")
+def test_strict_tower_init_refuses_unused_checkpoint_weights(data_root: Path, tmp_path: Path, timm_vit,
+                                                             save_state_dict) -> None:
+    with_head = save_state_dict(timm_vit().state_dict(), tmp_path / "vit_head", "safetensors")
     image = ["encoder.image.stem=patch", f"encoder.image.init={with_head}"]
     with pytest.raises(ValueError, match=r"strict: encoder.image.init left 2 checkpoint weights unused \(head"):
         Pretraining(recipe(data_root, *image, "strict=true"), tmp_path / "s")
     headless = {k: v for k, v in timm_vit().state_dict().items() if not k.startswith("head.")}
-    headless = save(headless, tmp_path / "vit", "safetensors")
+    headless = save_state_dict(headless, tmp_path / "vit", "safetensors")
     run = Pretraining(recipe(data_root, "encoder.image.stem=patch", f"encoder.image.init={headless}", "strict=true"),
                       tmp_path / "ok")
     (report,) = run.weight_loads
     assert report["counts"]["unused"] == 0 and report["counts"]["loaded"] > 0
 
 
-def test_bert_mlm_head_without_an_mlm_objective_is_unused_and_strict_refuses_it(data_root: Path,
-                                                                                 tmp_path: Path) -> None:
+def test_bert_mlm_head_without_an_mlm_objective_is_unused_and_strict_refuses_it(data_root: Path, tmp_path: Path,
+                                                                                 save_tiny_bert_mlm) -> None:
     save_tiny_bert_mlm(tmp_path / "bert")
     text = f"encoder.text.init={tmp_path / 'bert'}"
     run = Pretraining(recipe(data_root, text, "strict=true"), tmp_path / "with-mlm")  # the mlm head takes it

@@ -27,10 +27,8 @@ import collections
 import itertools
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,26 +39,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vlkit.objectives.negatives as negatives
 import vlkit.train.trainer as trainer_module
-from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import Batch
-from vlkit.data.loader_requests import batch_transforms
-from vlkit.data.tokens import TextTokens
-from vlkit.encoders.albef import AlbefConfig
 from vlkit.models.model import PretrainModel
-from vlkit.models.momentum import MomentumConfig
-from vlkit.objectives.distill import DistillConfig
-from vlkit.objectives.itc import ITCConfig
-from vlkit.objectives.itm import ITMConfig
-from vlkit.objectives.mlm import MLMConfig
 from vlkit.recipe import load_recipe
 from vlkit.train.pretrain import Pretraining
 
 torch.set_num_threads(1)
 
 aten = torch.ops.aten
-TOKENS = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, vocab_size=30522)
 SEED = 1234  # both paths draw their negatives from this seed
-B, L = 6, 9
 
 
 class OpCounter(TorchDispatchMode):
@@ -105,35 +92,6 @@ class HostReads(TorchFunctionMode):
 
 
 # --------------------------------------------------------------------------- A. exact work reductions
-def tiny_model(distill: bool) -> PretrainModel:
-    """ALBEF at tiny size (2 text + 2 fusion layers, 17 image tokens), ITC + ITM (in-batch hard) + MLM,
-    with momentum distillation and a queue when ``distill``; eval mode (no dropout)."""
-    torch.manual_seed(7)
-    encoder = build_encoder(AlbefConfig.from_dict({"size": "tiny", "attention": "math"}))
-    mod = DistillConfig(alpha=0.4) if distill else None
-    objectives = {"itc": ITCConfig(type="itc", idx_targets=False, queue_size=16 if distill else 0, distill=mod),
-                  "itm": ITMConfig(type="itm"), "mlm": MLMConfig(type="mlm", distill=mod)}
-    model = build_pretrain_model(encoder, objectives,
-                                 MomentumConfig(warmup_steps=0) if distill else None)
-    if model.teacher is not None:  # a teacher that differs from the student
-        with torch.no_grad():
-            for p in model.teacher.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-    return model.eval()
-
-
-def tiny_batch(model: PretrainModel) -> Batch:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 2000, (B, L), generator=g)
-    ids[:, 0] = TOKENS.cls_id
-    mask = torch.ones(B, L, dtype=torch.long)
-    mask[3:, 6:] = 0
-    batch = Batch(torch.randn(B, 3, 32, 32, generator=g), ids.masked_fill(mask == 0, 0), mask, torch.arange(B))
-    for transform in batch_transforms(model.loader_requests(), TOKENS):
-        transform.apply_to(batch, SimpleNamespace(word_ids=None), np.random.default_rng(0))
-    return batch
-
-
 def fuse_fresh(layers: Any, hidden: Tensor, mask: Tensor, image_embeds: Tensor) -> Tensor:
     """ALBEF's ``mode='fusion'``: every fusion layer projects ``image_embeds`` to keys/values again."""
     for i in layers.fusion_layers:
@@ -150,6 +108,7 @@ def per_row_multinomial(weights: Tensor) -> Tensor:
 
 def reference_step(model: PretrainModel, batch: Batch) -> dict[str, Tensor]:
     """One ALBEF pre-training forward (``models/model_pretrain.py``) with the vlkit model's modules."""
+    B, L = batch.input_ids.shape
     enc, teacher, mlm_obj = model.encoder, model.teacher, model.objectives["mlm"]
     itc, itm_head, mlm = model.objectives["itc"], model.objectives["itm"].head, batch.mlm
     mask = batch.attention_mask.bool()
@@ -229,9 +188,12 @@ def measured(model: PretrainModel, run: Any) -> tuple[Any, list[Tensor | None], 
 
 
 @pytest.mark.parametrize("distill", [False, True], ids=["plain", "momentum_distillation"])
-def test_albef_step_equals_the_reference_with_less_work(distill: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_model(distill)
-    batch = tiny_batch(model)
+def test_albef_step_equals_the_reference_with_less_work(distill: bool, monkeypatch: pytest.MonkeyPatch,
+                                                        tiny_albef_model, tiny_albef_batch,
+                                                        tiny_albef_batch_shape: tuple[int, int]) -> None:
+    model = tiny_albef_model(distill)
+    batch = tiny_albef_batch(model)
+    B, L = tiny_albef_batch_shape
     draws: list[Tensor] = []
     original_draw = negatives.draw
 

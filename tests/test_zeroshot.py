@@ -148,13 +148,12 @@ def test_synthetic_classes_follow_the_largest_object(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["albef/tiny", "vlmo/tiny", "dual/tiny"])
-def test_zero_shot_runs_on_every_encoder_family(name: str, tmp_path: Path) -> None:
-    from tests.test_train import SMALL_DATA
+def test_zero_shot_runs_on_every_encoder_family(name: str, tmp_path: Path, small_data: list[str]) -> None:
     from vlkit.eval.checkpoint_eval import task_metrics
     from vlkit.recipe import load_recipe
     from vlkit.train.pretrain import Pretraining
 
-    recipe = load_recipe(name, [*SMALL_DATA, f"data.source.root={tmp_path / 'data'}", "eval.batch_size=8",
+    recipe = load_recipe(name, [*small_data, f"data.source.root={tmp_path / 'data'}", "eval.batch_size=8",
                                 "task={type: zeroshot}"])
     run = Pretraining(recipe, tmp_path / "run", train_data=False)
     run.model.eval()
