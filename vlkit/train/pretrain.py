@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from vlkit import dist, registry
 from vlkit.build import build_encoder, build_pretrain_model
@@ -31,6 +32,7 @@ from vlkit.encoders.base import Encoder
 from vlkit.eval.runner import PretrainEvaluator
 from vlkit.models.model import PretrainModel
 from vlkit.nn.checkpointing import compile_blocks
+from vlkit.objectives.base import ObjectiveConfig
 from vlkit.recipe import Recipe
 from vlkit.tasks.base import Task, TaskContext
 from vlkit.train.devices import available_cores, resolve_device, set_cpu_threads  # noqa: F401 - re-exported
@@ -61,98 +63,138 @@ class Pretraining:
         self.task: Task | None = registry.get("task", recipe.task.type).target(recipe.task) if recipe.task else None
         if not recipe.objectives and (self.task is None or not self.task.trains_own_objectives):
             raise ValueError("the recipe has no objectives; enable at least one (e.g. objectives: {itc: {}})")
-        self.recipe = recipe
+        self.recipe, self.data = recipe, recipe.data
         self.paths = RunPaths(Path(out_dir))
         self.device = init_from_environment(resolve_device(recipe.train.device))
         self.rank, self.world = dist.rank(), dist.world_size()
         self.micro_batch = recipe.train.micro_batch(self.world)  # fails early when the batch does not split
-        data = recipe.data
         if self.device.type == "cpu":
-            threads = set_cpu_threads(recipe.train.cpu_threads, data.num_workers)
-            log.info("CPU training with %d intra-op thread(s) and %d loader worker(s)", threads, data.num_workers)
-        self.source: DataSource = registry.get("dataset", data.source.type).target(data.source)
-        self.modality: str = data.modality or self.source.modality
+            threads = set_cpu_threads(recipe.train.cpu_threads, self.data.num_workers)
+            log.info("CPU training with %d intra-op thread(s) and %d loader worker(s)", threads, self.data.num_workers)
+        self.source: DataSource = registry.get("dataset", self.data.source.type).target(self.data.source)
+        self.modality: str = self.data.modality or self.source.modality
         self._check_modality()
-        log.info("preparing data (%s)", data.source.type)
+        self._prepare_source()
+        self.tokenizer, self.tokens = self._tokenizer()
+        self.model: PretrainModel = self._model(load_tower_weights=train_data and not recipe.init_from)
+        self.transform, self.draft_size = self._image_transform()
+        self.collate: Any = self._collate(train_data)
+        self.training: TrainingSet | None = None
+        self.annotations_skipped = 0
+        if train_data:
+            self._read_training_set()
+
+    # ------------------------------------------------------------------ assembly, in order
+    def _prepare_source(self) -> None:
+        """The data exists locally (rank 0 first: it may generate the synthetic data)."""
+        log.info("preparing data (%s)", self.data.source.type)
         if not dist.is_main():
-            dist.barrier()  # rank 0 prepares (e.g. generates the synthetic data) first
+            dist.barrier()
         self.source.prepare()
         if dist.is_main():
             dist.barrier()
-        tokenizer_ref = data.tokenizer or self.source.tokenizer
-        if tokenizer_ref is None and self.modality != "image":
+
+    def _tokenizer(self) -> tuple[Any, TextTokens | None]:
+        """The recipe's tokenizer (``data.tokenizer``, else the source's own) and its special ids."""
+        reference = self.data.tokenizer or self.source.tokenizer
+        if reference is None and self.modality != "image":
             raise ValueError("set `data.tokenizer` to a BERT tokenizer folder; this data source brings none")
-        self.tokenizer = load_tokenizer(tokenizer_ref) if tokenizer_ref is not None else None
-        self.tokens = TextTokens.from_tokenizer(self.tokenizer) if self.tokenizer is not None else None
+        tokenizer = load_tokenizer(reference) if reference is not None else None
+        return tokenizer, TextTokens.from_tokenizer(tokenizer) if tokenizer is not None else None
+
+    def _objective_configs(self, encoder: Encoder) -> Mapping[str, ObjectiveConfig]:
+        """The recipe's objectives, or its task's when the task trains its own."""
+        recipe = self.recipe
+        if self.task is None or not self.task.trains_own_objectives:
+            return recipe.objectives
+        assert recipe.task is not None
+        objectives = self.task.objective_configs(self.source, self.data)
+        if recipe.objectives:
+            log.info("task `%s` trains %s; the recipe's objectives (%s) are not used", recipe.task.type,
+                     ", ".join(objectives), ", ".join(recipe.objectives))
+        if any(cfg.requires_fusion for cfg in objectives.values()) and not encoder.supports_fusion:
+            raise ValueError(f"task `{recipe.task.type}` fuses images and text; the `{recipe.encoder.type}` "
+                             "encoder has no fusion layers (use an albef or mome encoder)")
+        return objectives
+
+    def _model(self, *, load_tower_weights: bool) -> PretrainModel:
+        """The model at its starting weights (towers' ``init``, then ``init_from``), frozen parts frozen,
+        on the device (compiled blocks with ``train.compile``)."""
+        recipe = self.recipe
         torch.manual_seed(recipe.seed)
         if recipe.init_from and (towers := tower_init_keys(recipe.encoder)):
             log.info("init_from is set: the checkpoint's weights replace %s, which are not loaded", ", ".join(towers))
-        encoder = build_encoder(recipe.encoder, load_weights=train_data and not recipe.init_from)
+        encoder = build_encoder(recipe.encoder, load_weights=load_tower_weights)
         vocab = encoder.word_embeddings().num_embeddings
         if self.tokens is not None and self.tokens.vocab_size > vocab:
             raise ValueError(f"the tokenizer has {self.tokens.vocab_size} ids but the encoder's vocabulary has {vocab} "
                              "rows; raise the encoder's vocab_size (e.g. encoder.text.vocab_size)")
-        objectives = recipe.objectives
-        if self.task is not None and self.task.trains_own_objectives:
-            objectives = self.task.objective_configs(self.source, data)
-            if recipe.objectives:
-                log.info("task `%s` trains %s; the recipe's objectives (%s) are not used", recipe.task.type,
-                         ", ".join(objectives), ", ".join(recipe.objectives))
-            fusing = [name for name, cfg in objectives.items() if cfg.requires_fusion]
-            if fusing and not encoder.supports_fusion:
-                raise ValueError(f"task `{recipe.task.type}` fuses images and text; the `{recipe.encoder.type}` "
-                                 "encoder has no fusion layers (use an albef or mome encoder)")
-        self.model: PretrainModel = build_pretrain_model(encoder, objectives, recipe.momentum)
+        model = build_pretrain_model(encoder, self._objective_configs(encoder), recipe.momentum)
         self.weight_loads: list[dict[str, Any]] = self._tower_reports(encoder, recipe.strict)
         if recipe.init_from:
-            report = initialize_from(self.model, recipe.init_from, self.model.init_aliases())
+            report = initialize_from(model, recipe.init_from, model.init_aliases())
             self.weight_loads.append({"tower": "init_from", "source": recipe.init_from, **report.to_dict()})
             if recipe.strict and (report.new or report.reshaped or report.unused):
                 raise ValueError(f"strict: init_from {recipe.init_from} does not account for every key: "
                                  f"{report.summary()}; set strict: false to accept that")
         if recipe.freeze:
-            log.info("%s", freeze_parameters(self.model, recipe.freeze).summary())
-        self.model.to(self.device)
+            log.info("%s", freeze_parameters(model, recipe.freeze).summary())
+        model.to(self.device)
         if recipe.train.compile:
-            compiled = compile_blocks(self.model, recipe.train.compile_mode)
+            compiled = compile_blocks(model, recipe.train.compile_mode)
             log.info("torch.compile: %d transformer blocks (mode %s)", compiled, recipe.train.compile_mode)
         if self.rank > 0:  # identical weights on every rank; own dropout and sampling draws
             torch.manual_seed(recipe.seed + self.rank)
+        return model
+
+    def _image_transform(self) -> tuple[Callable[..., Tensor], int | None]:
+        """The training image transform (augmentations of the data section) and the JPEG draft size."""
+        data = self.data
         crop = (data.crop_scale[0], data.crop_scale[1]) if data.crop_scale else None
-        size = recipe.encoder.input_size
+        size = self.recipe.encoder.input_size
         augment = (data.randaugment.num_ops, data.randaugment.magnitude) if data.randaugment else None
         transform = train_transform(size, None if data.normalize_on_device else data.normalize, crop_scale=crop,
                                     flip=data.flip, randaugment=augment)
-        draft_size = decode_size(size, crop) if data.draft_decode else None
+        return transform, decode_size(size, crop) if data.draft_decode else None
+
+    def _reads_hard_negatives(self) -> list[str]:
+        """The recipe's objectives that ask the loader for annotated hard-negative captions."""
+        return [n for n, c in self.recipe.objectives.items() if wants_hard_negatives(c.loader_requests())]
+
+    def _collate(self, train_data: bool) -> Any:
+        """The collate function of the run's batches, carrying out the objectives' loader requests (a task
+        that trains its own objectives brings its own, read from its training annotations)."""
+        data, recipe = self.data, self.recipe
+        if train_data and self.task is not None and self.task.trains_own_objectives:
+            return self.task.collate(self.tokenizer, self.source, data)
         padding = data.padding
         if recipe.train.compile and padding == "longest":  # compiled blocks need repeating shapes
             padding = "multiple_of_8"
             log.info("train.compile: text batches padded to multiples of 8 (data.padding was `longest`)")
-        requests = self.model.loader_requests()
-        collate = {"pair": PretrainCollate, "text": TextOnlyCollate}.get(self.modality)
-        self.collate: Any = ImageOnlyCollate() if collate is None else collate(
-            self.tokenizer, data.max_text_len, data.drop_sep, batch_transforms(requests, self.tokens),
-            seed=recipe.seed, clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
-        reads_negatives = [n for n, c in recipe.objectives.items() if wants_hard_negatives(c.loader_requests())]
-        if reads_negatives and isinstance(self.collate, PretrainCollate):
-            self.collate.hard_negatives = True
-        self.training: TrainingSet | None = None
-        self.annotations_skipped = 0
-        if not train_data:
-            return
-        if self.task is not None and self.task.trains_own_objectives:  # the task's annotations and batches
-            self.collate = self.task.collate(self.tokenizer, self.source, data)
-            self.training = TrainingSet(dataset=self.task.train_dataset(self.source, data, transform, seed=recipe.seed,
-                                                                        draft_size=draft_size))
+        kind = {"pair": PretrainCollate, "text": TextOnlyCollate}.get(self.modality)
+        if kind is None:
+            return ImageOnlyCollate()
+        collate = kind(self.tokenizer, data.max_text_len, data.drop_sep,
+                       batch_transforms(self.model.loader_requests(), self.tokens), seed=recipe.seed,
+                       clean=CaptionCleaner(data.pre_caption, data.max_words), padding=padding)
+        collate.hard_negatives = bool(self._reads_hard_negatives()) and kind is PretrainCollate
+        return collate
+
+    def _read_training_set(self) -> None:
+        """The training samples: the task's, else what the data source builds for this run."""
+        data, recipe = self.data, self.recipe
+        if self.task is not None and self.task.trains_own_objectives:
+            self.training = TrainingSet(dataset=self.task.train_dataset(
+                self.source, data, self.transform, seed=recipe.seed, draft_size=self.draft_size))
             return
         self.training = self.source.training_set(TrainingRequest(
-            modality=self.modality, split=data.train_split, transform=transform, seed=recipe.seed, rank=self.rank,
-            world_size=self.world, draft_size=draft_size, max_bad_fraction=data.max_bad_fraction,
+            modality=self.modality, split=data.train_split, transform=self.transform, seed=recipe.seed,
+            rank=self.rank, world_size=self.world, draft_size=self.draft_size, max_bad_fraction=data.max_bad_fraction,
             group_batches=data.group_batches))
         self.annotations_skipped = self.training.annotations_skipped
         if self.training.description:
             log.info("%s of `%s`", self.training.description, data.source.type)
-        if reads_negatives and self.modality == "pair":
+        if (reads_negatives := self._reads_hard_negatives()) and self.modality == "pair":
             self._log_hard_negatives(reads_negatives[0], self.training.entries, data.train_split)
 
     @staticmethod
@@ -189,7 +231,7 @@ class Pretraining:
         """Before anything heavy: the data's modality fits the source and every objective."""
         recipe, source = self.recipe, self.source
         if source.modality != "pair" and self.modality != source.modality:
-            raise ValueError(f"data.source `{recipe.data.source.type}` holds {source.modality}s only; "
+            raise ValueError(f"data.source `{self.data.source.type}` holds {source.modality}s only; "
                              f"data.modality `{self.modality}` needs a source with {self.modality}s")
         if self.task is not None and self.task.trains_own_objectives:
             if self.modality != "pair":
@@ -206,8 +248,7 @@ class Pretraining:
     def _stream_batches(self, stream: EpochStream, start: int) -> Iterator[Batch]:
         """Endless micro-batches from a shard stream, epoch after epoch (epochs of ``epoch_samples``); a
         resume continues at ``start``'s epoch with fresh draws, not a replay."""
-        data = self.recipe.data
-        assert data is not None
+        data = self.data
         epoch = start // stream.epoch_samples
         while True:
             stream.set_epoch(epoch)
@@ -219,10 +260,9 @@ class Pretraining:
 
     def batches(self, start: int) -> Iterator[Batch]:
         """Micro-batches from sample ``start`` on (deterministic: keys, captions, crops, masks)."""
-        data, training = self.recipe.data, self.training
+        data, training = self.data, self.training
         if training is None:
             raise RuntimeError("this run was assembled without training data (train_data=False)")
-        assert data is not None
         if training.stream is not None:
             return self._stream_batches(training.stream, start)
         dataset, entries = training.dataset, training.entries
@@ -241,8 +281,7 @@ class Pretraining:
 
     def task_context(self) -> TaskContext:
         """What the recipe's task evaluates with: the online encoder and the objectives' heads."""
-        assert self.recipe.data is not None
-        return TaskContext(self.model.encoder, self.model.heads(), self.source, self.tokenizer, self.recipe.data,
+        return TaskContext(self.model.encoder, self.model.heads(), self.source, self.tokenizer, self.data,
                            self.recipe.eval, self.recipe.encoder.input_size, self.device,
                            out_dir=self.paths.out if dist.is_main() else None,  # rank 0 writes task files
                            objectives=dict(self.model.objective_list()))
@@ -261,15 +300,13 @@ class Pretraining:
         except ValueError as err:
             log.warning("no evaluation: %s", err)
             return None
-        assert self.recipe.data is not None
         return PretrainEvaluator(self.model.encoder, self.model.match_head(), self.source, self.tokenizer,
-                                 self.recipe.data, self.recipe.eval, self.recipe.encoder.input_size, self.device)
+                                 self.data, self.recipe.eval, self.recipe.encoder.input_size, self.device)
 
     def trainer(self, progress: bool = True) -> Trainer:
-        assert self.recipe.data is not None
         return Trainer(self.model, self.recipe.train, self.batches, self.device, self.paths, self.recipe.to_yaml(),
-                       evaluate=self.evaluator(), progress=progress, max_bad_fraction=self.recipe.data.max_bad_fraction,
-                       on_device=DeviceNormalize(self.recipe.data.normalize) if self.recipe.data.normalize_on_device
+                       evaluate=self.evaluator(), progress=progress, max_bad_fraction=self.data.max_bad_fraction,
+                       on_device=DeviceNormalize(self.data.normalize) if self.data.normalize_on_device
                        else None)
 
 
