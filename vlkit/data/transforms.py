@@ -36,6 +36,9 @@ class NormalizeUint8(torch.nn.Module):
     per channel (``x · 1/(255·std) − mean/std``: two in-place passes instead of torchvision's
     ``ToDtype`` + ``Normalize`` allocations; equal to them within float32 rounding)."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, normalization: Normalization) -> None:
         super().__init__()
         mean, std = (torch.tensor(v, dtype=torch.float32) for v in NORMALIZATION[normalization])

@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 import timm
 from torch import Tensor, nn
@@ -92,6 +92,18 @@ class DualConfig(EncoderConfig):
                                    text=dataclasses.replace(self.text, init=None))
 
 
+class _TimmModel(Protocol):
+    """The feature API every timm model has (``timm.create_model`` is typed to return ``nn.Module``)."""
+
+    num_features: int
+
+    def forward_features(self, x: Tensor) -> Tensor: ...
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None: ...
+
+
 class TimmImageTower(nn.Module):
     """A timm model as an image tower: ``[B, 3, H, W]`` → (tokens ``[B, M, C]``, pooled ``[B, C]``).
 
@@ -104,12 +116,18 @@ class TimmImageTower(nn.Module):
         self.model = model
 
     @property
+    def timm_model(self) -> _TimmModel:
+        """:attr:`model` seen through timm's feature API."""
+        # a timm model, which timm types as nn.Module: its feature API is a convention, not a base class
+        return cast(_TimmModel, self.model)
+
+    @property
     def dim(self) -> int:
-        return int(self.model.num_features)
+        return int(self.timm_model.num_features)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.model.forward_features(images)
-        pooled = self.model.forward_head(features, pre_logits=True)
+        features = self.timm_model.forward_features(images)
+        pooled = self.timm_model.forward_head(features, pre_logits=True)
         tokens = features.flatten(2).transpose(1, 2) if features.dim() == 4 else features
         return tokens, pooled
 
@@ -169,7 +187,7 @@ class DualEncoder(Encoder):
         tower, timm's own (non-reentrant by default; its stages are not counted in the returned number)."""
         if isinstance(self.image_tower, TimmImageTower):
             try:
-                self.image_tower.model.set_grad_checkpointing(on)
+                self.image_tower.timm_model.set_grad_checkpointing(on)
             except (AttributeError, AssertionError, NotImplementedError):
                 if on:
                     log.warning("timm model %s does not support gradient checkpointing; its image tower runs without",

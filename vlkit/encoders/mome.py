@@ -373,7 +373,8 @@ class MomeEncoder(Encoder):
         x = torch.cat((txt + types[0], img + types[image_token_type]), dim=1)
         key_padding_mask = torch.cat((mask, mask.new_ones(mask.shape[0], image_len)), dim=1)
         biases = self._biases("fused", text_len, x.device)
-        for i, block in enumerate(self.transformer.blocks):
+        for i in range(self.transformer.depth):
+            block = self.transformer.block_at(i)
             x = block(x, block.fusion_routes(text_len, image_len), key_padding_mask=key_padding_mask,
                       bias=_layer(biases, i))
         x = self.transformer.norm(x)
@@ -383,7 +384,7 @@ class MomeEncoder(Encoder):
         """Every parameter exactly once, grouped: embeddings, shared (attention, layer scales,
         relative-position table, final norm), each modality's experts, and the heads."""
         t = self.transformer
-        blocks = list(t.blocks)
+        blocks = [t.block_at(i) for i in range(t.depth)]
         gammas = [g for b in blocks for g in (b.gamma_1, b.gamma_2) if g is not None]
         return {
             "embeddings (patch, text, token type)": [

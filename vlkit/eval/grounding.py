@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from vlkit.encoders.base import Encoder
+from vlkit.nn.bert import BertAttention
 
 Box = tuple[float, float, float, float]
 """``(left, top, right, bottom)`` in pixels — of the model's input image for pointing and overlays, of the
@@ -36,7 +37,7 @@ IOU_THRESHOLD = 0.5
 """A picked box is correct when its IoU with the ground truth reaches this (ALBEF, REFER)."""
 
 
-def fusion_cross_attention(encoder: Encoder, fusion_layer: int) -> nn.Module:
+def fusion_cross_attention(encoder: Encoder, fusion_layer: int) -> BertAttention:
     """The cross-attention module of fusion layer ``fusion_layer`` (1-based among the fusion layers)."""
     stack = encoder.fusion_stack()
     if stack is None:
@@ -45,15 +46,19 @@ def fusion_cross_attention(encoder: Encoder, fusion_layer: int) -> nn.Module:
     layers = list(stack.fusion_layers)
     if not 1 <= fusion_layer <= len(layers):
         raise ValueError(f"fusion_layer {fusion_layer} is outside the encoder's {len(layers)} fusion layers")
-    return stack.layers[layers[fusion_layer - 1]].crossattention
+    attention = stack.layer_at(layers[fusion_layer - 1]).crossattention
+    if attention is None:  # the stack's fusion layers are the ones with cross-attention
+        raise RuntimeError(f"fusion layer {fusion_layer} of the stack has no cross-attention")
+    return attention
 
 
 @contextlib.contextmanager
-def recorded_attention(module: nn.Module) -> Iterator[list[Tensor]]:
+def recorded_attention(module: BertAttention) -> Iterator[list[Tensor]]:
     """Within the block, ``module`` (a :class:`~vlkit.nn.bert.BertAttention`) records its probabilities."""
-    module.probe = []
+    probe: list[Tensor] = []
+    module.probe = probe
     try:
-        yield module.probe
+        yield probe
     finally:
         module.probe = None
 

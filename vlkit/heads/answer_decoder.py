@@ -52,7 +52,7 @@ class AnswerDecoder(nn.Module):
     def question_kv(self, states: Tensor) -> list[KV]:
         """Cross-attention keys/values of question states ``[B, Lq, D]`` for every layer (computed once,
         then indexed per answer)."""
-        return [layer.cross_kv(states) for layer in self.encoder.layer]
+        return [self.encoder.layer_at(i).cross_kv(states) for i in range(len(self.encoder.layer))]
 
     def forward(self, answer_ids: Tensor, answer_mask: Tensor, question_kv: list[KV],
                 question_mask: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ class MLMTransform(nn.Module):
 class MLMPredictions(nn.Module):
     """HF ``predictions``: transform, ``decoder`` (no own bias) and ``bias``."""
 
-    def __init__(self, dim: int, vocab_size: int, eps: float, tied_weight: nn.Parameter | None) -> None:
+    def __init__(self, dim: int, vocab_size: int, eps: float, tied_weight: Tensor | None) -> None:
         super().__init__()
         self.transform = MLMTransform(dim, eps)
         self.decoder = nn.Linear(dim, vocab_size, bias=False)
@@ -69,7 +69,7 @@ class MLMHead(Head):
     """
 
     def __init__(self, dim: int, vocab_size: int, *, eps: float = 1e-12,
-                 tied_weight: nn.Parameter | None = None) -> None:
+                 tied_weight: Tensor | None = None) -> None:
         super().__init__()
         self.predictions = MLMPredictions(dim, vocab_size, eps, tied_weight)
 
@@ -89,7 +89,7 @@ class MLMHead(Head):
         return head
 
     @torch.no_grad()
-    def load_pretrained(self, state: dict[str, Tensor], word_embeddings: nn.Parameter) -> None:
+    def load_pretrained(self, state: dict[str, Tensor], word_embeddings: Tensor) -> None:
         """Start from a pre-trained head (BERT's ``cls.predictions``, in this module's key layout): a
         decoder tied to ``word_embeddings`` stays tied; an untied one takes the checkpoint's decoder or,
         where the checkpoint tied it (BERT), a copy of the word embeddings."""

@@ -57,6 +57,9 @@ class MomentumTeacher(nn.Module):
         cfg: decay and dropout.
     """
 
+    _online: nn.ModuleDict
+    """The online modules the copies follow (set with ``object.__setattr__``: not a sub-module)."""
+
     def __init__(self, encoder: Encoder, modules: dict[str, nn.Module], cfg: MomentumConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -68,7 +71,10 @@ class MomentumTeacher(nn.Module):
 
     @property
     def encoder(self) -> Encoder:
-        return self.copies["encoder"]
+        encoder = self.copies["encoder"]
+        if not isinstance(encoder, Encoder):
+            raise TypeError(f"the teacher's encoder copy is a {type(encoder).__name__}, not an Encoder")
+        return encoder
 
     @property
     def modules_by_name(self) -> dict[str, nn.Module]:

@@ -317,6 +317,14 @@ class BertEncoderLayers(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(layers)
 
+    def layer_at(self, index: int) -> BertLayer:
+        """Layer ``index`` of :attr:`layer`, as the :class:`BertLayer` it is (a ``ModuleList`` hands out
+        ``nn.Module``)."""
+        layer = self.layer[index]
+        if not isinstance(layer, BertLayer):
+            raise TypeError(f"layer {index} is a {type(layer).__name__}, not a BertLayer")
+        return layer
+
 
 class BertStack(nn.Module):
     """Embeddings and layers of a BERT; layers ``>= fusion_layer`` have cross-attention.
@@ -368,12 +376,8 @@ class BertStack(nn.Module):
         return self.encoder.layer
 
     def layer_at(self, index: int) -> BertLayer:
-        """Layer ``index`` of :attr:`layers`, as the :class:`BertLayer` it is (a ``ModuleList`` hands out
-        ``nn.Module``)."""
-        layer = self.layers[index]
-        if not isinstance(layer, BertLayer):
-            raise TypeError(f"layer {index} of the stack is a {type(layer).__name__}, not a BertLayer")
-        return layer
+        """Layer ``index`` of :attr:`layers`, typed."""
+        return self.encoder.layer_at(index)
 
     @property
     def text_layers(self) -> range:

@@ -76,9 +76,10 @@ class BiFusionLayers(nn.Module):
         if num_fusion < 1:
             raise ValueError(f"num_fusion must be ≥ 1, got {num_fusion}")
         self.num_fusion = num_fusion
-        self.layer = nn.ModuleList([BertLayer(cfg, encoder_width, backend=backend) for _ in range(2 * num_fusion)])
+        layers = [BertLayer(cfg, encoder_width, backend=backend) for _ in range(2 * num_fusion)]
+        self.layer = nn.ModuleList(layers)
         for k in range(num_fusion):
-            _share_cross_kv(self.layer[2 * k], self.layer[2 * k + 1])
+            _share_cross_kv(layers[2 * k], layers[2 * k + 1])
 
     @classmethod
     def from_stack(cls, stack: BertStack, copy_weights: bool = True) -> BiFusionLayers:
@@ -87,7 +88,7 @@ class BiFusionLayers(nn.Module):
         fusion = stack.fusion_layers
         if len(fusion) == 0:
             raise ValueError("the text stack has no fusion layers (cross-attention) to duplicate")
-        first = stack.layers[fusion.start]
+        first = stack.layer_at(fusion.start)
         assert first.crossattention is not None
         key = first.crossattention.self.key
         module = cls(stack.cfg, len(fusion), key.in_features, backend=stack.attention_backend)
@@ -107,6 +108,12 @@ class BiFusionLayers(nn.Module):
             state = stack.layers[n].state_dict()
             for layer in self.layer[2 * k: 2 * k + 2]:
                 layer.load_state_dict(state)
+
+    def _layer(self, index: int) -> BertLayer:
+        layer = self.layer[index]
+        if not isinstance(layer, BertLayer):
+            raise TypeError(f"bi-fusion layer {index} is a {type(layer).__name__}, not a BertLayer")
+        return layer
 
     def aliases(self, own_prefix: str, stack_prefix: str, fusion_layer: int) -> dict[str, str]:
         """:func:`bifusion_aliases` for this module (every key ``state_dict()`` lists)."""
@@ -130,7 +137,7 @@ class BiFusionLayers(nn.Module):
         half = rows // 2
         kv: list[KV] = []
         for k in range(self.num_fusion):
-            keys, values = self.layer[2 * k].cross_kv(image_embeds)
+            keys, values = self._layer(2 * k).cross_kv(image_embeds)
             kv += [(keys[:half], values[:half]), (keys[half:], values[half:])]
         return kv
 

@@ -49,7 +49,7 @@ class CheckpointedBlock(nn.Module):
         return True
 
 
-def transformer_blocks(module: nn.Module) -> list[nn.Module]:
+def transformer_blocks(module: nn.Module) -> list[CheckpointedBlock]:
     """Every :class:`CheckpointedBlock` inside ``module`` (itself included), in module order."""
     return [m for m in module.modules() if isinstance(m, CheckpointedBlock)]
 

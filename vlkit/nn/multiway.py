@@ -95,6 +95,8 @@ class MultiwayBlock(CheckpointedBlock):
         if name == "text":
             return self.norm2_text, self.mlp_text
         if name == "image":
+            if self.norm2_imag is None or self.mlp_imag is None:  # only a shared FFN has none (handled above)
+                raise ValueError("this block has no image expert")
             return self.norm2_imag, self.mlp_imag
         if name == "vl":
             if self.norm2_vl is None or self.mlp_vl is None:
@@ -209,6 +211,14 @@ class MultiwayTransformer(nn.Module):
     @property
     def depth(self) -> int:
         return len(self.blocks)
+
+    def block_at(self, index: int) -> MultiwayBlock:
+        """Block ``index`` of :attr:`blocks`, as the :class:`MultiwayBlock` it is (a ``ModuleList`` hands
+        out ``nn.Module``)."""
+        block = self.blocks[index]
+        if not isinstance(block, MultiwayBlock):
+            raise TypeError(f"block {index} is a {type(block).__name__}, not a MultiwayBlock")
+        return block
 
     @property
     def num_image_tokens(self) -> int:

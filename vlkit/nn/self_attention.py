@@ -50,7 +50,7 @@ class SelfAttention(AttentionLayer):
         self.attention_backend = backend
 
     def _qkv(self, x: Tensor) -> Tensor:
-        if self.q_bias is None:
+        if self.q_bias is None or self.v_bias is None:  # set together (qkv_bias="qv")
             return self.qkv(x)
         bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
         return F.linear(x, self.qkv.weight, bias)

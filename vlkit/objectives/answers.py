@@ -127,9 +127,11 @@ class GenerateAnswers(Objective):
         per_answer = nll
         if alpha > 0.0 and step.teacher_ready:
             teacher = step.teacher
+            decoder = teacher.module(f"{self.name}.head")
+            if not isinstance(decoder, AnswerDecoder):
+                raise TypeError(f"the teacher's {self.name}.head is a {type(decoder).__name__}, not an AnswerDecoder")
             with torch.no_grad():
-                teacher_logits, _ = self.sequence_losses(teacher.module(f"{self.name}.head"), teacher.fuse().text,
-                                                         mask, batch.extras)
+                teacher_logits, _ = self.sequence_losses(decoder, teacher.fuse().text, mask, batch.extras)
             per_answer = (1.0 - alpha) * nll + alpha * sequence_distill(logits, teacher_logits,
                                                                         batch.extras[ANSWER_MASK])
         loss = (batch.extras[ANSWER_WEIGHTS] * per_answer).sum() / batch.size

@@ -156,8 +156,11 @@ class BiFusionClassify(Objective):
         teacher = step.teacher
         image_embeds = teacher.image.embeds
         assert image_embeds is not None
+        fusion = teacher.module(f"{self.name}.fusion")
+        if not isinstance(fusion, BiFusionLayers):
+            raise TypeError(f"the teacher's {self.name}.fusion is a {type(fusion).__name__}, not BiFusionLayers")
         with torch.no_grad():
-            return self.pair_logits(image_embeds, teacher.text, fusion=teacher.module(f"{self.name}.fusion"),
+            return self.pair_logits(image_embeds, teacher.text, fusion=fusion,
                                     head=teacher.module(f"{self.name}.head"))
 
     def forward(self, step: StepView) -> ObjectiveOutput:

@@ -129,9 +129,10 @@ def wrap_model(model: PretrainModel, strategy: Strategy, device: torch.device, *
     return model, shard_fsdp(model, bf16=bf16)
 
 
-def _no_buffer_broadcast() -> dict[str, bool]:
+def _no_buffer_broadcast() -> dict[str, Any]:
     """DDP must not copy rank 0's buffers at every forward: the feature queues (hundreds of MB at
-    base size) are kept identical on every rank by enqueueing gathered features."""
+    base size) are kept identical on every rank by enqueueing gathered features. (Which keyword depends
+    on the torch version, hence values typed ``Any`` for DDP's keyword arguments.)"""
     import inspect
 
     names = inspect.signature(nn.parallel.DistributedDataParallel).parameters
@@ -229,10 +230,13 @@ def freeze_unused_parameters(model: nn.Module, loss_of_one_batch: Callable[[], t
 def set_gradient_sync(wrapped: nn.Module, enabled: bool) -> Any:
     """A context for one micro-batch: gradients are reduced over ranks only when ``enabled`` (the
     last micro-batch of an accumulation)."""
-    if isinstance(wrapped, nn.parallel.DistributedDataParallel) and not enabled:
-        return wrapped.no_sync()
-    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
-        wrapped.set_requires_gradient_sync(enabled)
+    if isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if enabled else wrapped.no_sync()
+    if is_distributed():  # FSDP2: a model is sharded only then (wrap_model)
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(wrapped, FSDPModule):
+            wrapped.set_requires_gradient_sync(enabled)
     return contextlib.nullcontext()
 
 

@@ -166,7 +166,7 @@ def load_mome(encoder: MomeEncoder, source: Source, key: str = "encoder.init",
             report.notes.append("the checkpoint's absolute positions are not used (encoder.position: relative)")
     for i in range(depth):
         mapped.update(_attention(state, i, report))
-        mapped.update(_experts(encoder.transformer.blocks[i], state, i, experts))
+        mapped.update(_experts(encoder.transformer.block_at(i), state, i, experts))
     if encoder.relative_position_bias_table is not None:
         if (relative := _relative_table(encoder, state, depth, report)) is not None:
             mapped["relative_position_bias_table"] = relative
