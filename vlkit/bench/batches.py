@@ -16,7 +16,7 @@ import torch
 from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
 from vlkit.core.loader import LoaderRequest
 from vlkit.data.loader_requests import batch_transforms, wants_hard_negatives
-from vlkit.data.tokenizer import TokenizedText, padded_length
+from vlkit.data.tokenizer import Padding, TokenizedText, padded_length
 from vlkit.data.tokens import TextTokens
 from vlkit.data.transforms import DeviceNormalize
 
@@ -45,6 +45,8 @@ def caption_lengths(n: int, max_len: int, rng: np.random.Generator, fixed: int |
 def rolled_negatives(batch: Batch) -> HardNegativeText:
     """Stand-ins for annotated hard-negative captions: each row gets the next row's caption (same
     lengths and costs as real ones)."""
+    if batch.input_ids is None or batch.attention_mask is None:
+        raise ValueError("rolled hard negatives need a batch with text")
     ids, mask = batch.input_ids.roll(1, 0), batch.attention_mask.roll(1, 0)
     return HardNegativeText(ids, mask, torch.ones(batch.size), Batch.lengths_of(mask), batch.size)
 
@@ -61,7 +63,7 @@ def synthetic_batches(recipe: Any, requests: list[LoaderRequest], batch_size: in
     data = recipe.data
     size = recipe.encoder.input_size
     max_len = data.max_text_len if data is not None else 30
-    padding = data.padding if data is not None else "longest"
+    padding: Padding = data.padding if data is not None else "longest"
     if recipe.train.compile and padding == "longest":  # as training pads for compiled blocks
         padding = "multiple_of_8"
     normalize = DeviceNormalize(data.normalize if data is not None else "imagenet")

@@ -118,11 +118,17 @@ class BenchRun:
 
     def text_width(self) -> float:
         """Mean padded text length of the pooled batches."""
-        return statistics.fmean(b.input_ids.shape[1] for b in self.pool)
+        widths = []
+        for b in self.pool:
+            if b.input_ids is None:
+                raise ValueError("a pooled benchmark batch has no text")
+            widths.append(b.input_ids.shape[1])
+        return statistics.fmean(widths)
 
 
-def time_steps(step: Callable[[], None], n: int, device: torch.device) -> list[float]:
-    """Milliseconds of each of ``n`` calls of ``step`` (CUDA events on a GPU: one sync at the end)."""
+def time_steps(step: Callable[[], object], n: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``n`` calls of ``step`` (its result unused; CUDA events on a GPU: one sync
+    at the end)."""
     if device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
         for start, end in events:

@@ -19,7 +19,7 @@ from vlkit.core.encodings import FusedEncoding, ImageEncoding, ImageKV, PatchMas
 from vlkit.core.weight_source import WeightSource
 from vlkit.nn.attention import Backend
 from vlkit.nn.bert import BertStack
-from vlkit.nn.checkpointing import set_grad_checkpointing, transformer_blocks
+from vlkit.nn.checkpointing import CheckpointedBlock, set_grad_checkpointing, transformer_blocks
 from vlkit.schema import ComponentConfig
 
 __all__ = ["Encoder", "EncoderConfig", "FusedEncoding", "ImageEncoding", "ImageKV", "TextEncoding", "l2_normalize"]
@@ -80,6 +80,14 @@ class EncoderConfig(ComponentConfig):
 def l2_normalize(x: Tensor) -> Tensor:
     """Unit length along the last axis."""
     return F.normalize(x, dim=-1)
+
+
+def contrastive_feat(encoding: ImageEncoding | TextEncoding) -> Tensor:
+    """``encoding.feat`` ``[B, E]`` (what ``encode_image`` / ``encode_text`` compute), for a caller that
+    needs it; a ``RuntimeError`` where the encoding has none."""
+    if encoding.feat is None:
+        raise RuntimeError(f"this {type(encoding).__name__} has no contrastive feature (feat)")
+    return encoding.feat
 
 
 class Encoder(nn.Module):
@@ -171,7 +179,7 @@ class Encoder(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no fusion layers (a dual encoder); "
                                   "objectives that fuse (itm, mlm) need an albef or mome encoder")
 
-    def blocks(self) -> list[nn.Module]:
+    def blocks(self) -> list[CheckpointedBlock]:
         """The transformer blocks (:class:`~vlkit.nn.checkpointing.CheckpointedBlock`) in module order:
         the units of activation checkpointing and of sharding."""
         return transformer_blocks(self)

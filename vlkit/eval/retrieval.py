@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vlkit import dist
-from vlkit.encoders.base import Encoder, ImageEncoding, TextEncoding
+from vlkit.encoders.base import Encoder, ImageEncoding, TextEncoding, contrastive_feat
 
 E = TypeVar("E", ImageEncoding, TextEncoding)
 
@@ -130,12 +130,14 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
     On several processes (every rank holding the whole encoded gallery, as ALBEF's evaluation), the
     query blocks are dealt out round-robin over the ranks and the ground truth's ranks summed over
     them (ALBEF splits the rows and all-reduces the score matrices); every rank returns the metrics."""
-    device = device or gallery.images.feat.device
-    image_feat = gallery.images.feat.to(device).float()  # [N_i, E]
-    text_feat = gallery.texts.feat.to(device).float()  # [N_t, E]
+    device = device or contrastive_feat(gallery.images).device
+    image_feat = contrastive_feat(gallery.images).to(device).float()  # [N_i, E]
+    text_feat = contrastive_feat(gallery.texts).to(device).float()  # [N_t, E]
     n_img, n_txt = len(img2txt), len(txt2img)
     rerank = itm_head is not None and encoder.supports_fusion and k_test > 0
-    reranker = _Reranker(encoder, gallery, lambda cls: itm_head(cls)[:, 1], pair_batch, device) if rerank else None
+    reranker = None
+    if rerank and itm_head is not None:
+        reranker = _Reranker(encoder, gallery, lambda cls: itm_head(cls)[:, 1], pair_batch, device)
     ranks = {name: torch.zeros(n, dtype=torch.long, device=device)
              for name, n in (("itc_txt", n_img), ("itc_img", n_txt), ("txt", n_img), ("img", n_txt))}
     me, world = dist.rank(), dist.world_size()

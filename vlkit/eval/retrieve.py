@@ -14,6 +14,7 @@ import torch
 from vlkit.data.image_files import list_images
 from vlkit.data.json_dataset import ImageFolderList, load_image, read_parts
 from vlkit.data.transforms import eval_transform
+from vlkit.encoders.base import contrastive_feat
 from vlkit.eval.checkpoint_eval import load_online_weights
 from vlkit.eval.composed import compose, contact_sheet, rank
 from vlkit.eval.zeroshot import image_features
@@ -72,7 +73,7 @@ def run_retrieval_query(recipe: Recipe, checkpoint: str | Path, query: Query, ou
         if not items:
             return []
         ids, mask = ctx.tokenize(items)
-        return list(ctx.encoder.encode_text(ids.to(ctx.device), mask.to(ctx.device)).feat)
+        return list(contrastive_feat(ctx.encoder.encode_text(ids.to(ctx.device), mask.to(ctx.device))))
 
     indices, scores = rank(gallery, compose(image_feat, texts(query.plus), texts(query.minus)), top)
     results = [{"rank": r + 1, "image": str(paths[i]), "score": s} for r, (i, s) in enumerate(zip(indices, scores,

@@ -8,7 +8,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
-from vlkit.encoders.base import Encoder, ImageEncoding
+from vlkit.encoders.base import Encoder, ImageEncoding, contrastive_feat
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def swap_accuracy(encoder: Encoder, images: ImageEncoding, true_text: tuple[Tens
         ``swap_acc_itm_<kind>`` / ``swap_acc_itc_<kind>``, ``n_swaps``, and ``swap_acc`` (ITM when
         available, else ITC).
     """
-    device = images.feat.device
+    device = contrastive_feat(images).device
     wins: dict[str, list[Tensor]] = defaultdict(list)
     n = len(kinds)
     for start in range(0, n, batch_size):
@@ -40,7 +40,7 @@ def swap_accuracy(encoder: Encoder, images: ImageEncoding, true_text: tuple[Tens
         stop = start + batch_size
         texts = [encoder.encode_text(ids[start:stop].to(device), mask[start:stop].to(device))
                  for ids, mask in (true_text, swapped_text)]
-        itc = [(chunk.feat * t.feat).sum(-1) for t in texts]
+        itc = [(contrastive_feat(chunk) * contrastive_feat(t)).sum(-1) for t in texts]
         wins["itc"].append(itc[0] > itc[1])
         if itm_head is not None and encoder.supports_fusion:
             kv = encoder.image_kv(chunk)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlkit.encoders.base import Encoder
+from vlkit.encoders.base import Encoder, contrastive_feat
 
 Tokenize = Callable[[list[str]], tuple[Tensor, Tensor]]
 """Texts → ``input_ids``, ``attention_mask`` ``[N, L]``."""
@@ -22,7 +22,8 @@ def class_embeddings(encoder: Encoder, tokenize: Tokenize, classes: Sequence[str
     """``[C, E]`` L2-normalized class embeddings from ``len(classes) × len(templates)`` prompts."""
     prompts = [template.format(name) for name in classes for template in templates]
     ids, mask = tokenize(prompts)
-    feats = torch.cat([encoder.encode_text(ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)).feat
+    feats = torch.cat([contrastive_feat(encoder.encode_text(ids[i:i + batch_size].to(device),
+                                                            mask[i:i + batch_size].to(device)))
                        for i in range(0, len(prompts), batch_size)]).float()
     per_class = F.normalize(feats, dim=-1).view(len(classes), len(templates), -1).mean(1)
     return F.normalize(per_class, dim=-1)
@@ -31,7 +32,7 @@ def class_embeddings(encoder: Encoder, tokenize: Tokenize, classes: Sequence[str
 @torch.no_grad()
 def image_features(encoder: Encoder, batches: Iterable[Tensor], device: torch.device) -> Tensor:
     """``[N, E]`` normalized contrastive image features of ``[b, 3, H, W]`` batches."""
-    return torch.cat([encoder.encode_image(batch.to(device)).feat.float() for batch in batches])
+    return torch.cat([contrastive_feat(encoder.encode_image(batch.to(device))).float() for batch in batches])
 
 
 def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:

@@ -128,6 +128,7 @@ class Grounding(Objective):
         regions = step_regions(step)
         if regions.rows.numel() == 0:
             zero = sum(p.sum() for p in self.head.parameters()) * 0.0
+            assert isinstance(zero, Tensor)  # a sum of tensors (the head has parameters)
             return ObjectiveOutput(loss=zero, metrics={"phrases": zero.detach()})
         pooled = pool_phrases(step.fused.text, regions, self.cfg.pool)
         pred = self.head(pooled).float()

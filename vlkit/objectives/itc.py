@@ -25,6 +25,7 @@ from vlkit.core.errors import ConfigError
 from vlkit.core.outputs import ObjectiveOutput
 from vlkit.core.similarity import Similarity
 from vlkit.core.step import StepView
+from vlkit.encoders.base import contrastive_feat
 from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.distill import DistillConfig, mix_targets, soft_cross_entropy
 from vlkit.registry import register
@@ -130,6 +131,11 @@ class FeatureQueue(nn.Module):
     """A ring buffer of past teacher features (ALBEF layout: ``image_queue``/``text_queue`` ``[E, Q]``,
     ``idx_queue`` ``[1, Q]``, ``queue_ptr`` ``[1]``). Any batch size enqueues (ragged last batches wrap
     around); the write position is mirrored as a Python int so enqueueing never reads the device."""
+
+    image_queue: Tensor
+    text_queue: Tensor
+    idx_queue: Tensor
+    queue_ptr: Tensor
 
     def __init__(self, dim: int, size: int) -> None:
         super().__init__()
@@ -252,7 +258,8 @@ class ITC(Objective):
         the teacher's features of the batch, no gradient)."""
         mode, idx, b = self._mode(), step.batch.idx, step.batch.size
         if mode == "none":
-            cols_img, cols_txt = (step.teacher.image.feat, step.teacher.text.feat) if teacher else (img, txt)
+            cols_img, cols_txt = ((contrastive_feat(step.teacher.image), contrastive_feat(step.teacher.text))
+                                  if teacher else (img, txt))
             return _Sides(img, txt, cols_img, cols_txt, idx, idx, 0, 0)
         start = dist.offset(b)
         all_idx = _gathered(step, "idx", idx, "no_grad")
@@ -263,8 +270,8 @@ class ITC(Objective):
         else:
             rows_img, rows_txt, rows_idx, row_start = img, txt, idx, 0
         if teacher:
-            cols_img = _gathered(step, "teacher.image", step.teacher.image.feat, "no_grad")
-            cols_txt = _gathered(step, "teacher.text", step.teacher.text.feat, "no_grad")
+            cols_img = _gathered(step, "teacher.image", contrastive_feat(step.teacher.image), "no_grad")
+            cols_txt = _gathered(step, "teacher.text", contrastive_feat(step.teacher.text), "no_grad")
         elif mode == "without_grad":
             cols_img, cols_txt = rows_img, rows_txt
         else:
@@ -275,7 +282,7 @@ class ITC(Objective):
     def _logits(self, step: StepView) -> ContrastiveLogits:
         scale = self.temp.inverse()
         teacher_on = self.cfg.needs_teacher and step.teacher_ready
-        sides = self._sides(step, step.image.feat, step.text.feat, "feat", teacher_on)
+        sides = self._sides(step, contrastive_feat(step.image), contrastive_feat(step.text), "feat", teacher_on)
         diagonal = sides.col_start - sides.row_start
         batch_cols = sides.cols_img.shape[0]
         img_cols, txt_cols, idx_cols = sides.cols_img, sides.cols_txt, sides.cols_idx
@@ -291,7 +298,7 @@ class ITC(Objective):
         targets_i2t = targets_t2i = targets
         if self.cfg.distill is not None:
             alpha = self.cfg.distill.alpha_at(step.teacher_steps)
-            img_m, txt_m = step.teacher.image.feat, step.teacher.text.feat
+            img_m, txt_m = contrastive_feat(step.teacher.image), contrastive_feat(step.teacher.text)
             if self._mode() == "without_grad":  # rows: the global batch; the teacher's rows likewise
                 img_m, txt_m = sides.cols_img[:batch_cols], sides.cols_txt[:batch_cols]
             with torch.no_grad():
@@ -319,20 +326,20 @@ class ITC(Objective):
             return Similarity(i2t=logits.i2t[rows, :logits.batch_cols].detach(),
                               t2i=logits.t2i[rows, :logits.batch_cols].detach())
         teacher_on = self.cfg.needs_teacher and step.teacher_ready
-        cols_img, cols_txt = (step.teacher.image.feat, step.teacher.text.feat) if teacher_on else (
-            step.image.feat, step.text.feat)
+        cols_img, cols_txt = ((contrastive_feat(step.teacher.image), contrastive_feat(step.teacher.text))
+                              if teacher_on else (contrastive_feat(step.image), contrastive_feat(step.text)))
         cols_img = _gathered(step, "teacher.image" if teacher_on else "feat.image.nograd", cols_img, "no_grad")
         cols_txt = _gathered(step, "teacher.text" if teacher_on else "feat.text.nograd", cols_txt, "no_grad")
         scale = self.temp.inverse().detach()
-        return Similarity(i2t=scale * step.image.feat.detach() @ cols_txt.T,
-                          t2i=scale * step.text.feat.detach() @ cols_img.T)
+        return Similarity(i2t=scale * contrastive_feat(step.image).detach() @ cols_txt.T,
+                          t2i=scale * contrastive_feat(step.text).detach() @ cols_img.T)
 
     def forward(self, step: StepView) -> ObjectiveOutput:
         out = self.logits(step)
         loss = (soft_cross_entropy(out.i2t, out.targets_i2t) + soft_cross_entropy(out.t2i, out.targets_t2i)) / 2
         metrics: dict[str, Tensor] = {"temperature": self.temp().detach(), "loss_main": loss.detach()}
         if self.vl_temp is not None:
-            loss_vl = self._vl_loss(step)
+            loss_vl = self._vl_loss(step, self.vl_temp)
             metrics.update(loss_vl=loss_vl.detach(), temperature_vl=self.vl_temp().detach())
             loss = (loss + loss_vl) / 2
         if self.queue is not None:  # computed inside the forward (FSDP gathers parameters only there)
@@ -344,11 +351,11 @@ class ITC(Objective):
         schedule = {} if self.cfg.distill is None else {"alpha": self.cfg.distill.alpha_at(step.teacher_steps)}
         return ObjectiveOutput(loss=loss, metrics=metrics, schedule=schedule)
 
-    def _vl_loss(self, step: StepView) -> Tensor:
+    def _vl_loss(self, step: StepView, vl_temp: Temperature) -> Tensor:
         img, txt = step.image.vl_feat, step.text.vl_feat
         if img is None or txt is None:
             raise RuntimeError("itc.vl_path needs an encoder with vision-language experts (mome with vl_start < depth)")
-        scale = self.vl_temp.inverse()
+        scale = vl_temp.inverse()
         sides = self._sides(step, img, txt, "vl_feat", teacher=False)
         targets = self._targets(sides.rows_idx, sides.cols_idx, sides.col_start - sides.row_start)
         return (soft_cross_entropy(scale * sides.rows_img @ sides.cols_txt.T, targets)
@@ -366,6 +373,6 @@ class ITC(Objective):
     def _queue_entries(self, step: StepView) -> tuple[Tensor, Tensor, Tensor]:
         """Every rank's teacher image and text features ``[N, E]`` (fp32) and ids ``[N]`` of this step."""
         teacher = step.teacher
-        return (_gathered(step, "teacher.image", teacher.image.feat, "no_grad").float(),
-                _gathered(step, "teacher.text", teacher.text.feat, "no_grad").float(),
+        return (_gathered(step, "teacher.image", contrastive_feat(teacher.image), "no_grad").float(),
+                _gathered(step, "teacher.text", contrastive_feat(teacher.text), "no_grad").float(),
                 _gathered(step, "idx", step.batch.idx, "no_grad"))

@@ -97,6 +97,8 @@ class MIM(Objective):
             raise RuntimeError("masked image modelling needs images; this batch has none")
         positions = random_patch_positions(images.shape[0], self.patches, self.masked, images.device)  # [B, K]
         encoding = step.masked_image(PatchMask(positions, self.head.mask_token))
+        if encoding.embeds is None:
+            raise RuntimeError("the encoder returned no image tokens (embeds) for the masked images")
         tokens = encoding.embeds[:, 1:]  # [B, P, D] without [CLS]
         width = tokens.shape[-1]
         hidden = tokens.gather(1, positions.unsqueeze(-1).expand(-1, -1, width))  # [B, K, D]

@@ -52,6 +52,16 @@ def gather_positions(tokens: Tensor, positions: Tensor) -> Tensor:
     return tokens.flatten(0, 1).index_select(0, positions)
 
 
+def _masked_tokens(view: StepView, text_only: bool) -> Tensor:
+    """The masked text's tokens ``[B, L, D]``: from the text layers alone (``text_only``) or fused."""
+    if not text_only:
+        return view.fuse(text=view.masked_text).text
+    embeds = view.masked_text_alone.embeds
+    if embeds is None:
+        raise RuntimeError("the encoder returned no tokens (embeds) for the masked text")
+    return embeds
+
+
 @register("objective", "mlm")
 class MLM(Objective):
     """Masked language modelling on the fused text, head on masked positions only."""
@@ -78,7 +88,7 @@ class MLM(Objective):
             raise RuntimeError("the batch carries no masked text; the data pipeline must carry out this "
                                "objective's loader_requests()")
         text_only = step.batch.images is None  # VLMo's stage 2: the text alone, through the text experts
-        tokens = step.masked_text_alone.embeds if text_only else step.fuse(text=step.masked_text).text
+        tokens = _masked_tokens(step, text_only)
         logits = self.head(gather_positions(tokens, mlm.positions)).float()
         loss = F.cross_entropy(logits, mlm.labels)
         metrics = {"acc": (logits.argmax(1) == mlm.labels).float().mean().detach(), "loss_ce": loss.detach()}
@@ -86,8 +96,7 @@ class MLM(Objective):
             alpha = self.cfg.distill.alpha_at(step.teacher_steps)
             teacher = step.teacher
             with torch.no_grad():
-                tokens_m = (teacher.masked_text_alone.embeds if text_only
-                            else teacher.fuse(text=teacher.masked_text).text)
+                tokens_m = _masked_tokens(teacher, text_only)
                 logits_m = teacher.module(f"{self.name}.head")(gather_positions(tokens_m, mlm.positions))
             distill = soft_cross_entropy(logits, F.softmax(logits_m.float(), dim=-1))
             loss = (1 - alpha) * loss + alpha * distill

@@ -174,6 +174,8 @@ class GlobalHardNegatives(InBatchHardNegatives):
         if self.cfg.gather == "encodings":
             return Negatives(image_index, text_index, image_valid, text_valid,
                              images=_gather_image_encoding(step.image), texts=_gather_text_encoding(step.text))
+        if batch.images is None or batch.input_ids is None or batch.attention_mask is None:
+            raise RuntimeError("gathering hard negatives by input needs the batch's images and texts")
         with torch.no_grad():
             images = dist.all_gather_no_grad(batch.images)[image_index]
             input_ids = dist.all_gather_padded(batch.input_ids, dim=1)[text_index]

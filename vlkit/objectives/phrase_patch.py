@@ -90,9 +90,16 @@ class PhrasePatch(Objective):
         regions = step_regions(step)
         if regions.rows.numel() == 0:
             zero = sum(p.sum() for p in self.parameters()) * 0.0
+            assert isinstance(zero, Tensor)  # a sum of tensors (the objective has parameters)
             return ObjectiveOutput(loss=zero, metrics={})
-        phrases = F.normalize(self.text_proj(pool_phrases(step.text.embeds, regions, "mean")).float(), dim=-1)
-        patches = step.image.embeds[:, 1:]  # [B, N, D] without [CLS]
+        text_embeds = step.text.embeds
+        if text_embeds is None:
+            raise RuntimeError("phrase_patch needs the text tokens (text.embeds)")
+        phrases = F.normalize(self.text_proj(pool_phrases(text_embeds, regions, "mean")).float(), dim=-1)
+        image_embeds = step.image.embeds
+        if image_embeds is None:
+            raise RuntimeError("phrase_patch needs the image tokens (image.embeds)")
+        patches = image_embeds[:, 1:]  # [B, N, D] without [CLS]
         b, n = patches.shape[:2]
         patches = F.normalize(self.patch_proj(patches).float(), dim=-1).flatten(0, 1)  # [B·N, E]
         logits = self.log_scale.exp() * phrases @ patches.T  # [P, B·N]
