@@ -25,7 +25,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, NoReturn, Union
 
 from vlkit import registry
 from vlkit.core.errors import ConfigError, RecipeError
@@ -149,7 +149,7 @@ class _Validator:
         except (ValueError, TypeError) as err:
             raise self.fail(path, f"`{path or 'recipe'}`: {err}") from None
 
-    def _raise(self, path: str, message: str) -> Any:
+    def _raise(self, path: str, message: str) -> NoReturn:
         raise self.fail(path, message)
 
     # ---------------------------------------------------------------- values
@@ -207,7 +207,7 @@ class _Validator:
                 return self._raise(path, f"`{path}` must be a mapping, got {_type_name(value)}")
             _, value_hint = typing.get_args(hint) or (str, Any)
             return {str(k): self.value(value_hint, v, _join(path, str(k))) for k, v in value.items()}
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             return self.dataclass_(hint, value, path)
         if hint is bool:
             if not isinstance(value, bool):
@@ -283,7 +283,7 @@ class _Validator:
             return settings
         default = next((f.default for f in dataclasses.fields(cfg_cls) if f.name == "size"), None)
         size = settings.get("size", default)
-        if size not in sizes:
+        if size is None or size not in sizes:
             self._raise(_join(path, "size"), f"`{_join(path, 'size')}` is `{size}`, not a known size"
                         f"{registry.did_you_mean(str(size), tuple(sizes))}")
         return deep_merge(sizes[size], settings)

@@ -112,16 +112,16 @@ def reference_flops(encoder_cfg: EncoderConfig, objectives: Mapping[str, Objecti
     if isinstance(encoder_cfg, AlbefConfig):
         image, bert = encoder_cfg.image, encoder_cfg.text
         itc = next((c for c in objectives.values() if isinstance(c, ITCConfig)), None)
-        shape = AlbefShape(d_image=image.dim, d_text=bert.dim, ffn_image=int(image.dim * image.mlp_ratio),
+        albef = AlbefShape(d_image=image.dim, d_text=bert.dim, ffn_image=int(image.dim * image.mlp_ratio),
                            ffn_text=bert.intermediate, vit_depth=image.depth, text_layers=encoder_cfg.fusion_layer,
                            fusion_layers=bert.layers - encoder_cfg.fusion_layer, patch=image.patch_size,
                            image_tokens=1 + (image.image_size // image.patch_size) ** 2, vocab=bert.vocab_size,
                            embed_dim=encoder_cfg.embed_dim, queue=itc.queue_size if itc else 0)
-        return albef_reference(shape, text_len, batch)
+        return albef_reference(albef, text_len, batch)
     if isinstance(encoder_cfg, MomeConfig):
-        shape = MomeShape(d=encoder_cfg.dim, ffn=int(encoder_cfg.dim * encoder_cfg.mlp_ratio), depth=encoder_cfg.depth,
-                          vl_start=encoder_cfg.vl_start, patch=encoder_cfg.patch_size,
-                          image_tokens=1 + (encoder_cfg.image_size // encoder_cfg.patch_size) ** 2,
-                          vocab=encoder_cfg.vocab_size)
-        return vlmo_reference(shape, text_len)
+        mome = MomeShape(d=encoder_cfg.dim, ffn=int(encoder_cfg.dim * encoder_cfg.mlp_ratio), depth=encoder_cfg.depth,
+                         vl_start=encoder_cfg.vl_start, patch=encoder_cfg.patch_size,
+                         image_tokens=1 + (encoder_cfg.image_size // encoder_cfg.patch_size) ** 2,
+                         vocab=encoder_cfg.vocab_size)
+        return vlmo_reference(mome, text_len)
     return None

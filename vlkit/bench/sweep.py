@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vlkit.bench.throughput import BenchSettings, measure_peak_flops, run_benchmark
-from vlkit.nn.attention import xformers_available
+from vlkit.nn.attention import BACKENDS, is_backend, xformers_available
 from vlkit.recipe import Recipe
 
 log = logging.getLogger("vlkit.bench")
@@ -31,6 +31,8 @@ def default_backends(device: torch.device) -> list[str]:
 
 def with_backend(recipe: Recipe, backend: str) -> Recipe:
     """``recipe`` with ``encoder.attention`` set to ``backend``."""
+    if not is_backend(backend):
+        raise ValueError(f"unknown attention backend `{backend}`; valid: {', '.join(BACKENDS)}")
     return dataclasses.replace(recipe, encoder=dataclasses.replace(recipe.encoder, attention=backend))
 
 

@@ -417,7 +417,9 @@ class Gallery:
 
     @classmethod
     def from_entries(cls, entries: list[Entry]) -> Gallery:
-        texts, txt2img, img2txt = [], [], []
+        texts: list[str] = []
+        txt2img: list[int] = []
+        img2txt: list[list[int]] = []
         for i, entry in enumerate(entries):
             img2txt.append(list(range(len(texts), len(texts) + len(entry.captions))))
             texts.extend(entry.captions)

@@ -41,6 +41,12 @@ Backend = Literal["auto", "xformers", "sdpa", "math"]
 """The attention backends (the one list; recipes' ``encoder.attention`` is typed with it)."""
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
+
+def is_backend(name: str) -> typing.TypeGuard[Backend]:
+    """``name`` is one of :data:`BACKENDS`."""
+    return name in BACKENDS
+
+
 log = logging.getLogger("vlkit.attention")
 _logged_choices: set[tuple[str, str]] = set()
 

@@ -22,7 +22,6 @@ from vlkit.core.outputs import CLASSIFY_HEAD
 from vlkit.data.config import DataConfig
 from vlkit.data.formats.task_data import (
     VE_LABELS,
-    Parse,
     TaskCollate,
     TaskDataset,
     TaskEntry,
@@ -72,7 +71,8 @@ class FusedClassificationTask(Task):
     trains_own_objectives = True
     name: ClassVar[str]
     """The task's objective name and synthetic file prefix."""
-    parse: ClassVar[Parse]
+    parse: ClassVar[staticmethod[[Any, Path, int], TaskEntry | str]]
+    """A :data:`~vlkit.data.formats.task_data.Parse` function, stored as a ``staticmethod``."""
     images_per_sample: ClassVar[int] = 1
 
     def __init__(self, cfg: FusedTaskConfig) -> None:

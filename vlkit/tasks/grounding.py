@@ -111,7 +111,8 @@ def read_expressions(file: Path, image_root: Path) -> list[Expression]:
         if not (isinstance(item, dict) and isinstance(item.get("image"), str) and isinstance(item.get("text"), str)
                 and isinstance(box, list) and len(box) == 4 and all(isinstance(c, int | float) for c in box)):
             raise AnnotationError(f"{file}: entry {index} needs `image`, `text` and `box` [left, top, right, bottom]")
-        out.append(Expression(image_root / item["image"], item["text"], tuple(float(c) for c in box), 0))
+        left, top, right, bottom = (float(c) for c in box)
+        out.append(Expression(image_root / item["image"], item["text"], (left, top, right, bottom), 0))
     return out
 
 
@@ -205,7 +206,8 @@ class Grounding(Task):
         layer = self.layer(ctx)
         size = ctx.image_size
         transform = eval_transform(size, ctx.data.normalize)
-        tally, drawn = Tally(), []
+        tally = Tally()
+        drawn: list[tuple[Image.Image, Tensor, Box, str, bool]] = []
         items = self.items(ctx)
         for start in range(0, len(items), ctx.eval.batch_size):
             chunk = items[start:start + ctx.eval.batch_size]

@@ -45,4 +45,5 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     elsewhere (e.g. the meta device)."""
     extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.head_lr_mult)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)
+    beta1, beta2 = cfg.betas  # two numbers (TrainConfig checks)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, **extra)

@@ -29,7 +29,7 @@ VERSION = 1
 FILE_NAME = "model.safetensors"
 
 
-def _identity(tensor: Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]:
+def _identity(tensor: Tensor) -> tuple[int, int | torch.SymInt, tuple[int, ...], tuple[int, ...], torch.dtype]:
     return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
             tensor.dtype)
 

@@ -159,7 +159,9 @@ class TaskCollate(PretrainCollate):
     generative answer decoder: ``extras`` ``answer_ids`` / ``answer_mask`` ``[N, La]``,
     ``answer_question [N]`` and ``answer_weights [N]`` (the answer's share of the sample's annotations)."""
 
-    def __call__(self, samples: list[TaskSample | None]) -> Batch:
+    # collates TaskSamples, not a PretrainCollate's Samples (as TextOnlyCollate collates TextSamples): the
+    # subclass shares the text settings, and code that checks for a PretrainCollate relies on it
+    def __call__(self, samples: list[TaskSample | None]) -> Batch:  # type: ignore[override]
         kept = [s for s in samples if s is not None]
         if not kept:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")

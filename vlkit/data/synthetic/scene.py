@@ -91,7 +91,7 @@ class Scene:
         return cls(
             image_id=data["image_id"], split=data["split"], index=data["index"], size=data["size"],
             objects=tuple(Obj(**o) for o in data["objects"]), background=Background(**bg), seed=data["seed"],
-            focus=tuple(data["focus"]) if data["focus"] is not None else None,  # type: ignore[arg-type]
+            focus=tuple(data["focus"]) if data["focus"] is not None else None,
             twin_of=data["twin_of"], twin_kind=data["twin_kind"],
         )
 

@@ -110,7 +110,8 @@ def _relation_at(tokens: list[str], i: int) -> tuple[str, int] | None:
 
 def parse(text: str) -> list[Claim]:
     """The claims a statement makes (captions, swapped captions, VE sentences, NLVR fragments)."""
-    tokens, claims = words(text), []
+    tokens = words(text)
+    claims: list[Claim] = []
     prev: Desc | None = None
     pending: str | None = None
     i = 0

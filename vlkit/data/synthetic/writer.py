@@ -107,7 +107,8 @@ def caption_phrases(caption: Caption, scene: Scene) -> list[dict[str, list[int]]
 def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, counts: dict[str, int]) -> list[str]:
     """Write one split's annotation files; returns its text (for the tokenizer)."""
     texts: list[str] = []
-    records, swaps = [], []
+    records: list[dict[str, Any]] = []
+    swaps: list[dict[str, Any]] = []
     for scene in scenes:
         caps = captions_for(scene, cfg.captions_per_image)
         group = scene.twin_of if scene.twin_of is not None else scene.image_id  # twins share their original's
@@ -163,7 +164,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig, *, workers: int = 1) -> Synt
         if split == "train":
             train_text = texts
     vocab_size = train_tokenizer(train_text, out / "tokenizer", cfg.vocab_size)
-    meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "counts": dict(sorted(counts.items())),
-            "vocab_size": vocab_size}
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(),
+                            "counts": dict(sorted(counts.items())), "vocab_size": vocab_size}
     write_json(out / METADATA, meta)
     return SynthSummary(out, meta["counts"], time.perf_counter() - start, vocab_size)
