@@ -26,10 +26,12 @@ setup(
     package_dir={"vlkit._recipes": "recipes"},
     package_data={name: ["*.yaml"] for name in RECIPE_PACKAGES},
     install_requires=[
-        "torch>=2.4",
+        # 2.6: FSDP2's public torch.distributed.fsdp.fully_shard, sdpa_kernel(..., set_priority=),
+        # torch.distributed.tensor.DTensor
+        "torch>=2.6",
         "timm>=1.0",
         "transformers>=4.40",
-        "einops>=0.7",
+        "einops>=0.7",  # patch layouts (masked image modelling)
         "pyyaml>=6.0",
         "tensorboard>=2.14",
         "tokenizers>=0.15",
@@ -38,7 +40,10 @@ setup(
         "numpy>=1.24",
         "pillow>=9.0",
         "webdataset>=1.0",
-        "torchvision>=0.19",
+        "braceexpand>=0.1.7",  # shard patterns (vlkit.data.webdataset_source imports it itself)
+        "huggingface_hub>=0.23",  # Hugging Face towers named in `init` (vlkit.weights.hub)
+        "scipy>=1.10",  # cubic-spline resampling of VLMo's relative-position tables in `vlkit convert`
+        "torchvision>=0.21",  # the release that pairs with torch 2.6
         "imagehash>=4.3",  # perceptual hashes for `vlkit data filter` (near-duplicates of eval images)
         "matplotlib>=3.7",  # PNG plots of benchmark sweeps and ablation reports
     ],

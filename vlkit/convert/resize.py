@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.layers import resize_rel_pos_bias_table
 from torch import Tensor
 
 from vlkit.nn.vit import resize_pos_embed
@@ -65,12 +64,8 @@ def _resize_offsets(table: Tensor, src: int, dst: int) -> tuple[Tensor, str]:
     else:
         points = torch.linspace(-(dst // 2), dst // 2, src, dtype=torch.float64)
         how = "resampled on an evenly shrunk grid"
-    try:
-        from scipy.interpolate import RectBivariateSpline
-    except ImportError:  # timm's own: the same grid, linear
-        out = resize_rel_pos_bias_table(table, new_window_size=((dst + 1) // 2,) * 2,
-                                        new_bias_shape=(dst * dst, table.shape[1]))
-        return out, how + ", linear (scipy not installed)"
+    from scipy.interpolate import RectBivariateSpline  # a declared requirement: the method never depends on the setup
+
     grid, columns = points.numpy(), []
     for column in table.double().unbind(1):
         spline = RectBivariateSpline(grid, grid, column.view(src, src).numpy(), kx=3, ky=3, s=0)

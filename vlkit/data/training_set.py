@@ -5,21 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from vlkit.data.json_dataset import EntryList
 
 
-class EpochStream(Protocol):
-    """An endless sample stream read one epoch at a time (:class:`~vlkit.data.webdataset_source.ShardStream`)."""
+class EpochStream(IterableDataset):
+    """A sample stream read one epoch at a time (:class:`~vlkit.data.webdataset_source.ShardStream`): each
+    iteration yields one epoch of at most ``epoch_samples`` samples."""
 
     epoch_samples: int
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int) -> None:
+        """Which epoch the next iteration draws (shuffling and sample keys depend on it)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
 from vlkit.data.json_dataset import MAX_LOGGED, Sample, load_image, sample_seed, seeded_transform
 from vlkit.data.sources import DataSource
-from vlkit.data.training_set import TrainingRequest, TrainingSet
+from vlkit.data.training_set import EpochStream, TrainingRequest, TrainingSet
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
 
@@ -166,7 +166,7 @@ class _ShardWatch:
             yield sample
 
 
-class ShardStream(IterableDataset):
+class ShardStream(EpochStream):
     """Training samples read from tar shards: ``Sample(image [3, H, W], caption, idx, key)`` or None.
 
     Iterating once is one epoch (see the module docstring); :meth:`set_epoch` selects which one

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,7 @@ class Pretraining:
             raise ValueError(f"data.source `{self.data.source.type}` holds {source.modality}s only; "
                              f"data.modality `{self.modality}` needs a source with {self.modality}s")
         if self.task is not None and self.task.trains_own_objectives:
+            assert recipe.task is not None
             if self.modality != "pair":
                 raise ValueError(f"task `{recipe.task.type}` trains on image-text pairs; data.modality is "
                                  f"`{self.modality}`")
@@ -266,7 +267,7 @@ class Pretraining:
         if training.stream is not None:
             return self._stream_batches(training.stream, start)
         dataset, entries = training.dataset, training.entries
-        assert dataset is not None
+        assert isinstance(dataset, Sized)
         groups = [e.group for e in entries.entries] if data.group_batches and entries is not None else None
         parts, ratios = (entries.part_of, entries.ratios) if entries is not None else (None, None)
         loader = torch.utils.data.DataLoader(
