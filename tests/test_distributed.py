@@ -270,3 +270,30 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint
     assert "interrupted by SIGTERM" in logs[0][1] and "--resume" in logs[0][1]
     (step, path), = ckpt.list_checkpoints(out / "checkpoints")
     assert step >= 1 and ckpt.load(path)["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_fsdp_weights_file_stores_tied_weights_once_like_one_process(tmp_path):
+    """BERT's MLM decoder is the word-embedding matrix: FSDP2 gathers each name separately, and the
+    weights file must still hold it once (the same tensors and aliases as a one-process run)."""
+    from safetensors import safe_open
+
+    def stored(run: Path) -> tuple[set[str], dict[str, str]]:
+        with safe_open(str(run / "model.safetensors"), framework="pt") as handle:
+            return set(handle.keys()), json.loads((handle.metadata() or {})["aliases"])
+
+    few = [*SMALL, f"data.source.root={tmp_path / 'data'}", "train.batch_size=8", "train.steps=1",
+           "train.cpu_threads=1", "eval.batch_size=8", "eval.k_test=0", "eval.swap_probe=false"]
+    runs = {}
+    for name, world, extra in (("one", 1, []), ("fsdp", 2, ["train.strategy=fsdp"])):
+        runs[name] = tmp_path / name
+        launch("train", tmp_path / f"{name}-result", {"recipe": "albef/tiny", "overrides": [*few, *extra],
+                                                      "out": str(runs[name])}, world=world)
+    one_keys, one_aliases = stored(runs["one"])
+    fsdp_keys, fsdp_aliases = stored(runs["fsdp"])
+    assert any(k.endswith("predictions.decoder.weight") for k in one_aliases)  # the tie this test is about
+    assert fsdp_aliases == one_aliases and fsdp_keys == one_keys
+    # the checkpoint too holds the tied tensor once (one storage under both names)
+    state = ckpt.load(ckpt.latest_checkpoint(runs["fsdp"] / "checkpoints"))["model"]
+    for alias, owner in fsdp_aliases.items():
+        assert state[alias].untyped_storage().data_ptr() == state[owner].untyped_storage().data_ptr(), alias

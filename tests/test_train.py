@@ -81,7 +81,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return out
 
     monkeypatch.setattr(itm, "forward", poisoned)
-    with pytest.raises(NonFiniteLoss, match="Last good checkpoint: .*step_00000002.pt"):
+    with pytest.raises(NonFiniteLoss, match="Last finite checkpoint: .*step_00000002.pt"):
         run.trainer(progress=False).fit()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]
 

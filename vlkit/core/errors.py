@@ -43,3 +43,11 @@ class RegistryError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
         return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteError(RuntimeError):
+    """A number vlkit was asked to produce cannot be trusted because its inputs are not finite: training
+    weights, gradients or the loss became NaN or infinite, a checkpoint to evaluate holds such weights, or
+    an evaluation scored NaN / infinity. Nothing was written from that state; the message names what was
+    checked and what to do. The command line maps it to exit 3 (not a :class:`UserError`: the user's
+    input may be fine and the numbers still have diverged)."""

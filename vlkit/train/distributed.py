@@ -240,12 +240,35 @@ def set_gradient_sync(wrapped: nn.Module, enabled: bool) -> Any:
     return contextlib.nullcontext()
 
 
+def tied_keys(model: nn.Module) -> dict[str, str]:
+    """State-dict keys that name the very same parameter or buffer as an earlier key (BERT's MLM decoder
+    is the word-embedding matrix): ``{later key: first key}``. Read from the module itself, so it holds
+    under FSDP2 too, where the gathered copies no longer share storage."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in first:
+            tied[key] = first[id(value)]
+        else:
+            first[id(value)] = key
+    return tied
+
+
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     """Full (unsharded) model and optimizer state on the CPU, keyed by parameter name; a collective
-    under FSDP (every rank calls it), a local copy otherwise."""
+    under FSDP (every rank calls it), a local copy otherwise. Tied weights are one tensor under all their
+    names, whatever the strategy (FSDP2 gathers each name separately: the copies are re-tied here), so
+    checkpoints and ``model.safetensors`` store them once."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_state, optimizer_state = get_state_dict(model, optimizer,
+                                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    for alias, owner in tied_keys(model).items():
+        copy, kept = model_state.get(alias), model_state.get(owner)
+        if isinstance(copy, torch.Tensor) and isinstance(kept, torch.Tensor) and copy is not kept \
+                and copy.shape == kept.shape:
+            model_state[alias] = kept
+    return model_state, optimizer_state
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict[str, Any],

@@ -2,8 +2,15 @@
 :class:`~vlkit.models.model.StepResult` and whose ``after_step`` applies side effects.
 
 It owns the optimizer, the schedule, gradient accumulation and clipping, autocast, checkpoints
-(atomic, last ``k`` kept, exact resume), logging (progress bar, TensorBoard), a non-finite-loss guard
-and graceful SIGTERM / Ctrl-C handling (a checkpoint is written before exiting).
+(atomic, last ``k`` kept, exact resume), logging (progress bar, TensorBoard), a non-finite guard and
+graceful SIGTERM / Ctrl-C handling (a checkpoint is written before exiting).
+
+The non-finite guard watches the loss, the gradient norm and the weights after every optimizer step,
+on the device (a flag per quantity holding the first step it went NaN or infinite; no host sync in the
+step). The flags are read on the logging cadence, before every checkpoint and before every evaluation:
+a run whose numbers diverged stops with :class:`NonFiniteLoss` (a
+:class:`~vlkit.core.errors.NonFiniteError`, exit 3) naming what diverged, when, and the last
+checkpoint known finite; no checkpoint or weights file is ever written from a non-finite state.
 
 On several processes (``torchrun``) every rank runs this loop on its share of the global batch; the
 model is wrapped for DDP or sharded with FSDP2 (:mod:`vlkit.train.distributed`). Rank 0 alone shows
@@ -31,6 +38,7 @@ from torch.distributed.tensor import DTensor
 
 from vlkit import dist
 from vlkit.core.batch import Batch
+from vlkit.core.errors import NonFiniteError
 from vlkit.models.model import PretrainModel
 from vlkit.train.config import TrainConfig
 from vlkit.train.distributed import (
@@ -51,8 +59,30 @@ from vlkit.weights import release
 log = logging.getLogger("vlkit.train")
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without writing a checkpoint of that state."""
+class NonFiniteLoss(NonFiniteError):
+    """The loss, the gradient norm or the weights became NaN or infinite; the run stopped without writing
+    a checkpoint or weights file of that state. ``last_finite`` is the newest checkpoint known finite."""
+
+    def __init__(self, message: str, last_finite: Path | None = None) -> None:
+        self.last_finite = last_finite
+        super().__init__(message)
+
+
+GUARDED = ("loss", "gradient norm", "weights")
+"""What the non-finite guard watches, in the order of its device flags."""
+NEVER = 2**62
+"""Flag value: not (yet) non-finite."""
+
+
+@dataclass
+class _Finite:
+    """The newest checkpoint this run wrote or resumed from, with what was checked about it."""
+
+    path: Path
+    step: int
+    largest: float | None
+    """The largest |weight| (rank 0; None on other ranks)."""
+    how: str
 
 
 class Interrupted(RuntimeError):
@@ -146,6 +176,8 @@ class _Window:
     data_seconds: float = 0.0
     samples: int = 0
     sums: dict[str, Tensor] = field(default_factory=dict)
+    latest: dict[str, Tensor] = field(default_factory=dict)
+    """Values logged as they are at the window's last step (e.g. the largest |weight|)."""
     count: int = 0
     schedule: dict[str, float] = field(default_factory=dict)
     """The objectives' schedule values at the window's last step (e.g. ``alpha/itc``)."""
@@ -155,6 +187,16 @@ class _Window:
         for key, value in values.items():
             value = value.detach().float()
             self.sums[key] = value if key not in self.sums else self.sums[key] + value
+
+
+def _largest(tensors: list[Tensor]) -> Tensor | None:
+    """The largest ``|value|`` over ``tensors`` (this rank's shards of DTensors), NaN when any value is NaN;
+    one fused reduction on the device, no host sync. None when there are no tensors."""
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    local = [t for t in local if t.numel()]
+    if not local:
+        return None
+    return torch.nn.utils.get_total_norm(local, norm_type=float("inf"))
 
 
 class Trainer:
@@ -202,19 +244,23 @@ class Trainer:
         self.step = 0
         self.samples = 0  # keys of the global stream consumed by all ranks (the resume position)
         self.skipped = 0  # unreadable samples, all ranks
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        # per GUARDED quantity: the first 0-based step it went NaN / infinite (NEVER: not yet); on the device
+        self._first_bad = torch.full((len(GUARDED),), NEVER, dtype=torch.long, device=device)
+        self._last_finite: _Finite | None = None
         self._writer: Any = None
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         """Write a checkpoint of the current state (refusing a non-finite one), the weights file beside
         it (``train.save_weights``), and prune old checkpoints. Every rank calls it (FSDP gathers
-        shards); rank 0 writes."""
+        shards); rank 0 writes (and checks every tensor it writes finite once more)."""
         self._check_finite()
         path = ckpt.checkpoint_path(self.paths.checkpoints, self.step)
         model_state, optimizer_state = full_state(self.model, self.optimizer)
         rng_ranks = dist.all_gather_object(rng_state())
+        largest = None
         if dist.is_main():
+            largest = ckpt.largest_magnitude(model_state)
             ckpt.save_atomic({
                 "step": self.step, "samples": self.samples, "skipped": self.skipped,
                 "model": model_state, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
@@ -225,6 +271,8 @@ class Trainer:
                                           step=self.step, samples=self.samples)
             ckpt.prune(self.paths.checkpoints, self.cfg.keep_last)
         dist.barrier()
+        self._last_finite = _Finite(path, self.step, largest, "its model weights, buffers and optimizer state were "
+                                    "checked finite when it was written")
         return path
 
     def restore(self, path: Path) -> None:
@@ -232,6 +280,11 @@ class Trainer:
         the data continue from the same global position; with another world size each rank's RNG
         stream is derived from rank 0's)."""
         state = ckpt.load(path, map_location="cpu")
+        try:
+            ckpt.require_finite({"model": state["model"], "optimizer": state["optimizer"]}, f"resume from {path}")
+        except NonFiniteError as err:
+            raise NonFiniteLoss(f"{err}. It was written by a vlkit without the non-finite guard; resume from an "
+                                "earlier checkpoint (--resume CKPT) or start again with a lower train.lr") from None
         if state["version"] == 1:  # optimizer state keyed by parameter position
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -239,6 +292,9 @@ class Trainer:
             load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples, self.skipped = int(state["step"]), int(state["samples"]), int(state["skipped"])
+        self._last_finite = _Finite(path, self.step, ckpt.largest_magnitude(state["model"]),
+                                    "its model weights, buffers and optimizer state were checked finite when this "
+                                    "run resumed from it")
         rng_ranks = state.get("rng_ranks") or [state["rng"]]
         me = dist.rank()
         restore_rng(cpu_rng(rng_ranks[me] if len(rng_ranks) == self.world else rng_ranks[0]))
@@ -249,15 +305,37 @@ class Trainer:
                      self.step, self.samples, int(state.get("world_size", 1)), self.world)
 
     def _check_finite(self) -> None:
-        flag = self._nonfinite.to(torch.int32)
+        """Read the non-finite flags (all ranks agree); raise :class:`NonFiniteLoss` if any is set. A host
+        sync: called only at log steps, before checkpoints and before evaluations."""
+        first = self._first_bad.clone()
         if self.world > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if bool(flag):  # a host sync, only at log and checkpoint steps
-            last = ckpt.latest_checkpoint(self.paths.checkpoints)
-            raise NonFiniteLoss(
-                f"the loss became NaN or infinite before step {self.step}; no checkpoint of that state was "
-                f"written. Last good checkpoint: {last or 'none'}. Lower train.lr, enable "
-                "train.clip_grad_norm, or check the data.")
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        steps = first.tolist()
+        if min(steps) >= NEVER:
+            return
+        went = [f"the {what} in optimizer step {step + 1}" for what, step in zip(GUARDED, steps, strict=True)
+                if step < NEVER]
+        raise NonFiniteLoss(
+            f"training diverged: NaN or infinite values appeared ({'; '.join(went)}; checked on the device after "
+            f"every step, read at step {self.step}). No checkpoint or weights file of that state was written. "
+            f"{self._last_finite_text()} Lower train.lr, enable train.clip_grad_norm, or check the data.",
+            self._last_finite.path if self._last_finite is not None else None)
+
+    def _last_finite_text(self) -> str:
+        last = self._last_finite
+        if last is None:
+            return "Last finite checkpoint: none (this run wrote none before it diverged)."
+        size = "" if last.largest is None else f"; its largest |weight| is {last.largest:.3g}"
+        return (f"Last finite checkpoint: {last.path} (step {last.step}): {last.how}{size}. Finite is not the "
+                "same as good: nothing checked that its weights are still useful (an oversized train.lr can "
+                "leave finite but huge weights) — compare its loss curve and metrics before resuming from it.")
+
+    def _guard(self, loss: Tensor | None, grad_norm: Tensor | None, weights: Tensor | None) -> None:
+        """Record, on the device, the first step the loss, gradient norm or weights became non-finite."""
+        bad = torch.stack([~torch.isfinite(t.detach().float()) if t is not None
+                           else torch.zeros((), dtype=torch.bool, device=self.device)
+                           for t in (loss, grad_norm, weights)])
+        self._first_bad = torch.minimum(self._first_bad, torch.where(bad, self.step, NEVER))
 
     # ------------------------------------------------------------------ the loop
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -284,17 +362,25 @@ class Trainer:
                 with self._autocast():
                     result = self.forward_model(batch, self.step)
                 (result.loss / self.cfg.grad_accum).backward()
-            self._nonfinite |= ~torch.isfinite(result.loss.detach())
+            self._guard(result.loss, None, None)
             results.append(result)
             window.add({"loss/total": result.loss, **result.losses, **result.metrics})
             window.schedule.update(result.schedule)
         average_gradients(self._replicated)  # FSDP's replicated 0-d parameters (temperatures)
+        norm: Tensor | None
         if self.cfg.clip_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-            window.add({"grad_norm": norm.full_tensor() if isinstance(norm, DTensor) else norm})  # FSDP2: sharded
+            clipped = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            norm = clipped.full_tensor() if isinstance(clipped, DTensor) else clipped  # FSDP2: sharded
+            window.add({"grad_norm": norm})
+        else:  # the largest |gradient| of this rank's shards (the ranks' flags are combined when read)
+            norm = _largest([p.grad for p in self.model.parameters() if p.grad is not None])
         self.optimizer.step()
         self.scheduler.step()
         self.model.after_step(results)
+        largest = _largest([p.detach() for p in self.model.parameters()])
+        self._guard(None, norm, largest)
+        if largest is not None:
+            window.latest["weights/max_abs"] = largest
         return skipped
 
     def _probe_loss(self, batch: Batch) -> Tensor:
@@ -349,6 +435,7 @@ class Trainer:
                     if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and not last:
                         self.save()
                     if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not last:
+                        self._check_finite()  # no evaluation of diverged weights
                         self._evaluate()
                     if asked_to_stop:
                         raise Interrupted(stop.signum or signal.SIGTERM, self.save())
@@ -381,6 +468,12 @@ class Trainer:
             torch.distributed.all_reduce(sums)
             sums = sums / self.world
         scalars = dict(zip(names, sums.tolist(), strict=True))
+        if window.latest:
+            latest = sorted(window.latest)
+            values = torch.stack([window.latest[k].float() for k in latest])
+            if self.world > 1:  # the largest over ranks (each holds its shards)
+                torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+            scalars.update(zip(latest, values.tolist(), strict=True))
         scalars.update({
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": window.samples / seconds,

@@ -11,18 +11,23 @@ included, so ``init_from`` continues pre-training exactly) and, as string metada
 - ``aliases``: tied weights (BERT's MLM decoder is the word-embedding matrix) are stored once; this
   JSON map names each dropped key and the stored key it shares storage with;
 - ``converted_from`` (JSON, optional): the official checkpoint and layout ``vlkit convert`` read.
+
+A weights file is never written with NaN or infinite values (:class:`~vlkit.core.errors.NonFiniteError`),
+and is written like a checkpoint (:func:`vlkit.weights.checkpoints.create_temp`: a temporary file with
+the run's file mode, renamed into place).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from vlkit.weights.checkpoints import create_temp, require_finite
 
 FORMAT = "vlkit-weights"
 VERSION = 1
@@ -57,19 +62,23 @@ def deduplicate(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, 
 
 def save_weights(path: Path, state: dict[str, Tensor], *, recipe_yaml: str, step: int, samples: int,
                  converted_from: dict[str, str] | None = None) -> Path:
-    """Write ``state`` (a model state dict) and its metadata to ``path`` atomically."""
+    """Write ``state`` (a model state dict) and its metadata to ``path`` atomically.
+
+    Raises:
+        NonFiniteError: a floating tensor of ``state`` is NaN or infinite; nothing is written.
+    """
     from safetensors.torch import save_file
 
+    require_finite(state, f"weights file {path}")
     tensors, aliases = deduplicate(state)
     metadata = {"format": FORMAT, "version": str(VERSION), "recipe": recipe_yaml, "step": str(int(step)),
                 "samples": str(int(samples)), "aliases": json.dumps(aliases, sort_keys=True)}
     if converted_from:
         metadata["converted_from"] = json.dumps(converted_from, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp(path)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
