@@ -34,8 +34,16 @@ class TrainConfig:
         min_lr: floor of the cosine / linear decay.
         warmup_steps: linear warm-up from 0 to ``lr``, per step.
         schedule: ``cosine``, ``linear`` or ``constant`` after warm-up.
-        weight_decay: AdamW decoupled weight decay; never applied to biases, norms, scalars,
-            embeddings of positions / tokens types / [CLS], or relative-position tables.
+        weight_decay: AdamW decoupled weight decay, on the parameters ``weight_decay_exempt`` does not exempt.
+        weight_decay_exempt: which parameters get no weight decay (:mod:`vlkit.train.optim`). ``albef``
+            (ALBEF's optimizer factory, the ``albef/base`` recipe): 1-D tensors and ``.bias`` only, so
+            ``pos_embed``, ``cls_token``, BERT's position / token-type embeddings and the temperature
+            are decayed. ``vlmo`` (VLMo's ``set_schedule``, the ``vlmo/base`` recipe): names containing
+            ``bias``, ``LayerNorm.{weight,bias}``, ``norm.{weight,bias}``, ``norm1.*`` or ``norm2.*``
+            (so the relative-position bias table is exempt; the experts' ``norm2_*``, the layer scales,
+            ``cls_token``, the embeddings and the logit scales are decayed). ``vlkit``: biases, every
+            tensor of < 2 dims (norms, layer scales, temperatures), position / token-type / [CLS]
+            embeddings and relative-position tables.
         head_lr_mult: learning-rate multiplier of the objectives' heads (e.g. a new task classifier;
             VLMo fine-tunes its VQA head at 20× the encoder's rate).
         betas: AdamW betas (ALBEF: [0.9, 0.999]; VLMo: [0.9, 0.98]).
@@ -67,6 +75,7 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = 0.02
+    weight_decay_exempt: Literal["albef", "vlmo", "vlkit"] = "vlkit"
     head_lr_mult: float = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
