@@ -93,7 +93,8 @@ def global_hard(args: dict[str, Any]) -> dict[str, Any]:
         return index, valid
 
     negatives.draw = recording
-    itm = ITMConfig(type="itm", negatives=GlobalHardNegativesConfig(type="global_hard", gather=args["gather"]))
+    itm = ITMConfig(type="itm", negatives=GlobalHardNegativesConfig(type="global_hard", gather=args["gather"],
+                                                                    exclude=args["exclude"]))
     model = model_for({"itc": ITCConfig(type="itc"), "itm": itm})
     torch.manual_seed(100 + dist.rank())  # the draws are the only random numbers of the step
     result = model(local_rows(global_batch()), 0)
@@ -123,7 +124,10 @@ def global_hard_reference(args: dict[str, Any]) -> dict[str, Any]:
     losses, text_draws, image_draws = [], [], []
     for r in range(world):
         rows = torch.arange(r * n, (r + 1) * n)
-        allowed = batch.idx[rows][:, None] != batch.idx[None, :]
+        if args["exclude"] == "same_image":
+            allowed = batch.idx[rows][:, None] != batch.idx[None, :]
+        else:  # VLMo: only the sample's own column of the global batch
+            allowed = rows[:, None] != torch.arange(GLOBAL_BATCH)[None, :]
         torch.manual_seed(100 + r)
         text_neg = torch.multinomial(masked_softmax(i2t[rows], allowed), 1).squeeze(1)
         image_neg = torch.multinomial(masked_softmax(t2i[rows], allowed), 1).squeeze(1)

@@ -83,7 +83,8 @@ def test_parameter_counts_are_shown_whole_and_never_marked_best():
 def test_shipped_vlmo_grid_changes_only_what_each_variant_names():
     shipped = load_grid("recipes/ablations/vlmo_experts.yaml")
     mome, local = shipped.recipe("mome").to_dict(), shipped.recipe("in_batch_hard").to_dict()
-    assert mome["objectives"]["itm"]["negatives"] == {"type": "global_hard", "ramp_steps": 4000, "gather": "inputs"}
+    assert mome["objectives"]["itm"]["negatives"] == {"type": "global_hard", "exclude": "diagonal", "ramp_steps": 4000,
+                                                      "gather": "inputs"}
     local["objectives"]["itm"]["negatives"]["type"] = "global_hard"
     local["objectives"]["itm"]["negatives"]["gather"] = "inputs"
     assert local == mome  # the same schedule of hardness: only the sampler differs

@@ -112,19 +112,26 @@ def test_itc_local_negatives_differ_from_the_global_batch(tmp_path):
 
 
 # --------------------------------------------------------------------------- global hard negatives
-@pytest.mark.parametrize("gather", ["inputs", "encodings"])
-def test_global_hard_negatives_come_from_every_rank_and_match_one_process(tmp_path, gather):
+@pytest.mark.parametrize(("gather", "exclude"), [("inputs", "same_image"), ("encodings", "same_image"),
+                                                 ("inputs", "diagonal")])
+def test_global_hard_negatives_come_from_every_rank_and_match_one_process(tmp_path, gather, exclude):
+    """``exclude: same_image`` never draws a caption of the sample's image; ``diagonal`` (VLMo's
+    ``fill_diagonal_(0)``) never draws the sample's own column of the global batch."""
     from tests.dist_worker import GLOBAL_BATCH, GLOBAL_IDX
 
-    ranks = launch("global_hard", tmp_path / "two", {"gather": gather})
-    (reference,) = launch("global_hard_reference", tmp_path / "ref", {"world": 2}, world=1)
+    ranks = launch("global_hard", tmp_path / "two", {"gather": gather, "exclude": exclude})
+    (reference,) = launch("global_hard_reference", tmp_path / "ref", {"world": 2, "exclude": exclude}, world=1)
     per_rank = GLOBAL_BATCH // 2
     idx = torch.tensor(GLOBAL_IDX)
     from_other_rank = 0
     for r, rank in enumerate(ranks):
         own = idx[r * per_rank:(r + 1) * per_rank]
+        own_columns = torch.arange(r * per_rank, (r + 1) * per_rank)
         for drawn in (rank["text_draw"], rank["image_draw"]):
-            assert (idx[drawn] != own).all()  # never the positive nor a caption of the same image
+            if exclude == "same_image":
+                assert (idx[drawn] != own).all()  # never the positive nor a caption of the same image
+            else:
+                assert (drawn != own_columns).all()  # never the positive
             from_other_rank += int(((drawn // per_rank) != r).sum())
         assert torch.equal(rank["text_draw"], reference["text_draws"][r])
         assert torch.equal(rank["image_draw"], reference["image_draws"][r])

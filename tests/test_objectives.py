@@ -21,6 +21,7 @@ from vlkit.objectives.itc import ITC, FeatureQueue, ITCConfig
 from vlkit.objectives.itm import ITMConfig
 from vlkit.objectives.mlm import MLMConfig, gather_positions
 from vlkit.objectives.negatives import (
+    ExclusionConfig,
     HardNegativesConfig,
     InBatchHardNegatives,
     RandomNegatives,
@@ -157,8 +158,13 @@ def sampler_step(idx: list[int], i2t=None, t2i=None, index: int = 0) -> SimpleNa
                                           t2i if t2i is not None else torch.randn(b, b)))
 
 
-@pytest.mark.parametrize("sampler", [RandomNegatives(), InBatchHardNegatives()], ids=["random", "in_batch_hard"])
-def test_samplers_never_draw_the_positive_or_a_same_idx_pair(sampler):
+SAME_IMAGE = [RandomNegatives(ExclusionConfig(type="random", exclude="same_image")),
+              InBatchHardNegatives(HardNegativesConfig(type="in_batch_hard", exclude="same_image"))]
+DIAGONAL = [RandomNegatives(), InBatchHardNegatives()]  # the default: ALBEF's and VLMo's pre-training rule
+
+
+@pytest.mark.parametrize("sampler", SAME_IMAGE, ids=["random", "in_batch_hard"])
+def test_same_image_samplers_never_draw_the_positive_or_a_same_idx_pair(sampler):
     torch.manual_seed(5)
     idx = [0, 0, 1, 2, 2, 2, 3, 4]
     for _ in range(200):
@@ -168,12 +174,40 @@ def test_samplers_never_draw_the_positive_or_a_same_idx_pair(sampler):
         assert neg.text_valid.all() and neg.image_valid.all()
 
 
-@pytest.mark.parametrize("sampler", [RandomNegatives(), InBatchHardNegatives()], ids=["random", "in_batch_hard"])
-def test_batch_of_one_and_all_same_image_fall_back_cleanly(sampler):
+@pytest.mark.parametrize("sampler", DIAGONAL, ids=["random", "in_batch_hard"])
+def test_diagonal_samplers_exclude_only_the_own_pair(sampler):
+    """ALBEF's ``weights_i2t.fill_diagonal_(0)``: another caption of the same image may be drawn."""
+    assert sampler.cfg.exclude == "diagonal"
+    torch.manual_seed(5)
+    idx = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
+    rows = torch.arange(len(idx))
+    same_image_draws = 0
+    for _ in range(200):
+        neg = sampler.sample(sampler_step(idx.tolist()))
+        assert (neg.text_index != rows).all() and (neg.image_index != rows).all()
+        assert neg.text_valid.all() and neg.image_valid.all()
+        same_image_draws += int((idx[neg.text_index] == idx).sum() + (idx[neg.image_index] == idx).sum())
+    assert same_image_draws > 0
+
+
+@pytest.mark.parametrize("sampler", SAME_IMAGE + DIAGONAL, ids=["random-same_image", "in_batch_hard-same_image",
+                                                                "random-diagonal", "in_batch_hard-diagonal"])
+def test_batch_of_one_falls_back_cleanly(sampler):
     neg = sampler.sample(sampler_step([7]))
     assert neg.text_valid.tolist() == [0.0] and neg.image_valid.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("sampler", SAME_IMAGE, ids=["random", "in_batch_hard"])
+def test_all_same_image_falls_back_cleanly_under_the_same_image_rule(sampler):
     neg = sampler.sample(sampler_step([3, 3, 3]))  # every row all-masked
     assert neg.text_valid.sum() == 0 and neg.image_valid.sum() == 0
+
+
+@pytest.mark.parametrize("sampler", DIAGONAL, ids=["random", "in_batch_hard"])
+def test_all_same_image_draws_the_other_rows_under_the_diagonal_rule(sampler):
+    neg = sampler.sample(sampler_step([3, 3, 3]))  # as the official code: the other captions are "negatives"
+    assert neg.text_valid.all() and neg.image_valid.all()
+    assert (neg.text_index != torch.arange(3)).all() and (neg.image_index != torch.arange(3)).all()
 
 
 def test_hard_negatives_follow_the_masked_softmax_of_similarities():

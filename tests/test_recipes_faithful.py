@@ -83,3 +83,18 @@ def test_the_optimizer_groups_follow_the_recipe_rule() -> None:
         named = {id(p): n for n, p in model.named_parameters()}
         got = {named[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
         assert got == decayed, rule
+
+
+# --------------------------------------------------------------------------- ITM negatives
+@pytest.mark.parametrize(("recipe", "exclude"), [("albef/base", "diagonal"), ("albef/tiny", "diagonal"),
+                                                 ("vlmo/base", "diagonal"), ("vlmo/tiny", "diagonal"),
+                                                 ("finetune/albef/retrieval_tiny", "same_image")])
+def test_recipes_name_their_papers_negative_exclusion(recipe: str, exclude: str) -> None:
+    """Pre-training (ALBEF ``model_pretrain.py``, VLMo ``compute_itm_hardneg``) zeroes only the diagonal of
+    the sampling weights; ALBEF's retrieval fine-tuning (``model_retrieval.py``) every same-``idx`` pair."""
+    assert load_recipe(recipe).objectives["itm"].negatives.exclude == exclude
+
+
+def test_random_negatives_take_the_exclusion_setting_too() -> None:
+    itm = load_recipe("albef/tiny", ["objectives.itm.negatives={type: random, exclude: same_image}"]).objectives["itm"]
+    assert itm.negatives.exclude == "same_image" and not itm.needs_similarity

@@ -1,11 +1,19 @@
 """Negative samplers for image-text matching (registry kind ``negatives``).
 
 Each draws, for every sample ``b`` of the batch, a negative image for text ``b`` and a negative text
-for image ``b`` in one vectorized ``torch.multinomial`` call (no Python loop, no host sync). Pairs
-with the same image ``idx`` as ``b`` (its positive and other captions of its image) are never drawn.
-A row with no admissible candidate (batch size 1, or every sample of the batch from one image) gets
-a placeholder index and a zero weight, so its negative pair contributes nothing to the loss instead
-of crashing ``multinomial`` ("invalid multinomial distribution") or teaching a wrong label.
+for image ``b`` in one vectorized ``torch.multinomial`` call (no Python loop, no host sync). Which
+candidates are never drawn is the sampler's ``exclude`` setting:
+
+- ``diagonal`` (the default; ALBEF's and VLMo's pre-training): only ``b``'s own pair. ALBEF's
+  ``model_pretrain.py`` and VLMo's ``compute_itm_hardneg`` zero the diagonal of the sampling weights
+  (``weights_i2t.fill_diagonal_(0)``), so another caption of ``b``'s image, or ``b``'s image appearing
+  twice in the batch, can be drawn as a "negative".
+- ``same_image``: every candidate with ``b``'s image ``idx`` (its positive and the other captions of its
+  image). ALBEF's retrieval fine-tuning masks these (``model_retrieval.py``: ``masked_fill_(idx == idx.T, 0)``).
+
+A row with no admissible candidate (batch size 1; with ``same_image``, every sample of the batch from
+one image) gets a placeholder index and a zero weight, so its negative pair contributes nothing to the
+loss instead of crashing ``multinomial`` ("invalid multinomial distribution") or teaching a wrong label.
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ from vlkit.core.step import StepView
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig
 
-__all__ = ["GlobalHardNegatives", "GlobalHardNegativesConfig", "HardNegativesConfig", "InBatchHardNegatives",
-           "NegativeSampler", "Negatives", "RandomNegatives", "SamplerConfig", "admissible", "draw", "masked_softmax"]
+__all__ = ["ExclusionConfig", "GlobalHardNegatives", "GlobalHardNegativesConfig", "HardNegativesConfig",
+           "InBatchHardNegatives", "NegativeSampler", "Negatives", "RandomNegatives", "SamplerConfig", "admissible",
+           "candidates", "draw", "masked_softmax"]
+
+Exclusion = Literal["diagonal", "same_image"]
 
 
 def draw(weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -44,6 +55,23 @@ def draw(weights: Tensor) -> tuple[Tensor, Tensor]:
 def admissible(idx: Tensor) -> Tensor:
     """``[B, B]`` bool: True where column ``j`` may be a negative of row ``b`` (different image)."""
     return idx[:, None] != idx[None, :]
+
+
+def candidates(idx: Tensor, exclude: Exclusion, columns: Tensor | None = None, offset: int = 0) -> Tensor:
+    """``[B, N]`` bool: True where column ``j`` may be a negative of row ``b``.
+
+    Args:
+        idx: the rows' image ids ``[B]``.
+        exclude: ``diagonal``: every column but the row's own (column ``offset + b``); ``same_image``:
+            every column of another image id.
+        columns: the columns' image ids ``[N]`` (default: ``idx``, the batch against itself).
+        offset: the column of row 0's own pair (a rank's first row in a gathered global batch).
+    """
+    columns = idx if columns is None else columns
+    if exclude == "same_image":
+        return idx[:, None] != columns[None, :]
+    own = torch.arange(idx.shape[0], device=idx.device) + offset
+    return torch.arange(columns.shape[0], device=idx.device)[None, :] != own[:, None]
 
 
 @dataclass(kw_only=True)
@@ -66,14 +94,31 @@ class NegativeSampler:
         raise NotImplementedError
 
 
+@dataclass(kw_only=True)
+class ExclusionConfig(SamplerConfig):
+    """Settings every built-in sampler has.
+
+    Attributes:
+        exclude: which candidates are never negatives of sample ``b``: ``diagonal`` (ALBEF's and VLMo's
+            pre-training: only ``b``'s own pair; another caption of its image may be drawn) or
+            ``same_image`` (every pair with ``b``'s image ``idx``, as ALBEF's retrieval fine-tuning).
+    """
+
+    exclude: Exclusion = "diagonal"
+
+
 @register("negatives", "random")
 class RandomNegatives(NegativeSampler):
     """Uniform over the other images / texts of the batch (the ALBEF ablation's 'MLM + ITM')."""
 
-    Config = SamplerConfig
+    Config = ExclusionConfig
+
+    def __init__(self, cfg: ExclusionConfig | None = None) -> None:
+        super().__init__()
+        self.cfg: ExclusionConfig = cfg if cfg is not None else ExclusionConfig(type="random")
 
     def sample(self, step: StepView) -> Negatives:
-        ok = admissible(step.batch.idx).float()
+        ok = candidates(step.batch.idx, self.cfg.exclude).float()
         image_index, image_valid = draw(ok)
         text_index, text_valid = draw(ok)
         return Negatives(image_index, text_index, image_valid, text_valid)
@@ -86,8 +131,8 @@ def masked_softmax(logits: Tensor, allowed: Tensor) -> Tensor:
 
 
 @dataclass(kw_only=True)
-class HardNegativesConfig(SamplerConfig):
-    """Settings of the similarity-weighted samplers.
+class HardNegativesConfig(ExclusionConfig):
+    """Settings of the similarity-weighted samplers (and ``exclude``, :class:`ExclusionConfig`).
 
     Attributes:
         ramp_steps: curriculum for training from scratch (a vlkit option; 0 = the papers). The
@@ -113,7 +158,7 @@ class HardNegativesConfig(SamplerConfig):
 @register("negatives", "in_batch_hard")
 class InBatchHardNegatives(NegativeSampler):
     """ALBEF's hard negatives: candidates drawn with probability softmax(contrastive logits), within
-    the batch, the positive and same-``idx`` pairs excluded."""
+    the batch, the positive (``exclude: diagonal``) or every same-``idx`` pair (``same_image``) excluded."""
 
     Config = HardNegativesConfig
 
@@ -124,7 +169,7 @@ class InBatchHardNegatives(NegativeSampler):
     @torch.no_grad()
     def sample(self, step: StepView) -> Negatives:
         sim = step.sim
-        ok = admissible(step.batch.idx)
+        ok = candidates(step.batch.idx, self.cfg.exclude)
         hardness = self.cfg.hardness(step.index)
         # hard negative text for each image, hard negative image for each text
         text_index, text_valid = draw(masked_softmax(sim.i2t * hardness, ok))
@@ -150,9 +195,9 @@ class GlobalHardNegativesConfig(HardNegativesConfig):
 @register("negatives", "global_hard")
 class GlobalHardNegatives(InBatchHardNegatives):
     """VLMo's hard negatives: for each of this rank's samples, a negative image and a negative text
-    drawn from the global batch of every rank by softmax(contrastive logits), its positive and
-    same-``idx`` pairs excluded. In one process the global batch is the local one and this is
-    ``in_batch_hard`` exactly (no re-encoding)."""
+    drawn from the global batch of every rank by softmax(contrastive logits), its positive
+    (``exclude: diagonal``, VLMo) or every same-``idx`` pair (``same_image``) excluded. In one process
+    the global batch is the local one and this is ``in_batch_hard`` exactly (no re-encoding)."""
 
     Config = GlobalHardNegativesConfig
 
@@ -167,7 +212,8 @@ class GlobalHardNegatives(InBatchHardNegatives):
         with torch.no_grad():
             sim = step.global_sim
             idx_all = step.memo("gather:no_grad:idx", lambda: dist.all_gather_no_grad(batch.idx))
-            ok = batch.idx[:, None] != idx_all[None, :]
+            # columns in rank order, equal batches (the gathers above): this rank's own pairs start at rank · B
+            ok = candidates(batch.idx, self.cfg.exclude, columns=idx_all, offset=dist.rank() * batch.size)
             hardness = self.cfg.hardness(step.index)
             text_index, text_valid = draw(masked_softmax(sim.i2t * hardness, ok))
             image_index, image_valid = draw(masked_softmax(sim.t2i * hardness, ok))
