@@ -6,6 +6,13 @@ The gallery is scored in chunks of queries: no ``N_i × N_t`` matrix is ever hel
 texts would need 0.5 GB per score matrix and twice that for a sort), only ``chunk × N`` rows, from
 which the ground truth's rank is counted directly. Ranks break ties by gallery order (a stable
 descending sort), so ALBEF's −100 outside the top-k ranks those candidates after it, deterministically.
+
+Ties, against ALBEF: of two gallery items with the same score, vlkit ranks the **earlier** one (lower
+index) first, while ALBEF's ``itm_eval`` (``np.argsort(score)[::-1]``: ascending, then reversed) ranks
+the **later** one first. Recalls differ only where a ground truth ties with another candidate at the
+cut-off; with ITM re-ranking every candidate outside the top ``k_test`` ties at −100, so only ranks of
+``k_test`` and beyond are affected, never R@1/5/10 when ``k_test`` ≥ 10 (and the re-ranked logits stay
+above −100).
 The gallery's token encodings may be stored off the device (``store``): each re-ranking batch moves
 only the rows it fuses.
 """
@@ -52,7 +59,10 @@ ITMScorer = Callable[[Tensor], Tensor]
 
 def ground_truth_ranks(scores: Tensor, positives: Sequence[Sequence[int]]) -> Tensor:
     """``[c]`` 0-based rank of each query's best-ranked positive among ``scores [c, N]`` (descending, ties
-    broken by lower column first, as a stable sort): ``#{s > s_p} + #{s = s_p, column < p}``."""
+    broken by lower column first, as a stable sort): ``#{s > s_p} + #{s = s_p, column < p}``.
+
+    ALBEF's ``itm_eval`` breaks ties the other way (``np.argsort(score)[::-1]`` puts the higher column
+    first: ``#{s > s_p} + #{s = s_p, column > p}``); the two agree whenever the positive's score is unique."""
     width = max(len(p) for p in positives)
     columns = torch.tensor([list(p) + [p[0]] * (width - len(p)) for p in positives], device=scores.device)  # [c, G]
     order = torch.arange(scores.shape[1], device=scores.device)
@@ -66,7 +76,10 @@ def ground_truth_ranks(scores: Tensor, positives: Sequence[Sequence[int]]) -> Te
 
 
 def recalls_from_ranks(text_ranks: Tensor, image_ranks: Tensor) -> dict[str, float]:
-    """ALBEF's ``itm_eval`` keys (percent) from the text ranks ``[N_i]`` and image ranks ``[N_t]``."""
+    """ALBEF's ``itm_eval`` keys (percent) from the text ranks ``[N_i]`` and image ranks ``[N_t]``.
+
+    The ranks are :func:`ground_truth_ranks`', whose ties rank the earlier gallery item first (ALBEF's the
+    later one): where a positive ties with another candidate, a recall here can be higher than ALBEF's."""
 
     def recall(ranks: Tensor, k: int) -> float:
         return 100.0 * (ranks < k).double().mean().item()
