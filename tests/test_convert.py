@@ -394,6 +394,12 @@ def test_vlmo_converts_loads_and_round_trips(tmp_path: Path) -> None:
     for key in kept:
         assert torch.equal(official[key], source[key]) and official[key].dtype == source[key].dtype, key
     assert torch.equal(official["text_embeddings.position_ids"], source["text_embeddings.position_ids"])
+    # every key of the official model, so that its load_state_dict(strict=True) takes the file: the unused
+    # text position table included (relative_position_index is a checkpoint-only key, not a module buffer)
+    assert set(official) == set(source) - {"relative_position_index"}
+    positions = "text_embeddings.position_embeddings.weight"
+    assert official[positions].shape == source[positions].shape and official[positions].dtype == source[positions].dtype
+    assert positions in dict(back.accounting.filled)
 
 
 def test_vlmo_deepspeed_module_prefix_and_raw_dict(tmp_path: Path) -> None:

@@ -110,8 +110,15 @@ def vlmo_layout(target: Target) -> Layout:
         return None
 
     def derive(state: dict[str, Tensor]) -> list[tuple[str, Tensor, str]]:
+        """Official keys vlkit does not keep: BERT's position-index buffer and, with relative positions,
+        the text position table VLMo's model builds but never reads; the official model has both, so a
+        strict ``load_state_dict`` needs them (an exported table that vlkit does keep is not replaced)."""
         rows = cfg.max_text_len
-        return [("text_embeddings.position_ids", torch.arange(rows).unsqueeze(0), "BERT's position-index buffer")]
+        words = state.get("text_embeddings.word_embeddings.weight")
+        dtype = words.dtype if words is not None else torch.float32
+        return [("text_embeddings.position_ids", torch.arange(rows).unsqueeze(0), "BERT's position-index buffer"),
+                ("text_embeddings.position_embeddings.weight", torch.zeros(rows, cfg.dim, dtype=dtype),
+                 "zeros: the absolute text position table VLMo builds and, with relative positions, never reads")]
 
     return Layout(family="vlmo", name="vlmo", rules=_rules(target), drops=_drops(), group=group, resize=resize,
                   derive=derive)
