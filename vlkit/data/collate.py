@@ -3,6 +3,7 @@ transforms (e.g. MLM masking) — all in data-loader workers, on the CPU."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -11,14 +12,34 @@ import torch
 
 from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
 from vlkit.data.json_dataset import Sample
+from vlkit.data.safe_io import unicode_problem
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.tokenizer import Padding, TokenizedText, tokenize
+
+log = logging.getLogger("vlkit.data")
 
 PHRASES = "phrases"
 """``Batch.extras`` key: per row, the caption's grounded phrases (:class:`~vlkit.data.phrases.PhraseBox`)."""
 PHRASES_VOIDED = "phrases_voided"
 """``Batch.extras`` key: phrases dropped because caption cleaning changed their caption's characters."""
 _NEGATIVE_DRAWS = 7  # seeds the hard-negative draws apart from the batch transforms' stream
+
+
+_unusable_logged = 0
+
+
+def unusable_text(text: str, key: int) -> bool:
+    """Whether ``text`` cannot reach the tokenizer (not valid Unicode: a lone surrogate); logs the first
+    few per process. Sources skip such texts when they read them; this is the last guard before
+    tokenizing, so that one bad caption costs its sample and never the batch."""
+    global _unusable_logged
+    problem = unicode_problem(text)
+    if problem is None:
+        return False
+    _unusable_logged += 1
+    if _unusable_logged <= 5:
+        log.warning("sample %d skipped: its text is %s", key, problem)
+    return True
 
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
@@ -35,8 +56,8 @@ class BatchTransform(Protocol):
 
 @dataclass
 class PretrainCollate:
-    """``list[Sample | None]`` → :class:`Batch`; ``None`` samples (unreadable images) are dropped and
-    counted in ``Batch.skipped``.
+    """``list[Sample | None]`` → :class:`Batch`; ``None`` samples (unreadable images) and samples whose
+    caption or hard negatives are not valid Unicode are dropped and counted in ``Batch.skipped``.
 
     Attributes:
         tokenizer: a fast BERT tokenizer.
@@ -73,7 +94,8 @@ class PretrainCollate:
         return batch
 
     def __call__(self, samples: list[Sample | None]) -> Batch:
-        kept = [s for s in samples if s is not None]
+        kept = [s for s in samples if s is not None and not unusable_text(" ".join((s.caption, *s.hard_negatives)),
+                                                                           s.key)]
         if not kept:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
         text = self.tokenize_texts([s.caption for s in kept])

@@ -8,8 +8,6 @@ loads it and whether or not the run was resumed.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 from collections.abc import Callable, Hashable, Sequence
@@ -23,14 +21,25 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vlkit.core.errors import UserError
+from vlkit.data.bad_samples import BadSample, BadSampleLog
 from vlkit.data.hard_negatives import hard_negatives_problem, read_hard_negatives
 from vlkit.data.phrases import PhraseBox, phrases_problem, read_phrases
+from vlkit.data.safe_io import (
+    MAX_ANNOTATION_BYTES,
+    MAX_IMAGE_BYTES,
+    Unusable,
+    decode_image,
+    read_json_bounded,
+    unicode_problem,
+)
 
 log = logging.getLogger("vlkit.data")
 
 
-class AnnotationError(ValueError):
-    """An annotation file that cannot be used at all (not JSON, not a list)."""
+class AnnotationError(UserError, ValueError):
+    """An annotation file that cannot be used at all (not JSON, not a list, not a regular file, beyond the
+    size limit, too many malformed entries)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,9 @@ class Entry:
     """One annotated image: path (absolute), captions, image id (``idx``), an optional ``group``
     (entries sharing one, e.g. an image and its compositional twin, can be batched together) and
     optional grounded ``phrases`` per caption (boxes in pixels; see :mod:`vlkit.data.phrases`) and optional
-    ``hard_negatives`` per caption (captions false for the image; see :mod:`vlkit.data.hard_negatives`)."""
+    ``hard_negatives`` per caption (captions false for the image; see :mod:`vlkit.data.hard_negatives`);
+    ``source`` and ``index``: the annotation file and the entry's position in it (for naming it when its
+    image turns out unreadable)."""
 
     image: Path
     captions: tuple[str, ...]
@@ -46,6 +57,8 @@ class Entry:
     group: int | str | None = None
     phrases: tuple[tuple[PhraseBox, ...], ...] | None = None
     hard_negatives: tuple[tuple[str, ...], ...] | None = None
+    source: str = ""
+    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,28 +103,42 @@ def entry_problem(item: Any) -> str | None:
         return "no `caption` (a string or a list of strings)"
     if not all(isinstance(c, str) and c.strip() for c in captions):
         return "an empty or non-string caption"
-    return phrases_problem(item, captions) or hard_negatives_problem(item, captions)
+    for i, caption in enumerate(captions):
+        if (problem := unicode_problem(caption)) is not None:
+            return f"caption {i} is {problem}"
+    problem = phrases_problem(item, captions) or hard_negatives_problem(item, captions)
+    if problem is None and isinstance(negatives := item.get("hard_negatives"), list):
+        for per_caption in negatives:
+            for negative in per_caption:
+                if (unicode := unicode_problem(negative)) is not None:
+                    return f"a hard-negative caption is {unicode}"
+    if problem is None and (unicode := unicode_problem(item["image"])) is not None:
+        return f"the `image` path is {unicode}"
+    return problem
 
 
-def read_annotation_list(path: str | Path, entries: str) -> list[Any]:
+def read_annotation_list(path: str | Path, entries: str, max_bytes: int = MAX_ANNOTATION_BYTES) -> list[Any]:
     """A JSON annotation file that must hold a list; an :class:`AnnotationError` naming the file if it
-    cannot be read or parsed, or holds something else (``entries`` describes the expected items)."""
+    cannot be read or parsed (missing, not a regular file, more than ``max_bytes``, not UTF-8 JSON), or
+    holds something else (``entries`` describes the expected items)."""
     try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        items = read_json_bounded(path, max_bytes)
+    except Unusable as err:
         raise AnnotationError(f"{path}: cannot read annotations: {err}") from None
     if not isinstance(items, list):
         raise AnnotationError(f"{path}: expected a JSON list of {entries} entries")
     return items
 
 
-def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0) -> EntryList:
+def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0,
+               bad: BadSampleLog | None = None) -> EntryList:
     """Entries of every part, image paths resolved against each part's ``image_root``.
 
-    Malformed entries (see :func:`entry_problem`) are skipped, counted and the first few named with
-    file and index in the log. A file whose malformed fraction exceeds ``max_bad_fraction`` — most
-    likely a different schema — is an :class:`AnnotationError` naming the file and the first bad
-    entries, raised before anything is trained. ``idx`` is the entry's ``image_id`` when present, else
+    Malformed entries (see :func:`entry_problem`) are skipped, counted, the first few named with file
+    and index in the log and every one in ``bad`` (phase ``annotations``). A file whose malformed
+    fraction exceeds ``max_bad_fraction`` — most likely a different schema — is an
+    :class:`AnnotationError` naming the file and the first bad entries, raised before anything is
+    trained. ``idx`` is the entry's ``image_id`` when present, else
     its position in the combined list; ``group`` its optional ``group`` (an int or a string).
     """
     entries: list[Entry] = []
@@ -119,11 +146,15 @@ def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0
     skipped = 0
     for p, part in enumerate(parts):
         items = read_annotation_list(part.file, "{image, caption}")
-        bad: list[str] = []
+        problems: list[str] = []
         for index, item in enumerate(items):
             problem = entry_problem(item)
             if problem is not None:
-                bad.append(f"entry {index}: {problem}")
+                problems.append(f"entry {index}: {problem}")
+                if bad is not None:
+                    image = item.get("image") if isinstance(item, dict) else None
+                    bad.record(BadSample("annotations", str(part.file), problem, index=index,
+                                         image=image if isinstance(image, str) else None), announce=False)
                 continue
             captions = [item["caption"]] if isinstance(item["caption"], str) else item["caption"]
             idx = item.get("image_id")
@@ -131,44 +162,43 @@ def read_parts(parts: Sequence[AnnotationPart], *, max_bad_fraction: float = 1.0
             group = item.get("group")
             group = group if isinstance(group, (int, str)) and not isinstance(group, bool) else None
             entries.append(Entry(Path(part.image_root) / item["image"], tuple(captions), idx, group,
-                                 read_phrases(item), read_hard_negatives(item)))
+                                 read_phrases(item), read_hard_negatives(item), str(part.file), index))
             part_of.append(p)
-        if bad:
-            skipped += len(bad)
-            log.warning("%s: skipped %d of %d annotation entries (%s%s)", part.file, len(bad), len(items),
-                        "; ".join(bad[:MAX_LOGGED]), "; ..." if len(bad) > MAX_LOGGED else "")
-            if len(bad) > max_bad_fraction * len(items):
+        if problems:
+            skipped += len(problems)
+            named = bad.where() if bad is not None else ""
+            log.warning("%s: skipped %d of %d annotation entries (%s%s)%s", part.file, len(problems), len(items),
+                        "; ".join(problems[:MAX_LOGGED]), "; ..." if len(problems) > MAX_LOGGED else "", named)
+            if len(problems) > max_bad_fraction * len(items):
                 raise AnnotationError(
-                    f"{part.file}: {len(bad)} of {len(items)} entries are malformed (limit "
+                    f"{part.file}: {len(problems)} of {len(items)} entries are malformed (limit "
                     f"data.max_bad_fraction={max_bad_fraction:g}); expected ALBEF-style "
-                    f'{{"image": path, "caption": str | [str, ...]}}: ' + "; ".join(bad[:MAX_LOGGED]))
+                    f'{{"image": path, "caption": str | [str, ...]}}: ' + "; ".join(problems[:MAX_LOGGED]))
     return EntryList(entries, part_of, [part.ratio for part in parts], skipped)
 
 
-def read_entries(files: Sequence[str | Path], image_root: str | Path,
-                 max_bad_fraction: float = 1.0) -> tuple[list[Entry], int]:
+def read_entries(files: Sequence[str | Path], image_root: str | Path, max_bad_fraction: float = 1.0,
+                 bad: BadSampleLog | None = None) -> tuple[list[Entry], int]:
     """Entries of ``files`` (all relative to ``image_root``) and the number skipped; see :func:`read_parts`."""
-    result = read_parts([AnnotationPart(Path(f), Path(image_root)) for f in files], max_bad_fraction=max_bad_fraction)
+    result = read_parts([AnnotationPart(Path(f), Path(image_root)) for f in files], max_bad_fraction=max_bad_fraction,
+                        bad=bad)
     return result.entries, result.skipped
 
 
-def load_image(source: Path | bytes, draft_size: int | None = None) -> Image.Image | None:
-    """An image file (or its encoded bytes, e.g. a tar member) as RGB, or None when it is missing or
-    cannot be decoded.
+def load_image(source: Path | bytes, draft_size: int | None = None,
+               max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image | None:
+    """An image file (or its encoded bytes, e.g. a tar member) as RGB, or None when it cannot be used:
+    missing, not a regular file (a FIFO, device or directory is not opened), more than ``max_bytes``,
+    more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``, or undecodable (:func:`vlkit.data.safe_io.decode_image`
+    says why).
 
     Args:
         draft_size: for JPEGs, decode at the smallest DCT scale (1/2, 1/4, 1/8) whose sides stay
             ≥ ``draft_size`` (``Image.draft``; much faster for large photos); None: full size.
     """
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            stored_size = img.size
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
-            rgb = img.convert("RGB")
-            rgb.info["stored_size"] = stored_size  # before any draft reduction (annotation boxes use it)
-            return rgb
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return decode_image(source, draft_size, max_bytes)
+    except Unusable:
         return None
 
 
@@ -206,50 +236,69 @@ class KeyedImageDataset(Dataset):
     """Base of training datasets indexed by access key (see :class:`EpochSampler`): item ``key % N``,
     its images decoded (``Image.draft`` above ``draft_size``) and transformed with the randomness of
     ``(seed, key)``. A sample with an unreadable image yields None: logged (the first few per process),
-    counted in :attr:`failures`, dropped and counted by the collate function.
+    named in :attr:`bad` (once), counted in :attr:`failures` (every time), dropped and counted by the
+    collate function.
 
     Args:
         items: the dataset's items (subclasses say what they are).
         transform: PIL image → ``[3, H, W]`` tensor (may be random).
         seed: run seed.
         draft_size: decode JPEGs reduced while their sides stay ≥ this (see :func:`load_image`).
+        bad: where skipped samples are named (default: the log only).
+        max_image_bytes: the largest image file read.
     """
 
     def __init__(self, items: Sequence[Any], transform: Callable[[Image.Image], Tensor], seed: int = 0,
-                 draft_size: int | None = None) -> None:
+                 draft_size: int | None = None, bad: BadSampleLog | None = None,
+                 max_image_bytes: int = MAX_IMAGE_BYTES) -> None:
         self.items = list(items)
         self.transform = transform
         self.seed = seed
         self.draft_size = draft_size
+        self.bad = bad if bad is not None else BadSampleLog()
+        self.max_image_bytes = max_image_bytes
         self.failures = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(self, key: int, paths: Sequence[Path]) -> list[Tensor] | None:
-        """The transformed images at ``paths`` for access ``key``, or None when one cannot be read."""
-        loaded = self.load_sized(key, paths)
+    def load(self, key: int, paths: Sequence[Path], source: str | None = None,
+             index: int | None = None) -> list[Tensor] | None:
+        """The transformed images at ``paths`` for access ``key``, or None when one cannot be read (named
+        in :attr:`bad` as entry ``index`` of ``source``, else by its image path)."""
+        loaded = self.load_sized(key, paths, source, index)
         return None if loaded is None else loaded[0]
 
-    def load_sized(self, key: int, paths: Sequence[Path]) -> tuple[list[Tensor], list[tuple[int, int]]] | None:
+    def load_sized(self, key: int, paths: Sequence[Path], source: str | None = None,
+                   index: int | None = None) -> tuple[list[Tensor], list[tuple[int, int]]] | None:
         """Like :meth:`load`, with each file's stored ``(width, height)`` in pixels."""
-        pictures = [load_image(path, self.draft_size) for path in paths]
-        readable = [p for p in pictures if p is not None]
-        if len(readable) < len(pictures):
-            self.failures += 1
-            if self.failures <= MAX_LOGGED:  # per process: each loader worker names its first few
-                log.warning("cannot read image %s (missing or corrupt); sample skipped", ", ".join(map(str, paths)))
-            return None
+        readable: list[Image.Image] = []
+        for path in paths:
+            try:
+                readable.append(decode_image(path, self.draft_size, self.max_image_bytes))
+            except Unusable as err:
+                self.skip(path, str(err), source, index)
+                return None
         sizes = [p.info.get("stored_size", p.size) for p in readable]
         return seeded_transform(self.transform, readable, sample_seed(self.seed, key)), sizes
+
+    def skip(self, path: Path, reason: str, source: str | None, index: int | None) -> None:
+        """Count, log (the first few per process) and name a sample whose image at ``path`` is unusable."""
+        self.failures += 1
+        named = self.bad.record(BadSample("image", source or str(path), reason, index=index, image=str(path)),
+                                announce=False)
+        if named and self.failures <= MAX_LOGGED:  # per process: each loader worker names its first few
+            log.warning("cannot read image %s (%s); sample skipped%s", path, reason,
+                        self.bad.where() if self.failures == 1 else "")
 
 
 class PairDataset(KeyedImageDataset):
     """Image-caption pairs for pre-training: ``key`` → :class:`Sample` (caption drawn from ``(seed, key)``)."""
 
     def __init__(self, entries: list[Entry], transform: Callable[[Image.Image], Tensor], seed: int = 0,
-                 draft_size: int | None = None) -> None:
-        super().__init__(entries, transform, seed, draft_size)
+                 draft_size: int | None = None, bad: BadSampleLog | None = None,
+                 max_image_bytes: int = MAX_IMAGE_BYTES) -> None:
+        super().__init__(entries, transform, seed, draft_size, bad, max_image_bytes)
 
     @property
     def entries(self) -> list[Entry]:
@@ -257,7 +306,7 @@ class PairDataset(KeyedImageDataset):
 
     def __getitem__(self, key: int) -> Sample | None:
         entry = self.items[key % len(self.items)]
-        loaded = self.load_sized(key, [entry.image])
+        loaded = self.load_sized(key, [entry.image], entry.source or None, entry.index)
         if loaded is None:
             return None  # counted by the collate function, reported by the trainer
         (image,), ((width, height),) = loaded
@@ -332,7 +381,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             index = np.asarray(parts, dtype=np.int64)
             self.mix = [(np.nonzero(index == p)[0], float(r)) for p, r in enumerate(ratios)]
             self.copies = max(1, *(math.ceil(r) for r in ratios))
-            self.epoch_length = sum(math.floor(r) * len(m) + round((r - math.floor(r)) * len(m)) for m, r in self.mix)
+            self.epoch_length = epoch_length([len(m) for m, _ in self.mix], [r for _, r in self.mix])
             if self.epoch_length == 0:
                 raise ValueError("the sampling ratios leave no sample in an epoch")
         self._cached: tuple[int, np.ndarray] | None = None
@@ -389,6 +438,12 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return 2**62
 
 
+def epoch_length(part_sizes: Sequence[int], ratios: Sequence[float]) -> int:
+    """Samples in one epoch of :class:`EpochSampler` over parts of ``part_sizes`` items drawn at ``ratios``:
+    ``floor(r) · n + round(frac(r) · n)`` per part."""
+    return sum(math.floor(r) * n + round((r - math.floor(r)) * n) for n, r in zip(part_sizes, ratios, strict=True))
+
+
 def _group_members(groups: Sequence[Hashable | None]) -> list[np.ndarray]:
     """Item indices of each group, in order of first appearance (unlabelled items: singletons)."""
     members: dict[Hashable, list[int]] = {}
@@ -428,23 +483,29 @@ class Gallery:
 
 
 class ImageFolderList(Dataset):
-    """Images of a gallery for evaluation: ``i`` → ``[3, H, W]`` (a corrupt image is an error here:
-    an evaluation split must be complete)."""
+    """Images of a gallery for evaluation: ``i`` → ``[3, H, W]`` (an unusable image is an error here,
+    naming the file and the reason: an evaluation split must be complete)."""
 
-    def __init__(self, paths: list[Path], transform: Callable[[Image.Image], Tensor]) -> None:
+    def __init__(self, paths: list[Path], transform: Callable[[Image.Image], Tensor],
+                 max_image_bytes: int = MAX_IMAGE_BYTES) -> None:
         self.paths = paths
         self.transform = transform
+        self.max_image_bytes = max_image_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Tensor:
-        image = load_image(self.paths[i])
-        if image is None:
-            raise AnnotationError(f"evaluation image {self.paths[i]} is missing or corrupt")
+        try:
+            image = decode_image(self.paths[i], max_bytes=self.max_image_bytes)
+        except Unusable as err:
+            raise AnnotationError(f"evaluation image {self.paths[i]} cannot be used: {err}") from None
         return self.transform(image)
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON file's content (UTF-8)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path: str | Path, max_bytes: int = MAX_ANNOTATION_BYTES) -> Any:
+    """A JSON file's content (UTF-8; a regular file of at most ``max_bytes``), or an :class:`AnnotationError`."""
+    try:
+        return read_json_bounded(path, max_bytes)
+    except Unusable as err:
+        raise AnnotationError(f"{path}: cannot read: {err}") from None

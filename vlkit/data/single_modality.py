@@ -9,7 +9,10 @@ exact as for image-text pairs. Batches come from :class:`ImageOnlyCollate` (``Ba
 transforms, e.g. MLM masking; ``Batch.images`` is None).
 
 Text files are not loaded into memory: indexing records the byte offset of each usable line (8 bytes
-per text) and a sample seeks to it, so corpora of billions of characters are fine.
+per text) and a sample seeks to it, so corpora of billions of characters are fine. A line longer than
+``MAX_LINE_BYTES`` is not read whole: it is skipped as unusable, like a line that is not UTF-8, a bad
+JSON line, or a text that is not valid Unicode (a lone surrogate from a JSON ``\ud800`` escape, which
+the tokenizer rejects); each is counted and named in the bad-sample file.
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vlkit.core.batch import Batch
-from vlkit.data.collate import PretrainCollate, stack_images
+from vlkit.data.bad_samples import BadSample, BadSampleLog
+from vlkit.data.collate import PretrainCollate, stack_images, unusable_text
 from vlkit.data.json_dataset import AnnotationError, KeyedImageDataset
+from vlkit.data.safe_io import file_problem, size_text, unicode_problem
 
 log = logging.getLogger("vlkit.data")
 
 JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
+MAX_LINE_BYTES = 1 << 20
+"""Longest line of a text corpus read (1 MiB); longer lines are skipped as unusable."""
 
 
 @dataclass
@@ -64,7 +71,7 @@ class ImageFileDataset(KeyedImageDataset):
 
     def __getitem__(self, key: int) -> ImageSample | None:
         index = key % len(self.items)
-        images = self.load(key, [self.items[index]])
+        images = self.load(key, [self.items[index]])  # named by its path when unreadable
         return None if images is None else ImageSample(images[0], index, key)
 
 
@@ -82,28 +89,54 @@ class ImageOnlyCollate:
 
 
 # ---------------------------------------------------------------------------------------------- text
-def _text_of_line(line: bytes, json_lines: bool, text_key: str) -> str | None:
-    """The text of one line, or None when it has none (blank, undecodable, or a bad JSON line)."""
+def _read_line(f: IO[bytes], limit: int = MAX_LINE_BYTES) -> tuple[bytes, int]:
+    """The next line of ``f`` if it is at most ``limit`` bytes (else ``b""``: the rest of it is skipped in
+    bounded chunks), and the bytes consumed (0 at the end of the file)."""
+    line = f.readline(limit + 1)
+    if len(line) <= limit or line.endswith(b"\n"):
+        return line, len(line)
+    consumed = len(line)
+    while chunk := f.readline(limit):
+        consumed += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return b"", consumed
+
+
+def _line_text(line: bytes, json_lines: bool, text_key: str) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a usable line, ``(None, reason)`` for an unusable one, ``(None, None)`` for a
+    blank one."""
     try:
         decoded = line.decode("utf-8")
     except UnicodeDecodeError:
-        return None
-    if not json_lines:
-        return decoded.strip() or None
+        return None, "not UTF-8"
     if not decoded.strip():
-        return None
-    try:
-        value = json.loads(decoded)
-    except json.JSONDecodeError:
-        return None
-    text = value.get(text_key) if isinstance(value, dict) else None
-    return (text.strip() or None) if isinstance(text, str) else None
+        return None, None
+    if json_lines:
+        try:
+            value = json.loads(decoded)
+        except json.JSONDecodeError:
+            return None, "not a JSON line"
+        text = value.get(text_key) if isinstance(value, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            return None, f"no `{text_key}` string"
+        decoded = text
+    if (problem := unicode_problem(decoded)) is not None:
+        return None, f"the text is {problem}"
+    return decoded.strip(), None
+
+
+def _text_of_line(line: bytes, json_lines: bool, text_key: str) -> str | None:
+    """The text of one line, or None when it has none (blank, undecodable, a bad JSON line, or not valid
+    Unicode)."""
+    return _line_text(line, json_lines, text_key)[0]
 
 
 @dataclass
 class TextFileIndex:
-    """Byte offsets of the usable lines of one file (blank lines are skipped silently; bad JSON lines
-    and lines without a text are counted in ``bad``)."""
+    """Byte offsets of the usable lines of one file (blank lines are skipped silently; lines that are too
+    long, not UTF-8, bad JSON lines and lines without a usable text are counted in ``bad`` and, with a
+    bad-sample log, named with their 0-based line number)."""
 
     path: Path
     json_lines: bool
@@ -112,20 +145,36 @@ class TextFileIndex:
     lines: int
 
     @classmethod
-    def build(cls, path: Path, text_key: str = "text") -> TextFileIndex:
+    def build(cls, path: Path, text_key: str = "text", bad_log: BadSampleLog | None = None,
+              max_line_bytes: int = MAX_LINE_BYTES) -> TextFileIndex:
+        if (problem := file_problem(path)) is not None:
+            raise AnnotationError(f"{path}: cannot read texts: {problem}")
         json_lines = path.suffix.lower() in JSON_LINES_SUFFIXES
         offsets: list[int] = []
         bad = lines = 0
         position = 0
+        number = 0
         with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
+            while True:
+                line, consumed = _read_line(f, max_line_bytes)
+                if not consumed:
+                    break
+                reason: str | None
+                if not line:
+                    text, reason = None, f"a line longer than {size_text(max_line_bytes)}"
+                else:
+                    text, reason = _line_text(line, json_lines, text_key)
+                if text is not None or reason is not None:
                     lines += 1
-                    if _text_of_line(line, json_lines, text_key) is None:
-                        bad += 1
-                    else:
+                    if text is not None:
                         offsets.append(position)
-                position += len(line)
+                    else:
+                        bad += 1
+                        if bad_log is not None:
+                            bad_log.record(BadSample("annotations", str(path), reason or "unusable", index=number),
+                                           announce=False)
+                position += consumed
+                number += 1
         return cls(path, json_lines, np.asarray(offsets, dtype=np.int64), bad, lines)
 
 
@@ -137,15 +186,19 @@ class TextCorpus(Dataset):
         text_key: the text field of JSON lines.
         max_bad_fraction: a file with more unusable non-blank lines than this fraction is an
             :class:`AnnotationError` (most likely the wrong format or ``text_key``), raised while indexing.
+        bad: where unusable lines are named (phase ``annotations``, ``index`` the 0-based line number).
     """
 
-    def __init__(self, files: Sequence[str | Path], text_key: str = "text", max_bad_fraction: float = 1.0) -> None:
+    def __init__(self, files: Sequence[str | Path], text_key: str = "text", max_bad_fraction: float = 1.0,
+                 bad: BadSampleLog | None = None) -> None:
         self.text_key = text_key
         self.indexes: list[TextFileIndex] = []
         for file in files:
-            index = TextFileIndex.build(Path(file), text_key)
+            index = TextFileIndex.build(Path(file), text_key, bad)
             if index.bad:
-                log.warning("%s: skipped %d of %d lines without a usable text", file, index.bad, index.lines)
+                named = bad.where() if bad is not None else ""
+                log.warning("%s: skipped %d of %d lines without a usable text%s", file, index.bad, index.lines,
+                            named)
                 if index.bad > max_bad_fraction * index.lines:
                     what = f'JSON lines with a "{text_key}" string' if index.json_lines else "UTF-8 text lines"
                     raise AnnotationError(f"{file}: {index.bad} of {index.lines} lines are unusable (limit "
@@ -172,7 +225,7 @@ class TextCorpus(Dataset):
         index = self.indexes[file]
         handle = self._handle(file)
         handle.seek(int(index.offsets[item - self.starts[file]]))
-        text = _text_of_line(handle.readline(), index.json_lines, self.text_key)
+        text = _text_of_line(handle.readline(MAX_LINE_BYTES + 1), index.json_lines, self.text_key)
         if text is None:
             raise AnnotationError(f"{index.path} changed after it was indexed")
         return text
@@ -207,7 +260,11 @@ class TextOnlyCollate(PretrainCollate):
     :class:`~vlkit.data.collate.PretrainCollate`."""
 
     def __call__(self, samples: Sequence[TextSample]) -> Batch:  # type: ignore[override]
-        text = self.tokenize_texts([s.text for s in samples])
+        kept = [s for s in samples if not unusable_text(s.text, s.key)]
+        if not kept:
+            raise RuntimeError(f"every text of a batch of {len(samples)} is unusable")
+        text = self.tokenize_texts([s.text for s in kept])
         batch = Batch(images=None, input_ids=text.input_ids, attention_mask=text.attention_mask,
-                      idx=torch.tensor([s.idx for s in samples]), text_lengths=Batch.lengths_of(text.attention_mask))
-        return self.transform(batch, text, [s.key for s in samples])
+                      idx=torch.tensor([s.idx for s in kept]), skipped=len(samples) - len(kept),
+                      text_lengths=Batch.lengths_of(text.attention_mask))
+        return self.transform(batch, text, [s.key for s in kept])

@@ -24,13 +24,13 @@ pixels of the image file.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, read_annotation_list
+from vlkit.data.safe_io import Unusable, read_json_bounded, unicode_problem
 
 log = logging.getLogger("vlkit.data")
 
@@ -93,10 +93,11 @@ def _is_int(value: Any) -> bool:
 
 
 def read_json(path: Path, what: str) -> Any:
-    """A JSON file, or an :class:`AnnotationError` naming it and ``what`` it should hold."""
+    """A JSON file (a regular file within the annotation size limit), or an :class:`AnnotationError`
+    naming it and ``what`` it should hold."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return read_json_bounded(path)
+    except Unusable as err:
         raise AnnotationError(f"{path}: cannot read {what}: {err}") from None
 
 
@@ -139,6 +140,8 @@ def entry_problem(item: Any) -> str | None:
         return "no `image` path"
     if not isinstance(item.get("text"), str) or not item["text"].strip():
         return "no `text`"
+    if (problem := unicode_problem(item["text"])) is not None:
+        return f"the `text` is {problem}"
     if "box" in item and not (_numbers(item["box"], 4) and len(item["box"]) == 4
                               and item["box"][2] > item["box"][0] and item["box"][3] > item["box"][1]):
         return "`box` is not [left, top, right, bottom] with right > left, bottom > top"

@@ -12,6 +12,7 @@ and named like pre-training annotations (a file beyond ``max_bad_fraction`` is a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ import torch
 from torch import Tensor
 
 from vlkit.core.batch import Batch
-from vlkit.data.collate import PretrainCollate, stack_images
+from vlkit.data.bad_samples import BadSample, BadSampleLog
+from vlkit.data.collate import PretrainCollate, stack_images, unusable_text
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, KeyedImageDataset, read_annotation_list
+from vlkit.data.safe_io import unicode_problem
 from vlkit.data.tokenizer import tokenize
 from vlkit.data.vqa_normalize import normalize_answer
 
@@ -43,6 +46,8 @@ class TaskEntry:
         label: class id (VE, NLVR2), or -1 when the task has soft targets.
         answers: the annotators' answers (VQA), else empty.
         idx: the sample's id (``question_id``, else its position).
+        source: the annotation file it came from (``""``: unknown).
+        index: its position in that file.
     """
 
     images: tuple[Path, ...]
@@ -50,6 +55,8 @@ class TaskEntry:
     label: int = -1
     answers: tuple[str, ...] = ()
     idx: int = 0
+    source: str = ""
+    index: int | None = None
 
 
 Parse = Callable[[Any, Path, int], "TaskEntry | str"]
@@ -57,15 +64,19 @@ Parse = Callable[[Any, Path, int], "TaskEntry | str"]
 
 
 def _text(item: dict[str, Any], key: str) -> str | None:
+    """The non-empty string ``item[key]`` (stripped) if it is valid Unicode (the tokenizer rejects a
+    lone surrogate), else None."""
     value = item.get(key)
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    if not isinstance(value, str) or not value.strip() or unicode_problem(value) is not None:
+        return None
+    return value.strip()
 
 
 def parse_ve(item: Any, root: Path, position: int) -> TaskEntry | str:
     if not isinstance(item, dict) or not isinstance(item.get("image"), str):
         return "no `image` path"
     if (sentence := _text(item, "sentence")) is None:
-        return "no `sentence`"
+        return "no `sentence` (a non-empty string of valid Unicode)"
     if item.get("label") not in VE_LABELS:
         return f"`label` must be one of {', '.join(VE_LABELS)}"
     return TaskEntry((root / item["image"],), sentence, VE_LABELS.index(item["label"]), idx=position)
@@ -78,7 +89,7 @@ def parse_nlvr2(item: Any, root: Path, position: int) -> TaskEntry | str:
     if not isinstance(images, list) or len(images) != 2 or not all(isinstance(i, str) for i in images):
         return "`images` must be a list of two paths"
     if (sentence := _text(item, "sentence")) is None:
-        return "no `sentence`"
+        return "no `sentence` (a non-empty string of valid Unicode)"
     label = item.get("label")
     truth = {"True": 1, "False": 0, True: 1, False: 0}.get(label) if isinstance(label, str | bool) else None
     if truth is None:
@@ -90,19 +101,22 @@ def parse_vqa(item: Any, root: Path, position: int) -> TaskEntry | str:
     if not isinstance(item, dict) or not isinstance(item.get("image"), str):
         return "no `image` path"
     if (question := _text(item, "question")) is None:
-        return "no `question`"
+        return "no `question` (a non-empty string of valid Unicode)"
     answers = item.get("answer", [])
     answers = [answers] if isinstance(answers, str) else answers
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         return "`answer` must be a string or a list of strings"
+    if any(unicode_problem(a) is not None for a in answers):
+        return "an `answer` is not valid Unicode (a lone surrogate)"
     qid = item.get("question_id")
     idx = qid if isinstance(qid, int) and not isinstance(qid, bool) else position
     return TaskEntry((root / item["image"],), question, answers=tuple(normalize_answer(a) for a in answers), idx=idx)
 
 
 def read_task_files(files: Sequence[Path], image_root: Path, parse: Parse,
-                    max_bad_fraction: float = 1.0) -> tuple[list[TaskEntry], int]:
-    """Entries of ``files`` (paths relative to ``image_root``) and the number of malformed ones skipped."""
+                    max_bad_fraction: float = 1.0, bad_log: BadSampleLog | None = None) -> tuple[list[TaskEntry], int]:
+    """Entries of ``files`` (paths relative to ``image_root``) and the number of malformed ones skipped
+    (each named in ``bad_log``, phase ``annotations``, when given)."""
     entries: list[TaskEntry] = []
     skipped = 0
     for file in files:
@@ -112,8 +126,10 @@ def read_task_files(files: Sequence[Path], image_root: Path, parse: Parse,
             parsed = parse(item, Path(image_root), len(entries))
             if isinstance(parsed, str):
                 bad.append(f"entry {index}: {parsed}")
+                if bad_log is not None:
+                    bad_log.record(BadSample("annotations", str(file), parsed, index=index), announce=False)
             else:
-                entries.append(parsed)
+                entries.append(dataclasses.replace(parsed, source=str(file), index=index))
         if bad:
             skipped += len(bad)
             log.warning("%s: skipped %d of %d entries (%s)", file, len(bad), len(items), "; ".join(bad[:MAX_LOGGED]))
@@ -142,7 +158,7 @@ class TaskDataset(KeyedImageDataset):
 
     def __getitem__(self, key: int) -> TaskSample | None:
         entry = self.items[key % len(self.items)]
-        images = self.load(key, entry.images)
+        images = self.load(key, entry.images, entry.source or None, entry.index)
         return None if images is None else TaskSample(images, entry, key)
 
 
@@ -162,7 +178,8 @@ class TaskCollate(PretrainCollate):
     # collates TaskSamples, not a PretrainCollate's Samples (as TextOnlyCollate collates TextSamples): the
     # subclass shares the text settings, and code that checks for a PretrainCollate relies on it
     def __call__(self, samples: list[TaskSample | None]) -> Batch:  # type: ignore[override]
-        kept = [s for s in samples if s is not None]
+        kept = [s for s in samples if s is not None and not unusable_text(" ".join((s.entry.text, *s.entry.answers)),
+                                                                           s.key)]
         if not kept:
             raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
         per_sample = len(kept[0].images)

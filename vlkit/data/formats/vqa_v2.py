@@ -21,6 +21,7 @@ from typing import Any
 
 from vlkit.data.formats.task_data import TaskEntry
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError
+from vlkit.data.safe_io import MAX_ANNOTATION_BYTES, Unusable, file_problem, read_json_bounded, unicode_problem
 from vlkit.data.vqa_normalize import normalize_answer
 
 log = logging.getLogger("vlkit.data")
@@ -38,8 +39,8 @@ def _is_int(value: Any) -> bool:
 def _read_object(path: Path, key: str, kind: str) -> dict[str, Any]:
     """The JSON object of an official ``kind`` file, which must hold a ``key`` list."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = read_json_bounded(path)
+    except Unusable as err:
         raise AnnotationError(f"{path}: cannot read the VQA v2 {kind} file: {err}") from None
     if isinstance(data, dict) and isinstance(data.get(key), list):
         return data
@@ -76,6 +77,8 @@ def _question_problem(item: Any, seen: set[int]) -> str | None:
         return f"question_id {item['question_id']}: no non-negative integer `image_id`"
     if not isinstance(item.get("question"), str) or not item["question"].strip():
         return f"question_id {item['question_id']}: no `question`"
+    if (problem := unicode_problem(item["question"])) is not None:
+        return f"question_id {item['question_id']}: the `question` is {problem}"
     return None
 
 
@@ -93,6 +96,8 @@ def _annotation_answers(item: Any, seen: dict[int, Any]) -> tuple[str, ...] | st
         return f"question_id {qid}: no `answers` list"
     if not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers):
         return f'question_id {qid}: an answer without an "answer" string'
+    if any(unicode_problem(a["answer"]) is not None for a in answers):
+        return f"question_id {qid}: an answer is not valid Unicode (a lone surrogate)"
     return tuple(normalize_answer(a["answer"]) for a in answers)
 
 
@@ -170,7 +175,8 @@ def read_vqa_v2(questions: Path, annotations: Path | None, image_root: Path, *, 
         seen.add(qid)
         image = folder / f"COCO_{image_subtype}_{item['image_id']:012d}.jpg"
         entries.append(TaskEntry(images=(image,), text=item["question"].strip(),
-                                 answers=answers[qid] if answers is not None else (), idx=qid))
+                                 answers=answers[qid] if answers is not None else (), idx=qid,
+                                 source=str(questions), index=index))
     _report(questions, bad, len(items), "questions", max_bad_fraction)
     return entries, len(bad)
 
@@ -179,13 +185,15 @@ def is_vqa_v2_questions(path: Path) -> bool:
     """Whether ``path`` looks like an official VQA v2 questions file (a JSON object with a ``"questions"``
     list) rather than ALBEF's VQA list. Cheap: only the top-level keys before ``"questions"`` are parsed
     (the file's first MiB, unless they run longer), never the questions. False for unreadable files."""
+    if file_problem(path, MAX_ANNOTATION_BYTES) is not None:  # no FIFO, device or oversized file is opened
+        return False
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             head = f.read(_PEEK_CHARS)
             complete = len(head) < _PEEK_CHARS
             found = _has_top_level_list(head, "questions")
             if found is None and not complete:
-                found = _has_top_level_list(head + f.read(), "questions")
+                found = _has_top_level_list(head + f.read(MAX_ANNOTATION_BYTES), "questions")
     except OSError:
         return False
     return bool(found)
