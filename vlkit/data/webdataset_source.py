@@ -14,6 +14,15 @@ over all ranks and data-loader workers. With ``resampled`` (the default, as for 
 pre-training) shards are drawn with replacement, endlessly, so every epoch is exactly that long;
 without it each epoch is one pass over the shards and also ends when a rank's or worker's share of
 the shards runs out.
+
+Bad data: a sample whose image cannot be used (missing member, over ``max_member_bytes``, more pixels
+than ``PIL.Image.MAX_IMAGE_PIXELS``, undecodable) or whose text cannot (no caption, not UTF-8, not valid
+Unicode) is skipped, counted and named in the bad-sample file (phases ``image`` / ``caption``). Shards
+are read by :class:`~vlkit.data.tar_reader.TarShardReader`, which reads on past a corrupt header and
+notices a truncated shard: the damage is counted and named (phase ``shard``) with the samples known
+lost — exactly when the shard's expected sample count is known (img2dataset's ``{shard}_stats.json``
+``successes``, or ``pack_report.json``'s ``shard_samples`` beside shards written by ``vlkit data
+pack``), else as unknown.
 """
 
 from __future__ import annotations
@@ -36,8 +45,19 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-from vlkit.data.json_dataset import MAX_LOGGED, Sample, load_image, sample_seed, seeded_transform
+from vlkit.data.bad_samples import BadSample, BadSampleLog
+from vlkit.data.json_dataset import Sample, sample_seed, seeded_transform
+from vlkit.data.safe_io import (
+    MAX_IMAGE_BYTES,
+    MAX_SIDECAR_BYTES,
+    Unusable,
+    decode_image,
+    file_problem,
+    read_json_bounded,
+    unicode_problem,
+)
 from vlkit.data.sources import DataSource
+from vlkit.data.tar_reader import TarShardReader
 from vlkit.data.training_set import EpochStream, TrainingRequest, TrainingSet
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
@@ -109,24 +129,46 @@ def image_member(raw: dict[str, Any]) -> bytes | None:
     return None
 
 
-def read_captions(raw: dict[str, Any], caption_key: str = "caption") -> list[str]:
-    """The usable (non-empty string) captions of a tar sample: ``json[caption_key]`` when the ``.json``
-    member has that field, else the ``.txt`` member; ``[]`` when there is none."""
+def sample_captions(raw: dict[str, Any], caption_key: str = "caption") -> list[str] | str:
+    """The usable (non-empty string) captions of a tar sample — ``json[caption_key]`` when the ``.json``
+    member has that field, else the ``.txt`` member — or why there is none: no text member, a member
+    that is not UTF-8 or not JSON, no non-empty caption, or a caption that is not valid Unicode (a lone
+    surrogate from a JSON ``\ud800`` escape, which the tokenizer rejects: the sample is skipped)."""
     value: Any = None
+    problems: list[str] = []
     if isinstance(raw.get("json"), bytes):
+        meta: Any = None
         try:
             meta = json.loads(raw["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            meta = None
+        except UnicodeDecodeError:
+            problems.append("the .json member is not UTF-8")
+        except json.JSONDecodeError:
+            problems.append("the .json member is not JSON")
         if isinstance(meta, dict):
             value = meta.get(caption_key)
     if value is None and isinstance(raw.get("txt"), bytes):
         try:
             value = raw["txt"].decode("utf-8")
         except UnicodeDecodeError:
-            value = None
+            problems.append("the .txt member is not UTF-8")
     values = value if isinstance(value, list) else [value]
-    return [c.strip() for c in values if isinstance(c, str) and c.strip()]
+    captions = [c.strip() for c in values if isinstance(c, str) and c.strip()]
+    for caption in captions:
+        if (problem := unicode_problem(caption)) is not None:
+            return f"a caption is {problem}"
+    if captions:
+        return captions
+    if problems:
+        return "; ".join(problems)
+    if not any(isinstance(raw.get(ext), bytes) for ext in ("json", "txt")):
+        return "no caption (no .txt or .json member)"
+    return f"no usable caption (no non-empty string in json `{caption_key}` or .txt)"
+
+
+def read_captions(raw: dict[str, Any], caption_key: str = "caption") -> list[str]:
+    """The usable captions of a tar sample (see :func:`sample_captions`); ``[]`` when there is none."""
+    captions = sample_captions(raw, caption_key)
+    return captions if isinstance(captions, list) else []
 
 
 @dataclass(frozen=True)
@@ -181,17 +223,20 @@ class ShardStream(EpochStream):
     ``Sample.key`` numbers the samples of the run: ``start + epoch · epoch_samples + position · count
     + index``; caption choice and the transform's randomness derive from ``(seed, key)``.
     ``Sample.idx`` is :func:`key_id` of the tar key, so every caption of an image shares it. A sample
-    whose image cannot be decoded or that has no usable caption is yielded as None (the collate
-    function drops and counts it) and counted in :attr:`skipped`; unreadable shards and tar members are
-    logged, counted in :attr:`read_errors` and passed over. Both counters are per process (seen in the
-    main process only with ``num_workers=0``). With ``with_text=False`` (image-only corpora) text
-    members are ignored and every sample's caption is ``""``.
+    whose image cannot be used or that has no usable caption is yielded as None (the collate function
+    drops and counts it), counted in :attr:`skipped` and named in :attr:`bad` (once). A damaged shard
+    (unreadable, corrupt header, truncated) is read as far as it can be, counted in :attr:`read_errors`
+    and :attr:`damaged_shards`, its samples known lost added to :attr:`lost`, and named in :attr:`bad`
+    (phase ``shard``; see the module docstring). The counters are per process (seen in the main process
+    only with ``num_workers=0``) and count every epoch; the file names each sample and shard once. With
+    ``with_text=False`` (image-only corpora) text members are ignored and every sample's caption is ``""``.
     """
 
     def __init__(self, shards: Sequence[str], transform: Callable[[Image.Image], Tensor], *, seed: int,
                  epoch_samples: int, start: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 0, resampled: bool = False, caption_key: str = "caption",
-                 draft_size: int | None = None, with_text: bool = True) -> None:
+                 draft_size: int | None = None, with_text: bool = True, bad: BadSampleLog | None = None,
+                 max_member_bytes: int = MAX_IMAGE_BYTES) -> None:
         super().__init__()
         if not shards:
             raise ValueError("a shard stream needs at least one shard")
@@ -209,9 +254,14 @@ class ShardStream(EpochStream):
         self.caption_key = caption_key
         self.draft_size = draft_size
         self.with_text = with_text
+        self.bad = bad if bad is not None else BadSampleLog()
+        self.max_member_bytes = max_member_bytes
         self.epoch = 0
         self.skipped = 0
         self.read_errors = 0
+        self.damaged_shards = 0
+        self.lost = 0
+        self._expected: dict[str, tuple[int, str] | None] = {}
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (call before creating the DataLoader iterator)."""
@@ -242,26 +292,82 @@ class ShardStream(EpochStream):
         if self.resampled:
             watch = _ShardWatch(limit=20 * len(self.shards) + 20)
             source = wds.ResampledShards(self.shards, seed=seed, worker_seed=lambda: 0, deterministic=True)
-            stages = [source, watch.urls, wds.tarfile_to_samples(handler=self.read_error), watch.samples]
+            stages = [source, watch.urls, self.shard_samples, watch.samples]
         else:
             share = self.shard_share(slot)
             if not share:
                 log.warning("reader %d of %d has no shard (only %d shards); it yields nothing",
                             slot.index, slot.count, len(self.shards))
                 return []
-            stages = [wds.SimpleShardList(share), wds.tarfile_to_samples(handler=self.read_error)]
+            stages = [wds.SimpleShardList(share), self.shard_samples]
         if self.shuffle_buffer > 0:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
                                       rng=random.Random(seed)))
         return wds.DataPipeline(*stages)
 
-    def read_error(self, exn: Exception) -> bool:
-        """webdataset's handler for an unreadable shard or tar member: log the first few, count, go on
-        (like ``wds.warn_and_continue`` without its half-second sleep per error)."""
+    def shard_samples(self, urls: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Pipeline stage: ``{"url"}`` → the tar samples of each shard (:class:`TarShardReader`), damage
+        counted and named (:meth:`shard_damaged`) once a shard has been read as far as it goes."""
+        for item in urls:
+            url = str(item["url"])
+            path = local_path(url)
+            if path is not None and (problem := file_problem(path)) is not None:
+                self.shard_damaged(url, f"cannot be read: {problem}", 0)
+                continue
+            try:
+                fileobj = wds.gopen(url, "rb")
+            except Exception as err:  # noqa: BLE001 - webdataset's openers raise many kinds
+                self.shard_damaged(url, f"cannot be opened: {err}", 0)
+                continue
+            reader = TarShardReader(url, fileobj, self.max_member_bytes)
+            try:
+                yield from reader
+            finally:
+                fileobj.close()
+            if reader.complete and reader.damage:
+                self.shard_damaged(url, "; ".join(reader.damage), reader.samples)
+
+    def expected_samples(self, url: str) -> tuple[int, str] | None:
+        """The sample count a shard should hold and where it comes from, when known: img2dataset's
+        ``{name}_stats.json`` (``successes``) or ``pack_report.json`` (``shard_samples``) beside a local
+        shard. Read only for damaged shards, at most once each."""
+        if url in self._expected:
+            return self._expected[url]
+        found: tuple[int, str] | None = None
+        path = local_path(url)
+        if path is not None:
+            stats = path.with_name(path.name.split(".", 1)[0] + "_stats.json")
+            report = path.with_name("pack_report.json")
+            for sidecar, pick in ((stats, lambda d: d.get("successes")),
+                                  (report, lambda d: (d.get("shard_samples") or {}).get(path.name))):
+                try:
+                    data = read_json_bounded(sidecar, MAX_SIDECAR_BYTES)
+                except Unusable:
+                    continue
+                count = pick(data) if isinstance(data, dict) else None
+                if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+                    found = (count, sidecar.name)
+                    break
+        self._expected[url] = found
+        return found
+
+    def shard_damaged(self, url: str, damage: str, samples: int) -> None:
+        """Count a damaged shard of which ``samples`` samples were read, and name it with the samples known
+        lost (the expected count less those read, when the expected count is known)."""
         self.read_errors += 1
-        if self.read_errors <= MAX_LOGGED:
-            log.warning("skipping unreadable shard data: %r", exn)
-        return True
+        self.damaged_shards += 1
+        expected = self.expected_samples(url)
+        lost: int | None = None
+        if expected is not None:
+            lost = max(expected[0] - samples, 0)
+            self.lost += lost
+            count = f"{samples} of {expected[0]} samples read ({expected[1]}): {lost} lost"
+        else:
+            count = (f"{samples} samples read; the number lost is unknown (no expected count: "
+                     "{shard}_stats.json or pack_report.json)")
+        reason = f"damaged shard: {damage}; {count}"
+        if self.bad.record(BadSample("shard", url, reason, lost=lost), announce=False):
+            log.warning("%s: %s%s", url, reason, self.bad.where())
 
     def __iter__(self) -> Iterator[Sample | None]:
         slot = self.slot()
@@ -271,16 +377,25 @@ class ShardStream(EpochStream):
             yield self.to_sample(sample, first_key + position * slot.count + slot.index)
 
     def to_sample(self, raw: dict[str, Any], key: int) -> Sample | None:
-        """Decode one tar sample; None (counted) when its image or caption is unusable."""
-        captions = read_captions(raw, self.caption_key) if self.with_text else [""]
+        """Decode one tar sample; None (counted, named) when its image or caption is unusable."""
+        captions = sample_captions(raw, self.caption_key) if self.with_text else [""]
         data = image_member(raw)
-        image = load_image(data, self.draft_size) if data is not None and captions else None
-        if image is None:
+        image: Image.Image | None = None
+        if isinstance(captions, str):
+            phase, reason = "caption", captions
+        elif data is None:
+            phase, reason = "image", f"no image member ({', '.join(IMAGE_EXTENSIONS)})"
+        else:
+            try:
+                image = decode_image(data, self.draft_size, self.max_member_bytes)
+            except Unusable as err:
+                phase, reason = "image", str(err)
+        if image is None or isinstance(captions, str):
             self.skipped += 1
-            if self.skipped <= MAX_LOGGED:
-                problem = "no usable caption" if not captions else "no image member" if data is None \
-                    else "an undecodable image"
-                log.warning("skipping sample %s of %s: %s", raw.get("__key__"), raw.get("__url__"), problem)
+            notes = [n for n in raw.get("__problems__", ()) if n]
+            if notes:
+                reason += f" ({'; '.join(notes)})"
+            self.bad.record(BadSample(phase, str(raw.get("__url__")), reason, key=str(raw.get("__key__"))))
             return None
         seed = sample_seed(self.seed, key)
         caption = captions[int(np.random.default_rng(seed).integers(len(captions)))]
@@ -329,11 +444,12 @@ class WebDatasetSource(DataSource):
                              "image_only source with `shards` (images) or a text_only source (texts)")
         if request.group_batches:
             raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
-        return TrainingSet(stream=self.stream(request.transform, seed=request.seed, draft_size=request.draft_size,
-                                              rank=request.rank, world_size=request.world_size))
+        stream = self.stream(request.transform, seed=request.seed, draft_size=request.draft_size, rank=request.rank,
+                             world_size=request.world_size, bad=BadSampleLog(request.bad_samples))
+        return TrainingSet(stream=stream, bad_samples=request.bad_samples).check(request, "the webdataset shards")
 
     def stream(self, transform: Callable[[Image.Image], Tensor], *, seed: int, start: int = 0, rank: int = 0,
-               world_size: int = 1, draft_size: int | None = None) -> ShardStream:
+               world_size: int = 1, draft_size: int | None = None, bad: BadSampleLog | None = None) -> ShardStream:
         """The training stream of rank ``rank`` of ``world_size`` (see :class:`ShardStream`).
 
         Args:
@@ -342,7 +458,9 @@ class WebDatasetSource(DataSource):
             start: samples consumed before (resume point): offsets the keys and reseeds the draws.
             rank, world_size: this process's place among the training processes.
             draft_size: decode JPEGs reduced while their sides stay ≥ this (None: full size).
+            bad: where skipped samples and damaged shards are named (default: the log only).
         """
         return ShardStream(self.shards, transform, seed=seed, epoch_samples=self.cfg.epoch_samples, start=start,
                            rank=rank, world_size=world_size, shuffle_buffer=self.cfg.shuffle_buffer,
-                           resampled=self.cfg.resampled, caption_key=self.cfg.caption_key, draft_size=draft_size)
+                           resampled=self.cfg.resampled, caption_key=self.cfg.caption_key, draft_size=draft_size,
+                           bad=bad)
