@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image
 from torch import Tensor
 
+from vlkit.data.bad_samples import BadSampleLog
 from vlkit.data.image_files import list_images
 from vlkit.data.single_modality import (
     ImageFileDataset,
@@ -92,11 +93,14 @@ class ImageOnlySource(CorpusSource):
             raise FileNotFoundError(f"no images ({', '.join(self.cfg.extensions)}) under {', '.join(self.cfg.folders)}")
 
     def training_set(self, request: TrainingRequest) -> TrainingSet:
-        """The corpus's images: a keyed dataset (folders) or this rank's shard stream (shards)."""
+        """The corpus's images: a keyed dataset (folders) or this rank's shard stream (shards); unreadable
+        images and damaged shards are named in ``request.bad_samples``."""
         self._check_modality(request.modality)
         data = self.dataset(request.transform, seed=request.seed, rank=request.rank, world_size=request.world_size,
-                            draft_size=request.draft_size)
-        return TrainingSet(stream=data) if isinstance(data, ShardStream) else TrainingSet(dataset=data)
+                            draft_size=request.draft_size, bad=BadSampleLog(request.bad_samples))
+        training = TrainingSet(stream=data) if isinstance(data, ShardStream) else TrainingSet(dataset=data)
+        training.bad_samples = request.bad_samples
+        return training.check(request, "the image corpus")
 
     def files(self) -> list[Path]:
         """The image files of ``folders`` (listed once)."""
@@ -105,15 +109,17 @@ class ImageOnlySource(CorpusSource):
         return self._files
 
     def dataset(self, transform: Callable[[Image.Image], Tensor], *, seed: int, start: int = 0, rank: int = 0,
-                world_size: int = 1, draft_size: int | None = None) -> ImageFileDataset | ShardStream:
+                world_size: int = 1, draft_size: int | None = None,
+                bad: BadSampleLog | None = None) -> ImageFileDataset | ShardStream:
         """Folders: a keyed :class:`ImageFileDataset` (pair it with an ``EpochSampler``); shards: a
-        :class:`ShardStream` of rank ``rank`` of ``world_size`` that ignores text members."""
+        :class:`ShardStream` of rank ``rank`` of ``world_size`` that ignores text members. ``bad``: where
+        skipped samples are named."""
         if self.cfg.folders:
-            return ImageFileDataset(self.files(), transform, seed=seed, draft_size=draft_size)
+            return ImageFileDataset(self.files(), transform, seed=seed, draft_size=draft_size, bad=bad)
         assert self.cfg.epoch_samples is not None
         return ShardStream(expand_shards(self.cfg.shards), transform, seed=seed, epoch_samples=self.cfg.epoch_samples,
                            start=start, rank=rank, world_size=world_size, shuffle_buffer=self.cfg.shuffle_buffer,
-                           resampled=self.cfg.resampled, draft_size=draft_size, with_text=False)
+                           resampled=self.cfg.resampled, draft_size=draft_size, with_text=False, bad=bad)
 
 
 @dataclass(kw_only=True)
@@ -149,10 +155,12 @@ class TextOnlySource(CorpusSource):
             raise FileNotFoundError(f"text files not found: {', '.join(missing)}")
 
     def training_set(self, request: TrainingRequest) -> TrainingSet:
-        """The indexed corpus."""
+        """The indexed corpus (unusable lines named in ``request.bad_samples`` by rank 0)."""
         self._check_modality(request.modality)
-        return TrainingSet(dataset=self.dataset(request.max_bad_fraction))
+        bad = BadSampleLog(request.bad_samples) if request.rank == 0 else None
+        return TrainingSet(dataset=self.dataset(request.max_bad_fraction, bad),
+                           bad_samples=request.bad_samples).check(request, "the text corpus")
 
-    def dataset(self, max_bad_fraction: float = 1.0) -> TextCorpus:
-        """The indexed corpus (reads every file once)."""
-        return TextCorpus(self.cfg.files, self.cfg.text_key, max_bad_fraction)
+    def dataset(self, max_bad_fraction: float = 1.0, bad: BadSampleLog | None = None) -> TextCorpus:
+        """The indexed corpus (reads every file once; unusable lines named in ``bad``)."""
+        return TextCorpus(self.cfg.files, self.cfg.text_key, max_bad_fraction, bad)

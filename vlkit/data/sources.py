@@ -16,13 +16,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlkit.data.bad_samples import BadSampleLog
 from vlkit.data.formats.classification import Classification
 from vlkit.data.json_dataset import AnnotationPart, PairDataset, read_parts
 from vlkit.data.single_modality import ImageFileDataset, TextListDataset
 from vlkit.data.synthetic import SynthConfig, ensure
 from vlkit.data.synthetic.classification import largest_object_classes
 from vlkit.data.synthetic.grounding import Expression, referring_expressions
-from vlkit.data.training_set import TrainingRequest, TrainingSet
+from vlkit.data.training_set import TooFewSamples, TrainingRequest, TrainingSet
 from vlkit.registry import register
 from vlkit.schema import ComponentConfig, ConfigError
 
@@ -51,24 +52,28 @@ class DataSource:
 
     def training_set(self, request: TrainingRequest) -> TrainingSet:
         """The training samples of an annotation-list source (the entries of ``request.split``): image-text
-        pairs, or for image- or text-only training the entries' images or all their captions."""
-        entries = read_parts(self.split_parts(request.split), max_bad_fraction=request.max_bad_fraction)
+        pairs, or for image- or text-only training the entries' images or all their captions. Skipped
+        entries and unreadable images are named in ``request.bad_samples`` (annotation entries by rank 0)."""
+        bad = BadSampleLog(request.bad_samples)
+        entries = read_parts(self.split_parts(request.split), max_bad_fraction=request.max_bad_fraction,
+                             bad=bad if request.rank == 0 else None)
+        what = f"the `{request.split}` split"
+        if not entries.entries:
+            raise TooFewSamples(f"{what} has no usable entries")
         if request.modality == "pair":
-            if not entries.entries:
-                raise ValueError(f"the `{request.split}` split has no usable entries")
-            dataset = PairDataset(entries.entries, request.transform, seed=request.seed, draft_size=request.draft_size)
-            return TrainingSet(dataset=dataset, entries=entries, annotations_skipped=entries.skipped)
+            dataset = PairDataset(entries.entries, request.transform, seed=request.seed, draft_size=request.draft_size,
+                                  bad=bad)
+            return TrainingSet(dataset=dataset, entries=entries, annotations_skipped=entries.skipped,
+                               bad_samples=request.bad_samples).check(request, what)
         single: ImageFileDataset | TextListDataset
         if request.modality == "image":
             single = ImageFileDataset([e.image for e in entries.entries], request.transform, seed=request.seed,
-                                      draft_size=request.draft_size)
+                                      draft_size=request.draft_size, bad=bad)
         else:
             single = TextListDataset([caption for e in entries.entries for caption in e.captions])
-        if not len(single):
-            raise ValueError(f"the `{request.split}` split has no usable entries")
-        return TrainingSet(dataset=single, annotations_skipped=entries.skipped,
+        return TrainingSet(dataset=single, annotations_skipped=entries.skipped, bad_samples=request.bad_samples,
                            description=f"{request.modality}-only training on the {request.split} split: "
-                                       f"{len(single)} {request.modality}s")
+                                       f"{len(single)} {request.modality}s").check(request, what)
 
     def split_parts(self, split: str) -> list[AnnotationPart]:
         """Annotation files of ``split`` with their image roots and sampling ratios (default: every

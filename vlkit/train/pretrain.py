@@ -190,7 +190,8 @@ class Pretraining:
         self.training = self.source.training_set(TrainingRequest(
             modality=self.modality, split=data.train_split, transform=self.transform, seed=recipe.seed,
             rank=self.rank, world_size=self.world, draft_size=self.draft_size, max_bad_fraction=data.max_bad_fraction,
-            group_batches=data.group_batches))
+            group_batches=data.group_batches, bad_samples=self.paths.out / "bad_samples.jsonl",
+            batch_size=recipe.train.batch_size, micro_batch=self.micro_batch, num_workers=data.num_workers))
         self.annotations_skipped = self.training.annotations_skipped
         if self.training.description:
             log.info("%s of `%s`", self.training.description, data.source.type)
