@@ -15,6 +15,14 @@ Rules, in the order they are applied (an entry or caption is counted under the f
 
 Image rules drop the entry; caption rules drop single captions, and an entry whose last caption goes
 is dropped under that rule. Kept entries are written unchanged except for their ``caption`` field.
+
+The report keeps a few examples per rule; ``bad_samples.jsonl`` in the output folder names every dropped
+entry and caption with its rule and reason (:mod:`vlkit.data.bad_samples`; ``index`` is the entry's
+position in its input file; a dropped caption's line has ``key`` ``"caption <n>"``, its position in the
+entry's caption list). Images are read with the limits
+of :mod:`vlkit.data.safe_io` (a FIFO or device is never opened, a file above ``max_image_bytes`` is not
+read, more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` is refused), each refusal an ``unreadable`` image
+with its reason.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from vlkit.data.bad_samples import FILE_NAME, BadSample, BadSampleLog
 from vlkit.data.json_dataset import entry_problem, read_annotation_list
+from vlkit.data.safe_io import MAX_IMAGE_BYTES, Unusable, open_image
 
 log = logging.getLogger("vlkit.data")
 
@@ -132,20 +140,29 @@ class ImageInfo:
     phash: int
 
 
-def inspect_image(path: Path) -> ImageInfo | None:
-    """Size and pHash of the image at ``path`` (JPEGs decoded at a reduced scale), or None when it is
-    missing or cannot be decoded."""
+def inspect_image(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> ImageInfo | None:
+    """Size and pHash of the image at ``path`` (JPEGs decoded at a reduced scale), or None when it cannot
+    be used (:func:`image_info` says why)."""
+    info = image_info(path, max_image_bytes)
+    return info if isinstance(info, ImageInfo) else None
+
+
+def image_info(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> ImageInfo | str:
+    """Size and pHash of the image at ``path``, or why it cannot be used (missing, not a regular file,
+    beyond the byte or pixel limits, undecodable)."""
     import imagehash
 
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_image_bytes) as img:
             width, height = img.size
             if img.format == "JPEG":
                 img.draft("L", (HASH_DECODE_SIDE, HASH_DECODE_SIDE))
             gray = img.convert("L")  # decodes: a truncated file fails here
         return ImageInfo(width, height, int(str(imagehash.phash(gray)), 16))
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return None
+    except Unusable as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
+        return f"cannot decode: {type(err).__name__}: {err}"
 
 
 class NearDuplicateIndex:
@@ -180,10 +197,10 @@ class NearDuplicateIndex:
         return best
 
 
-def _inspect_all(paths: Iterable[Path], workers: int) -> dict[Path, ImageInfo | None]:
+def _inspect_all(paths: Iterable[Path], workers: int) -> dict[Path, ImageInfo | str]:
     unique = list(dict.fromkeys(paths))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes without the GIL
-        return dict(zip(unique, pool.map(inspect_image, unique), strict=True))
+        return dict(zip(unique, pool.map(image_info, unique), strict=True))
 
 
 def _read_list(path: Path) -> list[Any]:
@@ -198,7 +215,7 @@ def eval_hashes(annotation_files: Sequence[Path], image_root: Path, workers: int
     """``(pHash, image path)`` of every readable image the evaluation annotations name (each once)."""
     paths = [image_root / item["image"] for f in annotation_files for item in _read_list(f)
              if isinstance(item, dict) and isinstance(item.get("image"), str)]
-    return [(info.phash, str(p)) for p, info in _inspect_all(paths, workers).items() if info is not None]
+    return [(info.phash, str(p)) for p, info in _inspect_all(paths, workers).items() if isinstance(info, ImageInfo)]
 
 
 def _output_names(files: Sequence[Path]) -> list[str]:
@@ -231,7 +248,8 @@ def filter_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_
         workers: threads decoding images.
 
     Returns:
-        the report (also in ``out_dir/filter_report.json``).
+        the report (also in ``out_dir/filter_report.json``); every dropped entry and caption is named in
+        ``out_dir/bad_samples.jsonl`` (written anew by each run).
     """
     files = [Path(f) for f in annotation_files]
     image_root, out_dir = Path(image_root), Path(out_dir)
@@ -244,14 +262,25 @@ def filter_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_
         eval_paths = [p for _, p in hashed]
         log.info("near-duplicate check against %d evaluation images", len(hashed))
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FILE_NAME).unlink(missing_ok=True)  # names this run's drops only
+    bad = BadSampleLog(out_dir / FILE_NAME)
+
+    def drop(phase: str, file: Path, index: int, item: Any, rule: str, reason: str, key: str | None = None) -> None:
+        image = item.get("image") if isinstance(item, dict) else None
+        bad.record(BadSample(phase, str(file), f"{rule}: {reason}", index=index, key=key,
+                             image=str(image_root / image) if isinstance(image, str) else None), announce=False)
+
     usable = [[item if entry_problem(item) is None else None for item in items] for items in lists]
-    for items, kept in zip(lists, usable, strict=True):
+    for file, items, kept in zip(files, lists, usable, strict=True):
         for index_in_file, (item, ok) in enumerate(zip(items, kept, strict=True)):
             n = len(_captions(item)) if ok is not None else 0
             report.entries_in += 1
             report.captions_in += n
             if ok is None:
-                report.removed["malformed"].add(1, 0, f"entry {index_in_file}: {entry_problem(item)}")
+                problem = entry_problem(item) or "malformed"
+                report.removed["malformed"].add(1, 0, f"entry {index_in_file}: {problem}")
+                drop("annotations", file, index_in_file, item, "malformed", problem)
     infos = _inspect_all((image_root / item["image"] for kept in usable for item in kept if item is not None), workers)
 
     images_of_text: dict[str, set[str]] = defaultdict(set)  # over the whole (well-formed) input
@@ -263,8 +292,8 @@ def filter_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_
 
     def image_rule(path: Path) -> tuple[str, str] | None:
         info = infos[path]
-        if info is None:
-            return "unreadable", str(path)
+        if isinstance(info, str):
+            return "unreadable", f"{path} ({info})"
         short, long = min(info.width, info.height), max(info.width, info.height)
         if short < rules.min_short_side:
             return "short_side", f"{path} ({info.width}×{info.height})"
@@ -281,24 +310,25 @@ def filter_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_
             return "shared_text"
         return None
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     for file, kept, name in zip(files, usable, _output_names(files), strict=True):
         written: list[dict[str, Any]] = []
-        for item in kept:
+        for index_in_file, item in enumerate(kept):
             if item is None:
                 continue
             captions = _captions(item)
             dropped = image_rule(image_root / item["image"])
             if dropped is not None:
                 report.removed[dropped[0]].add(1, len(captions), dropped[1])
+                drop("image", file, index_in_file, item, dropped[0], dropped[1])
                 continue
             survivors, last_rule = [], ""
-            for caption in captions:
+            for number, caption in enumerate(captions):
                 rule = caption_rule(caption)
                 if rule is None:
                     survivors.append(caption)
                 else:
                     report.removed[rule].add(0, 1, f"{item['image']}: {caption!r}")
+                    drop("caption", file, index_in_file, item, rule, f"caption {caption!r}", key=f"caption {number}")
                     last_rule = rule
             if not survivors:
                 report.removed[last_rule].entries += 1
@@ -311,4 +341,7 @@ def filter_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_
         report.files.append({"input": str(file), "output": str(out_dir / name), "entries_in": len(kept),
                              "entries_out": len(written)})
     _write_atomic(out_dir / "filter_report.json", json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    bad.close()
+    if bad.named:
+        log.info("every dropped entry and caption is named with its rule in %s", out_dir / FILE_NAME)
     return report

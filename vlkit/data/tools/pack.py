@@ -7,7 +7,13 @@ numbers, unique over the whole pack.
 
 Shards are written as ``{prefix}-{i:05d}.tar.tmp`` and renamed when complete, and
 ``pack_report.json`` is written last: an interrupted pack leaves no half-written ``.tar`` behind
-and no report.
+and no report. The report holds each shard's sample count (``shard_samples``), which the shard stream
+reads to count the samples a damaged shard lost.
+
+Bad data costs its entry, never the pack: malformed annotation entries and images that cannot be used
+(missing, not a regular file — a FIFO or device is never opened —, more than ``max_image_bytes``, more
+pixels than ``PIL.Image.MAX_IMAGE_PIXELS``, undecodable) are skipped, counted and every one named with
+its reason in ``bad_samples.jsonl`` in the output folder (:mod:`vlkit.data.bad_samples`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
+from vlkit.data.bad_samples import FILE_NAME, BadSample, BadSampleLog
 from vlkit.data.json_dataset import Entry, read_entries
+from vlkit.data.safe_io import MAX_IMAGE_BYTES, Unusable, open_image, read_bounded
 
 log = logging.getLogger("vlkit.data")
 
@@ -39,9 +47,12 @@ class PackReport:
     Attributes:
         shards: the shard files, in order.
         samples: images written.
-        skipped: entries left out: malformed annotations plus missing or corrupt images.
-        skipped_paths: the first few missing or corrupt image paths.
+        skipped: entries left out: malformed annotations plus unusable images.
+        skipped_paths: the first few unusable image paths.
         pattern: a brace pattern naming every shard (for a recipe's ``shards:``); ``""`` if none.
+        shard_samples: samples per shard file name.
+        bad_samples: the file naming every skipped entry with its reason (written only when one was
+            skipped; ``""`` otherwise).
     """
 
     shards: list[Path] = field(default_factory=list)
@@ -49,6 +60,8 @@ class PackReport:
     skipped: int = 0
     skipped_paths: list[str] = field(default_factory=list)
     pattern: str = ""
+    shard_samples: dict[str, int] = field(default_factory=dict)
+    bad_samples: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data (paths as strings)."""
@@ -81,11 +94,27 @@ def scaled_size(width: int, height: int, *, resize_short: int | None = None,
 
 
 def encode_image(path: Path, *, resize_short: int | None = None, max_side: int | None = None,
-                 quality: int = 90) -> bytes | None:
-    """JPEG bytes of the image at ``path`` (see the module docstring), or None when it is missing or corrupt."""
+                 quality: int = 90, max_image_bytes: int = MAX_IMAGE_BYTES,
+                 problems: list[str] | None = None) -> bytes | None:
+    """JPEG bytes of the image at ``path`` (see the module docstring), or None when it cannot be used;
+    then why (:func:`image_bytes`) is appended to ``problems`` when given."""
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
+        return image_bytes(path, resize_short=resize_short, max_side=max_side, quality=quality,
+                           max_image_bytes=max_image_bytes)
+    except Unusable as err:
+        if problems is not None:
+            problems.append(str(err))
+        return None
+
+
+def image_bytes(path: Path, *, resize_short: int | None = None, max_side: int | None = None,
+                quality: int = 90, max_image_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """JPEG bytes of the image at ``path`` (see the module docstring), or :class:`Unusable` with the reason:
+    missing, not a regular file, more than ``max_image_bytes`` (read with a bounded read), more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS``, undecodable."""
+    data = read_bounded(path, max_image_bytes)
+    with open_image(data, max_image_bytes) as img:
+        try:
             size = scaled_size(*img.size, resize_short=resize_short, max_side=max_side)
             if img.format == "JPEG" and size == img.size:
                 img.load()  # a full decode: a truncated JPEG is caught here, not in training
@@ -93,13 +122,13 @@ def encode_image(path: Path, *, resize_short: int | None = None, max_side: int |
             if img.format == "JPEG":
                 img.draft("RGB", size)  # decode at a reduced DCT scale still ≥ the target size
             rgb = img.convert("RGB")
-        if rgb.size != size:
-            rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        out = io.BytesIO()
-        rgb.save(out, format="JPEG", quality=quality)
-        return out.getvalue()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return None
+        except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
+            raise Unusable(f"cannot decode: {type(err).__name__}: {err}") from None
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
 
 
 class _ShardSink:
@@ -110,6 +139,7 @@ class _ShardSink:
         self.prefix = prefix
         self.shard_size = shard_size
         self.shards: list[Path] = []
+        self.counts: dict[str, int] = {}
         self.writer: wds.TarWriter | None = None
         self.in_shard = 0
 
@@ -134,6 +164,7 @@ class _ShardSink:
         final = self.out_dir / f"{self.prefix}-{len(self.shards):05d}.tar"
         os.replace(self._tmp(), final)
         self.shards.append(final)
+        self.counts[final.name] = self.in_shard
 
     def abandon(self) -> None:
         """Drop the open, incomplete shard."""
@@ -154,7 +185,7 @@ def _record(entry: Entry, image_root: Path) -> dict[str, Any]:
 
 def pack_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_dir: Path, *,
                       shard_size: int = 1000, max_side: int | None = None, resize_short: int | None = None,
-                      quality: int = 90, prefix: str = "shard") -> PackReport:
+                      quality: int = 90, prefix: str = "shard", max_image_bytes: int = MAX_IMAGE_BYTES) -> PackReport:
     """Pack the entries of ALBEF-style ``annotation_files`` into tar shards ``out_dir/{prefix}-{i:05d}.tar``.
 
     Args:
@@ -166,9 +197,11 @@ def pack_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_di
         resize_short: shrink so the short side is ≤ this (never enlarge); None: no limit.
         quality: JPEG quality of re-encoded images.
         prefix: shard file name prefix.
+        max_image_bytes: the largest image file read (larger ones are skipped, not read).
 
     Returns:
-        the report (also written to ``out_dir/pack_report.json``).
+        the report (also written to ``out_dir/pack_report.json``); every skipped entry is named in
+        ``out_dir/bad_samples.jsonl`` (written anew by each pack).
     """
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
@@ -176,15 +209,22 @@ def pack_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_di
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     image_root, out_dir = Path(image_root), Path(out_dir)
-    entries, malformed = read_entries([Path(f) for f in annotation_files], image_root)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FILE_NAME).unlink(missing_ok=True)  # names this pack's skipped entries only
+    bad = BadSampleLog(out_dir / FILE_NAME)
+    entries, malformed = read_entries([Path(f) for f in annotation_files], image_root, bad=bad)
     report = PackReport(skipped=malformed)
     sink = _ShardSink(out_dir, prefix, shard_size)
     try:
         for entry in entries:
-            jpeg = encode_image(entry.image, resize_short=resize_short, max_side=max_side, quality=quality)
+            problems: list[str] = []
+            jpeg = encode_image(entry.image, resize_short=resize_short, max_side=max_side, quality=quality,
+                                max_image_bytes=max_image_bytes, problems=problems)
             if jpeg is None:
                 report.skipped += 1
+                reason = problems[-1] if problems else "cannot be used"
+                bad.record(BadSample("image", entry.source, reason, index=entry.index, image=str(entry.image)),
+                           announce=False)
                 if len(report.skipped_paths) < MAX_LISTED:
                     report.skipped_paths.append(str(entry.image))
                 continue
@@ -195,10 +235,15 @@ def pack_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_di
     except BaseException:
         sink.abandon()
         raise
+    finally:
+        bad.close()
     report.shards = sink.shards
+    report.shard_samples = dict(sink.counts)
     report.pattern = shard_pattern(out_dir, prefix, len(sink.shards))
+    if report.skipped:
+        report.bad_samples = str(out_dir / FILE_NAME)
     (out_dir / "pack_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     if report.skipped:
-        log.warning("packing skipped %d entries (malformed annotations or unreadable images: %s)",
-                    report.skipped, ", ".join(report.skipped_paths[:5]))
+        log.warning("packing skipped %d entries (malformed annotations or unusable images); every one is named "
+                    "with its reason in %s", report.skipped, report.bad_samples)
     return report
