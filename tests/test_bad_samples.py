@@ -47,7 +47,7 @@ from vlkit.data.tokenizer import load_tokenizer
 from vlkit.data.tools.filtering import FilterRules, filter_json_dataset
 from vlkit.data.tools.pack import pack_json_dataset
 from vlkit.data.training_set import TooFewSamples, TrainingRequest
-from vlkit.data.webdataset_source import ShardStream, WebDatasetConfig, WebDatasetSource
+from vlkit.data.webdataset_source import NoReadableShards, ShardStream, WebDatasetConfig, WebDatasetSource
 
 SURROGATE = "a red \ud800 circle"  # what json.loads makes of "a red \\ud800 circle"
 
@@ -419,6 +419,10 @@ def test_unreadable_shards_are_named(tmp_path: Path, strange_files: dict[str, Pa
     assert "corrupt tar data at bytes 0-512" in reasons["junk.tar"]
     assert "FIFO" in reasons["fifo.png"] and "missing" in reasons["gone.tar"]
     assert reader.read_errors == 3
+    endless = stream([tmp_path / "junk.tar"], BadSampleLog(tmp_path / "bad.jsonl"), resampled=True)
+    with pytest.raises(NoReadableShards, match="yielded no sample") as err:
+        list(endless)
+    assert isinstance(err.value, UserError) and len(lines(tmp_path / "bad.jsonl")) == 3  # named once
 
 
 # ---------------------------------------------------------------------------------------------- 4. the file

@@ -45,6 +45,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+from vlkit.core.errors import UserError
 from vlkit.data.bad_samples import BadSample, BadSampleLog
 from vlkit.data.json_dataset import Sample, sample_seed, seeded_transform
 from vlkit.data.safe_io import (
@@ -187,6 +188,11 @@ def epoch_share(total: int, slot: Slot) -> int:
     return base + (1 if slot.index < extra else 0)
 
 
+class NoReadableShards(UserError, RuntimeError):
+    """An endless (resampled) shard stream drew many shards in a row without finding one sample: the shards
+    are missing, unreadable or empty (each damaged one is named in the bad-sample file)."""
+
+
 class _ShardWatch:
     """Stops an endless (resampled) stream whose shards yield nothing, instead of spinning forever."""
 
@@ -198,8 +204,8 @@ class _ShardWatch:
         for url in source:
             self.since_sample += 1
             if self.since_sample > self.limit:
-                raise RuntimeError(f"the last {self.limit} shards drawn yielded no sample (last: {url.get('url')}); "
-                                   "check that the shards exist and are readable tar files")
+                raise NoReadableShards(f"the last {self.limit} shards drawn yielded no sample (last: "
+                                       f"{url.get('url')}); check that the shards exist and are readable tar files")
             yield url
 
     def samples(self, source: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
