@@ -21,10 +21,7 @@ from vlkit.weights.init_from import initialize_from
 
 torch.set_num_threads(1)
 
-# official towers embed patches linearly (tiny recipes: conv stem) and have no parts for albef/tiny's binding
-# additions (text mixing, grounding box head, phrase-patch temperature)
-ALBEF_PATCH = ["encoder.image.stem=patch", "encoder.text.local_mixing=0", "objectives.grounding=null",
-               "objectives.phrase_patch=null"]
+ALBEF_PATCH = ["encoder.image.stem=patch"]  # official towers embed patches linearly (tiny recipes: conv stem)
 VLMO_PATCH = ["encoder.stem=patch"]
 
 

@@ -84,7 +84,6 @@ def positives_only() -> Iterator[str]:
 
 def test_a_plugin_match_head_reranks_retrieval(positives_only: str, tmp_path: Path) -> None:
     recipe = load_recipe("albef/tiny", [*SMALL, f"data.source.root={tmp_path / 'data'}", "objectives.itm=null",
-                                        "objectives.grounding=null", "objectives.phrase_patch=null",
                                         f"objectives.match={{type: {positives_only}}}"])
     run = Pretraining(recipe, tmp_path / "run", train_data=False)
     head = run.model.objectives["match"].head
@@ -99,8 +98,7 @@ def test_a_plugin_match_head_reranks_retrieval(positives_only: str, tmp_path: Pa
 
 
 def test_without_a_match_head_retrieval_is_contrastive_only(tmp_path: Path) -> None:
-    recipe = load_recipe("albef/tiny", [*SMALL, f"data.source.root={tmp_path / 'data'}", "objectives.itm=null",
-                                        "objectives.grounding=null", "objectives.phrase_patch=null"])
+    recipe = load_recipe("albef/tiny", [*SMALL, f"data.source.root={tmp_path / 'data'}", "objectives.itm=null"])
     run = Pretraining(recipe, tmp_path / "run", train_data=False)
     assert run.model.match_head() is None
 

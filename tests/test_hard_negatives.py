@@ -26,6 +26,7 @@ from vlkit.data.transforms import eval_transform
 from vlkit.encoders.albef import AlbefConfig
 from vlkit.objectives.itc import ITCConfig
 from vlkit.objectives.itm import ITMConfig
+from vlkit.objectives.negatives import HardNegativesConfig
 from vlkit.recipe import load_recipe
 from vlkit.schema import ConfigError
 from vlkit.train.pretrain import run_pretraining
@@ -115,8 +116,9 @@ TOKENS = TextTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, unk_id=100, v
 def test_itm_adds_weighted_pairs_of_image_and_annotated_negative(weight: float) -> None:
     torch.manual_seed(0)
     encoder = build_encoder(AlbefConfig.from_dict({"size": "tiny", "attention": "sdpa"}))
+    same_image = HardNegativesConfig(type="in_batch_hard", exclude="same_image")
     model = build_pretrain_model(encoder, {"itc": ITCConfig(type="itc"),
-                                           "itm": ITMConfig(type="itm", hard_negatives=weight)},
+                                           "itm": ITMConfig(type="itm", negatives=same_image, hard_negatives=weight)},
                                  None).eval()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1000, 2000, (2, 7), generator=g)
@@ -124,7 +126,7 @@ def test_itm_adds_weighted_pairs_of_image_and_annotated_negative(weight: float) 
     negative_ids = torch.randint(1000, 2000, (2, 5), generator=g)
     negative_ids[:, 0] = TOKENS.cls_id
     mask, negative_mask = torch.ones_like(ids), torch.ones_like(negative_ids)
-    # two captions of one image: no in-batch negatives, so only the annotated one counts
+    # two captions of one image: no in-batch negatives (exclude: same_image), so only the annotated one counts
     batch = Batch(torch.randn(2, 3, 32, 32, generator=g), ids, mask, torch.tensor([0, 0]))
     batch.extras[HARD_NEGATIVES] = HardNegativeText(negative_ids, negative_mask, torch.tensor([1.0, 0.0]), (5, 5), 1)
     result = model(batch)

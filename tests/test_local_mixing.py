@@ -63,5 +63,7 @@ def test_invalid_widths_are_refused(width: int) -> None:
 
 
 def test_recipes_switch_it_on_by_key() -> None:
-    recipe = load_recipe("recipes/albef/tiny.yaml", ["encoder.text.local_mixing=3"])
-    assert recipe.encoder.text.local_mixing == 3
+    assert load_recipe("albef/tiny").encoder.text.local_mixing == 0  # ALBEF's text embeddings
+    assert load_recipe("albef/tiny_grounded").encoder.text.local_mixing == 3  # one of vlkit's binding additions
+    recipe = load_recipe("recipes/albef/tiny.yaml", ["encoder.text.local_mixing=5"])
+    assert recipe.encoder.text.local_mixing == 5

@@ -106,10 +106,9 @@ def tiny_bert_mlm(tmp_path_factory, save_tiny_bert_mlm) -> tuple[str, transforme
 def test_bert_layers_split_into_albef_text_and_fusion_layers(tiny_bert_mlm):
     folder, reference = tiny_bert_mlm
     torch.manual_seed(5)
-    plain = "encoder.text.local_mixing=0"  # BERT has no text mixing (tests/test_local_mixing.py covers it)
-    encoder = build("albef/tiny", f"encoder.text.init={folder}", plain)
+    encoder = build("albef/tiny", f"encoder.text.init={folder}")  # no text mixing: BERT's own layers
     torch.manual_seed(5)
-    fresh = build("albef/tiny", plain).text_encoder.state_dict()  # loading a file draws no random numbers
+    fresh = build("albef/tiny").text_encoder.state_dict()  # loading a file draws no random numbers
     stack, bert = encoder.text_encoder, reference.bert.state_dict()
     assert stack.fusion_layer == 2 and len(stack.layers) == 4
     ours = stack.state_dict()
