@@ -21,7 +21,7 @@ from torch import Tensor
 
 from vlkit.convert.layout import Layout
 from vlkit.convert.resize import resize_position_grid, truncate_positions
-from vlkit.convert.rules import Drop, Rule, is_arange, temperature_transform
+from vlkit.convert.rules import Drop, Rule, conv_stem_refusal, is_arange, temperature_transform
 from vlkit.convert.target import Target
 from vlkit.encoders.albef import AlbefConfig
 from vlkit.objectives.answers import GenerateAnswers
@@ -182,7 +182,8 @@ def albef_layout(name: str, target: Target) -> Layout:
         raise ValueError(f"unknown ALBEF layout `{name}`; choose one of {', '.join(LAYOUTS)}")
     names = _names(target, name)
     return Layout(family="albef", name=name, rules=_tower_rules(name, target, names) + _head_rules(name, target, names),
-                  drops=list(DROPS), resize=_resize, derive=_derive)
+                  drops=list(DROPS), resize=_resize, derive=_derive,
+                  refuse=conv_stem_refusal("ALBEF", "encoder.image.stem=patch"))
 
 
 def layout_of_model(target: Target) -> str:

@@ -204,12 +204,21 @@ def to_official(state: dict[str, Tensor], layout: Layout, target: Target, acc: A
     """Convert a vlkit model state to the official ``layout``; fills ``acc``.
 
     Raises:
-        ConversionError: keys of another shape than the recipe's model (the wrong recipe).
+        ConversionError: keys of another shape than the recipe's model (the wrong recipe), or weights the
+            official layout cannot hold (a convolutional stem), each named.
     """
     wrong = [f"`{k}`: {_shape(v.shape)} in the checkpoint, {_shape(target.shapes[k])} in the recipe's model"
              for k, v in state.items() if k in target.shapes and v.shape != target.shapes[k]]
     if wrong:
         raise ConversionError(f"{acc.source} does not fit the recipe's model (pass the recipe it was made with)", wrong)
+    refused: dict[str, list[str]] = {}
+    for key, value in state.items():
+        if why := layout.refuse(key, value):
+            refused.setdefault(why, []).append(f"`{key}` {_shape(value.shape)}")
+    if refused:
+        count = sum(len(keys) for keys in refused.values())
+        raise ConversionError(f"{acc.source} holds {count} weight(s) the {layout.title} cannot hold, so nothing was "
+                              f"written: {'; '.join(refused)}", [k for keys in refused.values() for k in keys])
     out: dict[str, Tensor] = {}
     for vkey, value in state.items():
         found = first_rule(layout.rules, vkey, official=False)

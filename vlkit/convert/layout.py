@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from vlkit.convert.rules import Drop, Rule
+from vlkit.convert.rules import Drop, Refuse, Rule, nothing_refused
 
 Resize = Callable[[str, Tensor, torch.Size], "tuple[Tensor, str] | None"]
 """``(vlkit key, tensor, wanted shape)`` → the tensor reshaped for the recipe and a note, or None."""
@@ -44,6 +44,8 @@ class Layout:
             one missing from a part it has is an error.
         resize: reshapes a tensor for another resolution or text length (position tables).
         derive: recreates dropped official keys on export (e.g. ``position_ids``).
+        refuse: vlkit weights the official layout cannot hold (export fails, naming them, instead of
+            writing keys the official code cannot load).
     """
 
     family: str
@@ -53,6 +55,7 @@ class Layout:
     group: Callable[[str], str] = first_component
     resize: Resize = _no_resize
     derive: Derive = _nothing_derived
+    refuse: Refuse = nothing_refused
 
     @property
     def title(self) -> str:

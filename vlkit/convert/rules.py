@@ -139,6 +139,33 @@ def temperature_transform(official_is_log_scale: bool, vlkit_is_log_scale: bool)
     return LOG_SCALE_TO_TEMPERATURE if official_is_log_scale else TEMPERATURE_TO_LOG_SCALE
 
 
+Refuse = Callable[[str, Tensor], "str | None"]
+"""``(vlkit key, tensor)`` → why the official layout cannot hold it, or None (vlkit → official)."""
+
+
+def nothing_refused(key: str, value: Tensor) -> str | None:
+    return None
+
+
+def conv_stem_refusal(family: str, fix: str) -> Refuse:
+    """Refuse the convolutional stem (:mod:`vlkit.nn.stem`): official ALBEF and VLMo embed patches with one
+    linear projection (timm's ``PatchEmbed``, ``patch_embed.proj`` of shape ``[D, 3, P, P]``); the stem's
+    layers have no place there, and its ``patch_embed.proj`` (a 1×1 convolution) has another shape."""
+    why = (f"official {family} embeds patches with one linear projection (patch_embed.proj [D, 3, P, P]) and has no "
+           f"convolutional stem, so this weight cannot be loaded there; a model trained with the conv stem has no "
+           f"official counterpart (train with {fix} to export)")
+
+    def refuse(key: str, value: Tensor) -> str | None:
+        if ".patch_embed.stem." in key:
+            return why
+        if key.endswith(".patch_embed.proj.weight") and value.ndim == 4 and value.shape[-1] == 1 \
+                and value.shape[-2] == 1:
+            return why  # the stem's 1×1 projection, not a patch projection
+        return None
+
+    return refuse
+
+
 def is_arange(value: Tensor) -> bool:
     """Whether ``value`` is ``[[0, 1, ..., n-1]]`` (a BERT ``position_ids`` buffer)."""
     flat = value.reshape(-1)

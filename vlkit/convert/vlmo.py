@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vlkit.convert.layout import Layout, first_component
 from vlkit.convert.resize import resize_position_grid, resize_relative_table, truncate_positions
-from vlkit.convert.rules import Drop, Rule, is_arange, temperature_transform
+from vlkit.convert.rules import Drop, Rule, conv_stem_refusal, is_arange, temperature_transform
 from vlkit.convert.target import Target
 from vlkit.encoders.mome import MomeConfig
 from vlkit.objectives.itc import ITC
@@ -121,7 +121,7 @@ def vlmo_layout(target: Target) -> Layout:
                  "zeros: the absolute text position table VLMo builds and, with relative positions, never reads")]
 
     return Layout(family="vlmo", name="vlmo", rules=_rules(target), drops=_drops(), group=group, resize=resize,
-                  derive=derive)
+                  derive=derive, refuse=conv_stem_refusal("VLMo", "encoder.stem=patch"))
 
 
 def token_type_hint(source: dict[str, Tensor], target: Target) -> str | None:
