@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
+from vlkit.core.errors import UserError
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.hard_negatives import hard_negatives_problem
 from vlkit.data.json_dataset import AnnotationPart, PairDataset, Sample, read_parts
@@ -147,7 +148,7 @@ def test_hard_negative_weight_must_not_be_negative() -> None:
         ITMConfig(type="itm", hard_negatives=-1.0)
 
 
-def test_training_reads_them_and_warns_on_data_without_them(data: Path, tmp_path: Path,
+def test_training_reads_them_and_refuses_data_without_them(data: Path, tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     common = [f"data.tokenizer={data / 'tokenizer'}", "data.group_batches=false", "train.batch_size=8",
               "train.warmup_steps=1", "train.ckpt_every=0", "train.log_every=1", "eval.batch_size=8",
@@ -168,6 +169,8 @@ def test_training_reads_them_and_warns_on_data_without_them(data: Path, tmp_path
     assert "metric/itm/hard_negative_acc" in logged.Tags()["scalars"]
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps([{k: v for k, v in r.items() if k != "hard_negatives"} for r in records]))
-    metrics = run_pretraining(load_recipe("albef/tiny", [source(plain), *common]), tmp_path / "run2", progress=False)
-    assert metrics["steps"] == 2
-    assert f"hard_negatives: 0 of {len(records)} `train` entries list hard-negative captions" in caplog.text
+    # no entry lists any: the extra ITM pairs would never be formed, so training is refused before it starts
+    with pytest.raises(UserError, match=rf"objectives.itm \(itm\) reads the `hard_negatives` annotations, but none "
+                                        rf"of the {len(records)} `train` entries has any"):
+        run_pretraining(load_recipe("albef/tiny", [source(plain), *common]), tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2" / "checkpoints").exists()

@@ -107,7 +107,8 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, small_data):
     assert "checkpoint written to" in log and "--resume" in log
     saved = ckpt.list_checkpoints(out / "checkpoints")
     assert saved and 3 <= saved[-1][0] < 400
-    resume = [*args[:-3], "train.steps=" + str(saved[-1][0] + 2), "--out", str(out), "--no-progress", "--resume"]
+    # stop 2 steps later (max_steps: the schedule still spans train.steps, so the resumed recipe is the run's)
+    resume = [*args[:-3], "train.max_steps=" + str(saved[-1][0] + 2), "--out", str(out), "--no-progress", "--resume"]
     done = subprocess.run(resume, capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -16,9 +16,9 @@ from PIL import Image
 from torch import Tensor
 
 from vlkit import registry
-from vlkit.data.tools import pack as pack_module
 from vlkit.data.json_dataset import Sample
 from vlkit.data.synthetic import SynthConfig, ensure
+from vlkit.data.tools import pack as pack_module
 from vlkit.data.tools.pack import PackReport, pack_json_dataset
 from vlkit.data.webdataset_source import ShardStream, WebDatasetConfig, WebDatasetSource, key_id
 from vlkit.schema import ConfigError, RecipeError

@@ -1,11 +1,17 @@
 """The comparison an ablation hands back: ``results.md`` (variants × metrics, mean ± std over seeds,
 the best per column in bold), ``results.csv`` (one row per run), a bar chart per metric with error
 bars, and training-loss / evaluation curves of every variant overlaid, read from the runs' TensorBoard
-logs. Everything is drawn from the finished runs under ``DIR/runs`` and ``DIR/grid.json``."""
+logs. Everything is drawn from the finished runs under ``DIR/runs`` and ``DIR/grid.json``.
+
+Every row of ``results.csv`` carries what produced it (the run's ``provenance``: vlkit version and
+commit, recipe hash, evaluation-data fingerprint, libraries, device, world size, seed, step), and
+runs evaluated on different data are never put in one table (:class:`IncomparableRuns`, naming the
+runs and the difference)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -13,12 +19,22 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from vlkit.core.errors import UserError
+from vlkit.provenance import data_key
+from vlkit.provenance import summary as provenance_summary
 from vlkit.train.run_report import scalars as run_scalars
 
 log = logging.getLogger("vlkit.ablate")
 
 BOOKKEEPING = {"steps", "samples", "images_skipped", "annotations_skipped", "n_images", "n_texts", "n_swaps",
-               "chance_r1", "step", "n", "n_skipped", "majority_acc"}
+               "chance_r1", "step", "n", "n_skipped", "majority_acc", "n_skipped_annotations"}
+PROVENANCE_COLUMNS = ("vlkit", "git_commit", "dirty", "recipe_sha256", "eval_data_sha256", "torch", "timm",
+                      "transformers", "device", "world_size", "seed", "step")
+"""What ``results.csv`` records of each run's (and follow-up's) provenance."""
+
+
+class IncomparableRuns(UserError):
+    """Runs of one table were evaluated on different data."""
 
 
 def descriptive(column: str) -> bool:
@@ -41,6 +57,16 @@ def run_metrics(run: Path, followups: list[str]) -> dict[str, float] | None:
     return metrics
 
 
+def run_provenance(run: Path, followups: list[str]) -> dict[str, dict[str, Any] | None]:
+    """The ``provenance`` of a finished run's ``metrics.json`` (key ``""``) and of its follow-ups' (their
+    names); None where a file has none (written by an older vlkit)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for name, path in [("", run / "metrics.json"), *((f, run / f / "metrics.json") for f in followups)]:
+        if path.is_file():
+            out[name] = json.loads(path.read_text()).get("provenance")
+    return out
+
+
 def collect(out: Path) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, float]]]]:
     """``grid.json`` and the metrics of every finished run: variant → seed → metrics."""
     grid = json.loads((out / "grid.json").read_text())
@@ -51,6 +77,61 @@ def collect(out: Path) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, fl
             if metrics is not None:
                 results.setdefault(variant, {})[seed] = metrics
     return grid, results
+
+
+def provenances(out: Path, grid: dict[str, Any],
+                results: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict[str, dict[str, Any] | None]]:
+    """``runs/<variant>/seed<k>`` → its provenance records (:func:`run_provenance`), finished runs only."""
+    return {f"runs/{v}/seed{s}": run_provenance(out / "runs" / v / f"seed{s}", grid["followups"])
+            for v, seeds in results.items() for s in seeds}
+
+
+def _difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """What differs between two :func:`vlkit.provenance.data_key` values, in words."""
+    parts = []
+    files_a, files_b = a.get("files", []), b.get("files", [])
+    if len(files_a) != len(files_b):
+        parts.append(f"{len(files_a)} vs {len(files_b)} files")
+    for i, (fa, fb) in enumerate(zip(files_a, files_b, strict=False)):
+        for key in sorted(fa.keys() | fb.keys()):
+            if fa.get(key) != fb.get(key):
+                parts.append(f"file {i + 1} {key} {str(fa.get(key))[:16]} vs {str(fb.get(key))[:16]}")
+    counts_a, counts_b = a.get("counts", {}), b.get("counts", {})
+    parts += [f"{k} {counts_a.get(k)} vs {counts_b.get(k)}" for k in sorted(counts_a.keys() | counts_b.keys())
+              if counts_a.get(k) != counts_b.get(k)]
+    return "; ".join(parts)
+
+
+def check_same_data(records: dict[str, dict[str, dict[str, Any] | None]]) -> None:
+    """Every run's evaluation (and each follow-up's) ran on the same data (content and sample counts).
+
+    Raises:
+        IncomparableRuns: naming the first two runs that differ and how.
+    """
+    parts = sorted({name for per_run in records.values() for name in per_run})
+    for part in parts:
+        first: tuple[str, dict[str, Any]] | None = None
+        unknown = []
+        for run, per_run in records.items():
+            prov = per_run.get(part)
+            if part not in per_run:
+                continue
+            key = data_key(prov.get("eval_data")) if prov else None
+            if key is None:
+                unknown.append(run)
+                continue
+            if first is None:
+                first = (run, key)
+            elif key != first[1]:
+                what = f"{part} evaluation" if part else "evaluation"
+                raise IncomparableRuns(
+                    f"{first[0]} and {run} ran their {what} on different data ({_difference(first[1], key)}); "
+                    "their metrics are not comparable and are not put in one table. Give every variant the same "
+                    "evaluation data (data.source / eval.split / the task's files), or compare them in separate "
+                    "ablations")
+        if unknown:
+            log.warning("%s: no record of the evaluation data (metrics.json written by an older vlkit); they are "
+                        "tabled unchecked", ", ".join(unknown))
 
 
 def columns(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
@@ -94,14 +175,59 @@ def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, results: dict[str, dict[int, dict[str, float]]]) -> None:
+def provenance_cells(prov: dict[str, Any] | None) -> dict[str, Any]:
+    """The :data:`PROVENANCE_COLUMNS` of one provenance record (empty cells when there is none)."""
+    if not prov:
+        return {}
+    code, libraries = prov.get("code", {}), prov.get("libraries", {})
+    data = data_key(prov.get("eval_data"))
+    return {"vlkit": code.get("vlkit"), "git_commit": code.get("git_commit"), "dirty": code.get("dirty"),
+            "recipe_sha256": prov.get("recipe_sha256"),
+            "eval_data_sha256": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+            if data is not None else None,
+            "torch": libraries.get("torch"), "timm": libraries.get("timm"),
+            "transformers": libraries.get("transformers"), "device": prov.get("device"),
+            "world_size": prov.get("world_size"), "seed": prov.get("seed"), "step": prov.get("step")}
+
+
+def write_csv(path: Path, results: dict[str, dict[int, dict[str, float]]],
+              records: dict[str, dict[str, dict[str, Any] | None]] | None = None) -> None:
+    """One row per run: its metrics, then what produced them (the run's provenance, then each
+    follow-up's, prefixed ``<follow-up>/``)."""
+    records = records or {}
     keys = sorted({k for seeds in results.values() for m in seeds.values() for k in m})
+    parts = sorted({name for per_run in records.values() for name in per_run})
+    prov_keys = [f"{part}/{c}" if part else c for part in parts for c in PROVENANCE_COLUMNS]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["variant", "seed", *keys])
+        writer.writerow(["variant", "seed", *keys, *prov_keys])
         for variant, seeds in results.items():
             for seed, metrics in sorted(seeds.items()):
-                writer.writerow([variant, seed, *(metrics.get(k, "") for k in keys)])
+                per_run = records.get(f"runs/{variant}/seed{seed}", {})
+                cells = {f"{part}/{c}" if part else c: v for part in parts
+                         for c, v in provenance_cells(per_run.get(part)).items()}
+                writer.writerow([variant, seed, *(metrics.get(k, "") for k in keys),
+                                 *("" if cells.get(k) is None else cells[k] for k in prov_keys)])
+
+
+def produced_by(records: dict[str, dict[str, dict[str, Any] | None]]) -> str:
+    """The table's provenance line: one record's summary when the runs agree on code and libraries, and
+    the shared evaluation data; else a pointer to ``results.csv``."""
+    mains = [per_run.get("") for per_run in records.values() if per_run.get("")]
+    if not mains:
+        return ""
+    shared = {json.dumps({k: p.get(k) for k in ("code", "libraries", "device")}, sort_keys=True) for p in mains
+              if p is not None}
+    first = mains[0]
+    assert first is not None
+    cells = provenance_cells(first)
+    if len(shared) == 1:
+        per_run = {"recipe_sha256": "per run", "seed": "per run", "step": "per run"}
+        line = f"Produced by: {provenance_summary({**first, **per_run})}"
+    else:
+        line = "Produced by several code versions, libraries or devices"
+    return (f"\n{line}; evaluation data sha256 {str(cells.get('eval_data_sha256'))[:12]} for every run "
+            "(checked). Per run: `results.csv`.\n")
 
 
 def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
@@ -160,10 +286,12 @@ def plots(out: Path, grid: dict[str, Any], results: dict[str, dict[int, dict[str
 def write_report(out: Path) -> str:
     """Draw ``results.md``, ``results.csv`` and the plots from the finished runs; returns the table."""
     grid, results = collect(out)
+    records = provenances(out, grid, results)
+    check_same_data(records)
     cols = columns(grid, results)
-    table = markdown(grid, results, cols)
+    table = markdown(grid, results, cols) + produced_by(records)
     (out / "results.md").write_text(table)
-    write_csv(out / "results.csv", results)
+    write_csv(out / "results.csv", results, records)
     if results:
         plots(out, grid, results, cols)
     missing = [f"{v}/seed{s}" for v, seeds in grid["runs"].items() for s in seeds if s not in results.get(v, {})]

@@ -17,6 +17,7 @@ from vlkit.ablate.grid import Grid
 from vlkit.ablate.report import write_report
 from vlkit.recipe import Recipe, resolve
 from vlkit.train.pretrain import run_pretraining
+from vlkit.train.run_folder import run_contents
 from vlkit.weights import checkpoints as ckpt
 
 log = logging.getLogger("vlkit.ablate")
@@ -32,8 +33,10 @@ def _train(recipe: Recipe, folder: Path, progress: bool) -> None:
         log.info("%s: finished before, skipped", folder)
         return
     resume = bool(ckpt.list_checkpoints(folder / "checkpoints"))
-    log.info("%s: %s", folder, "resuming" if resume else "training")
-    run_pretraining(recipe, folder, resume=resume, progress=progress)
+    # the grid owns its run folders: a run that stopped before its first checkpoint starts again
+    leftovers = not resume and bool(run_contents(folder)) if folder.is_dir() else False
+    log.info("%s: %s", folder, "resuming" if resume else "training again (no checkpoint)" if leftovers else "training")
+    run_pretraining(recipe, folder, resume=resume, progress=progress, overwrite=leftovers)
 
 
 def run_grid(grid: Grid, out: Path, *, progress: bool = True) -> str:

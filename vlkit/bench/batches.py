@@ -3,6 +3,11 @@
 Images are random ``uint8`` pixels normalized on the device; captions have random token ids with
 lengths drawn from :data:`CAPTION_TOKENS`, padded by the recipe's ``data.padding`` rule; the MLM
 objective's masker (and any other batch transform of the model) runs on them as in the loader.
+
+Annotations the objectives read have stand-ins of the same shapes and costs (:data:`STAND_INS`):
+hard-negative captions (:func:`rolled_negatives`) and phrase boxes (:func:`stand_in_phrases`). An
+annotation field without a stand-in is named by :func:`omitted_work` — the timed step then leaves that
+objective's work out, and the benchmark says so.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
-from vlkit.core.loader import LoaderRequest
+from vlkit.core.batch import HARD_NEGATIVES, PHRASE_REGIONS, Batch, HardNegativeText, PhraseRegions
+from vlkit.core.loader import LoaderRequest, PhraseRegionsRequest
 from vlkit.data.loader_requests import batch_transforms, wants_hard_negatives
 from vlkit.data.tokenizer import Padding, TokenizedText, padded_length
 from vlkit.data.tokens import TextTokens
@@ -51,6 +56,53 @@ def rolled_negatives(batch: Batch) -> HardNegativeText:
     return HardNegativeText(ids, mask, torch.ones(batch.size), Batch.lengths_of(mask), batch.size)
 
 
+PHRASES_PER_CAPTION = 2
+"""Stand-in phrases per caption (the synthetic world's captions ground one to three objects) [est]."""
+PHRASE_TOKENS = 2
+"""Tokens per stand-in phrase ("red circle")."""
+
+STAND_INS: dict[str, str] = {
+    HARD_NEGATIVES: "each row's annotated hard-negative caption is the next row's caption (rolled_negatives)",
+    "phrases": f"{PHRASES_PER_CAPTION} phrases of {PHRASE_TOKENS} tokens per caption with random boxes "
+               "(stand_in_phrases)",
+}
+"""Annotation field → what the benchmark batches carry in its place."""
+
+
+def stand_in_phrases(lengths: np.ndarray, width: int, rng: np.random.Generator) -> PhraseRegions:
+    """Stand-ins for annotated phrase boxes: :data:`PHRASES_PER_CAPTION` phrases per caption, each a span of
+    up to :data:`PHRASE_TOKENS` tokens after ``[CLS]`` with a random box ``(cx, cy, w, h)`` inside the image
+    (the same tensors, shapes and costs as real ones)."""
+    rows, spans = [], []
+    for row, length in enumerate(lengths.tolist()):
+        for _ in range(PHRASES_PER_CAPTION):
+            span = min(PHRASE_TOKENS, max(1, length - 1))
+            start = int(rng.integers(1, max(2, length - span + 1)))
+            rows.append(row)
+            spans.append((start, start + span))
+    tokens = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (start, stop) in enumerate(spans):
+        tokens[i, start:stop] = True
+    size = rng.uniform(0.1, 0.5, (len(rows), 2))
+    centre = rng.uniform(size / 2, 1 - size / 2)
+    boxes = torch.as_tensor(np.concatenate([centre, size], 1), dtype=torch.float32)
+    return PhraseRegions(torch.tensor(rows, dtype=torch.long), tokens, boxes)
+
+
+def omitted_work(objectives: dict[str, Any]) -> list[str]:
+    """What the benchmark's step leaves out: one line per objective annotation field (``ObjectiveConfig
+    .annotations``) that the synthetic batches have no stand-in for."""
+    return [f"objectives.{name} ({cfg.type}) reads `{field}` annotations, which the synthetic batches do not carry: "
+            "the timed step does none of its work on them"
+            for name, cfg in objectives.items() for field in sorted(cfg.annotations) if field not in STAND_INS]
+
+
+def stand_ins(objectives: dict[str, Any]) -> dict[str, str]:
+    """The stand-ins the benchmark batches carry for these objectives' annotation fields."""
+    fields = {field for cfg in objectives.values() for field in cfg.annotations}
+    return {field: STAND_INS[field] for field in sorted(fields) if field in STAND_INS}
+
+
 def synthetic_batches(recipe: Any, requests: list[LoaderRequest], batch_size: int, device: torch.device, *,
                       vocab_size: int, seed: int = 0, text_len: int | None = None) -> Iterator[Batch]:
     """Endless batches for ``recipe`` (images at the encoder's size, the data section's text rules).
@@ -69,6 +121,7 @@ def synthetic_batches(recipe: Any, requests: list[LoaderRequest], batch_size: in
     normalize = DeviceNormalize(data.normalize if data is not None else "imagenet")
     transforms = batch_transforms(requests, text_tokens(vocab_size))
     hard_negatives = wants_hard_negatives(requests)
+    phrases = any(isinstance(r, PhraseRegionsRequest) for r in requests)
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     step = 0
@@ -89,5 +142,7 @@ def synthetic_batches(recipe: Any, requests: list[LoaderRequest], batch_size: in
             batch.extras[HARD_NEGATIVES] = rolled_negatives(batch)
         for transform in transforms:
             transform.apply_to(batch, text, rng)
+        if phrases:  # after the transforms: the phrase-region pass finds no annotated phrases here
+            batch.extras[PHRASE_REGIONS] = stand_in_phrases(lengths, width, rng)
         yield normalize(batch.to(device, non_blocking=True))
         step += 1

@@ -38,6 +38,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         ratio = counted["executed_over_reference"]
         print(f"executed {counted['executed_flops_per_sample'] / 1e9:.2f} GFLOP/sample, reference "
               f"{(counted['reference_flops_per_sample'] or 0) / 1e9:.2f}" + (f" (ratio {ratio:.3f})" if ratio else ""))
+        for line in counted["omitted_work"]:
+            print(f"omitted work: {line}")
         return 0
     if args.sweep:
         from vlkit.bench.sweep import run_sweep

@@ -40,7 +40,23 @@ def markdown(result: dict[str, Any], command: str) -> str:
         lines += [f"| {name} | {ms:.2f} |" for name, ms in result["breakdown_ms"].items()]
         lines.append("")
     lines.append(f"Machine: {hardware}; " + ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("gpu", "cpu")))
+    lines += ["", *what_ran_lines(result)]
     return "\n".join(lines) + "\n"
+
+
+def what_ran_lines(result: dict[str, Any]) -> list[str]:
+    """The annotation stand-ins, the work the timed step left out, and what produced the figures."""
+    from vlkit.provenance import summary
+
+    lines = []
+    if result.get("stand_ins"):
+        lines.append("Annotation stand-ins: " + "; ".join(f"`{k}`: {v}" for k, v in result["stand_ins"].items()) + ".")
+    omitted = result.get("omitted_work", [])
+    lines.append("**Omitted work** (the timed step does less than a real one): " + "; ".join(omitted) + "."
+                 if omitted else "Omitted work: none (every objective had its inputs).")
+    if result.get("provenance"):
+        lines.append(f"Produced by: {summary(result['provenance'])}.")
+    return lines
 
 
 def write(out: Path, result: dict[str, Any], command: str) -> None:

@@ -8,12 +8,16 @@ reference FLOPs and to the device's peak (measured with a matmul probe unless gi
 
 A step is forward (every objective; the momentum teacher inside), backward, clipping, the optimizer
 step and the EMA / queue update, at a steady-state step index (teacher consulted, ramps finished).
+Annotations the objectives read get stand-ins (``stand_ins`` in the result); work the synthetic batches
+cannot give an objective is listed in ``omitted_work`` (and logged): the figures then time less than a
+real step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import resource
@@ -27,7 +31,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlkit.bench.batches import synthetic_batches
+from vlkit import provenance
+from vlkit.bench.batches import omitted_work, stand_ins, synthetic_batches
 from vlkit.bench.flops import reference_flops
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import Batch
@@ -36,6 +41,8 @@ from vlkit.nn.attention import resolve_backend
 from vlkit.nn.checkpointing import compile_blocks
 from vlkit.recipe import Recipe
 from vlkit.train.optim import build_optimizer
+
+log = logging.getLogger("vlkit.bench")
 
 STEADY_STEP = 1_000_000
 """Step index of benchmark steps: past every warm-up and ramp (teacher, distillation, hard negatives)."""
@@ -230,7 +237,17 @@ def count_flops(recipe: Recipe, settings: BenchSettings) -> dict[str, Any]:
     ref_total = reference["total"] if reference else None
     return {"executed_flops_per_sample": executed, "reference_flops_per_sample": ref_total,
             "reference_parts": reference, "executed_over_reference": executed / ref_total if ref_total else None,
-            "batch_size": settings.batch_size, "text_len_mean": width}
+            "batch_size": settings.batch_size, "text_len_mean": width, **_what_ran(recipe, torch.device("meta"))}
+
+
+def _what_ran(recipe: Recipe, device: torch.device) -> dict[str, Any]:
+    """The annotation stand-ins, the work left out (logged when any) and the provenance of a benchmark."""
+    omitted = omitted_work(dict(recipe.objectives))
+    for line in omitted:
+        log.warning("bench: %s", line)
+    return {"stand_ins": stand_ins(dict(recipe.objectives)), "omitted_work": omitted,
+            "provenance": provenance.record(recipe_yaml=recipe.to_yaml(), seed=recipe.seed, step=STEADY_STEP,
+                                            device=device, world_size=1)}
 
 
 def run_benchmark(recipe: Recipe, device: torch.device, settings: BenchSettings) -> dict[str, Any]:
@@ -278,4 +295,5 @@ def run_benchmark(recipe: Recipe, device: torch.device, settings: BenchSettings)
         "breakdown_ms": phases,
         "step_ms_all": times,
         "environment": environment(device, backend),
+        **_what_ran(recipe, device),
     }

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vlkit.core.errors import DataError
-
 
 @dataclass(frozen=True)
 class TextTokens:
@@ -35,12 +33,11 @@ class TextTokens:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TextTokens:
-        """Read the ids from a ``transformers`` BERT tokenizer; a missing special token is a :class:`DataError`."""
+        """Read the ids from a ``transformers`` BERT tokenizer; a missing special token is an error."""
         ids = {}
         for name in ("pad", "cls", "sep", "mask", "unk"):
             value = getattr(tokenizer, f"{name}_token_id", None)
             if value is None:
-                raise DataError(f"the tokenizer has no [{name.upper()}] token; vlkit needs a BERT-style tokenizer "
-                                "(set data.tokenizer to a BERT WordPiece tokenizer folder or hub name)")
+                raise ValueError(f"the tokenizer has no [{name.upper()}] token; vlkit needs a BERT-style tokenizer")
             ids[f"{name}_id"] = int(value)
         return cls(vocab_size=len(tokenizer), **ids)

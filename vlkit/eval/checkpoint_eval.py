@@ -4,23 +4,33 @@
 checkpoint's online weights (the momentum teacher is not used, as in ALBEF's evaluation), runs the
 recipe's ``eval`` section on its data source (retrieval recalls with ITM re-ranking, the swap probe),
 or its ``task`` when it has one (e.g. zero-shot classification), and writes ``out_dir/metrics.json``
-and ``out_dir/recipe.yaml``. Under ``torchrun`` the ranks share retrieval's queries and rank 0 writes.
+(with its ``provenance``: :mod:`vlkit.provenance`) and ``out_dir/recipe.yaml``. Under ``torchrun`` the
+ranks share retrieval's queries and rank 0 writes.
+
+A checkpoint whose evaluated weights hold NaN or infinite values is refused
+(:class:`~vlkit.core.errors.NonFiniteError`), and so is any non-finite score (:mod:`vlkit.eval.finite`):
+no metric comes from numbers that are not numbers. The output folder is held for the evaluation
+(:mod:`vlkit.train.run_folder`), and its ``metrics.json`` / ``recipe.yaml`` are replaced only with
+``overwrite``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlkit import dist
+from vlkit import dist, provenance
+from vlkit.core.errors import NonFiniteError
 from vlkit.recipe import Recipe
-from vlkit.train.distributed import torchrun_scope
+from vlkit.train import run_folder
+from vlkit.train.devices import resolve_device
+from vlkit.train.distributed import init_from_environment, torchrun_scope
 from vlkit.train.pretrain import Pretraining
+from vlkit.weights import checkpoints as ckpt
 from vlkit.weights.init_from import find_checkpoint, read_checkpoint
 
 log = logging.getLogger("vlkit.eval")
@@ -32,12 +42,14 @@ class CheckpointMismatch(ValueError):
     """The checkpoint's weights do not fit the recipe's model."""
 
 
-def load_online_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+def load_online_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "the checkpoint") \
+        -> list[str]:
     """Load every weight of ``model`` except the momentum teacher's from ``state``; returns the
     checkpoint keys the model has no place for (e.g. heads of objectives the recipe switched off).
 
     Raises:
         CheckpointMismatch: a weight of the model is missing from ``state`` or has another shape.
+        NonFiniteError: a weight to load holds NaN or infinite values (``source`` names the file).
     """
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(IGNORED_PREFIXES)}
     missing = [k for k in own if k not in state]
@@ -50,6 +62,13 @@ def load_online_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
             "the checkpoint does not fit the recipe's model: " + ", ".join(problems) + ". Evaluate with the "
             "recipe the checkpoint was trained with (a run folder keeps it as recipe.yaml; every checkpoint "
             "stores it too), with only data / eval keys overridden.")
+    bad = ckpt.nonfinite_keys({k: state[k] for k in own})
+    if bad:
+        raise NonFiniteError(
+            f"{source} holds NaN or infinite values in {len(bad)} of the {len(own)} weights the evaluation would load "
+            f"(first: {', '.join(bad[:4])}): any metric computed from them would be meaningless (a NaN score "
+            "compares false with everything), so none is. Evaluate an earlier checkpoint of the run; vlkit's trainer "
+            "never writes a non-finite one")
     model.load_state_dict({k: state[k] for k in own}, strict=False)
     unused = sorted(k for k in state if k not in own and not k.startswith(IGNORED_PREFIXES))
     if unused:
@@ -63,20 +82,35 @@ def task_metrics(run: Pretraining, recipe: Recipe) -> dict[str, float]:
     return run.task.evaluate(run.task_context())
 
 
-def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run_evaluation(recipe: Recipe, checkpoint: str | Path, out_dir: str | Path, *,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a file or a run folder) with ``recipe``'s evaluation into ``out_dir``.
 
+    Args:
+        overwrite: replace ``out_dir``'s ``metrics.json`` / ``recipe.yaml`` (a training run's or an earlier
+            evaluation's); without it they are refused.
+
     Returns:
-        the metrics (also in ``out_dir/metrics.json``), with the ``checkpoint`` path and its ``step``.
+        the metrics (also in ``out_dir/metrics.json``, with their ``provenance``), with the ``checkpoint``
+        path and its ``step``.
+
+    Raises:
+        RunFolderBusy: another process holds ``out_dir``.
+        RunFolderTaken: ``out_dir`` holds ``metrics.json`` / ``recipe.yaml`` and ``overwrite`` is off.
+        NonFiniteError: the checkpoint's weights, or the evaluation's scores, are not finite.
     """
     with torchrun_scope():
-        return _evaluate(recipe, find_checkpoint(checkpoint), Path(out_dir))
+        out = Path(out_dir)
+        init_from_environment(resolve_device(recipe.train.device))  # the ranks agree on the folder checks
+        with run_folder.locked(out, "vlkit eval"):
+            run_folder.agreed(lambda: run_folder.claim_for_evaluation(out, overwrite=overwrite))
+            return _evaluate(recipe, find_checkpoint(checkpoint), out)
 
 
 def _evaluate(recipe: Recipe, path: Path, out: Path) -> dict[str, Any]:
     run = Pretraining(recipe, out, train_data=False)
     state = read_checkpoint(path)
-    load_online_weights(run.model, state["model"])
+    load_online_weights(run.model, state["model"], source=str(path))
     run.model.eval()
     if recipe.task is not None:
         log.info("evaluating %s (step %d): task `%s`", path, int(state["step"]), recipe.task.type)
@@ -92,8 +126,11 @@ def _evaluate(recipe: Recipe, path: Path, out: Path) -> dict[str, Any]:
     if not dist.is_main():
         return metrics
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(recipe.to_yaml())
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    record = provenance.record(recipe_yaml=recipe.to_yaml(), seed=recipe.seed, step=int(state["step"]),
+                               device=run.device, world_size=run.world,
+                               eval_data=provenance.evaluation_data(recipe, run.source, metrics),
+                               checkpoint=provenance.fingerprint(path))
+    ckpt.write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
+    ckpt.write_text_atomic(out / "metrics.json", json.dumps({**metrics, "provenance": record}, indent=2,
+                                                            sort_keys=True) + "\n")
     return metrics

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from vlkit.eval.finite import require_finite_scores
+
 
 def compose(image: Tensor | None, plus: Sequence[Tensor] = (), minus: Sequence[Tensor] = ()) -> Tensor:
     """``[E]`` query: ``normalize(norm(image) + Σ norm(plus) − Σ norm(minus))``; at least one part."""
@@ -24,6 +26,7 @@ def compose(image: Tensor | None, plus: Sequence[Tensor] = (), minus: Sequence[T
 def rank(gallery: Tensor, query: Tensor, k: int) -> tuple[list[int], list[float]]:
     """Indices and cosine scores of the ``k`` gallery rows ``[N, E]`` nearest to ``query [E]``."""
     scores = F.normalize(gallery.float(), dim=-1) @ query
+    require_finite_scores(scores, "composed retrieval: gallery scores")
     top = scores.topk(min(k, gallery.shape[0]))
     return top.indices.tolist(), top.values.tolist()
 

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from vlkit.encoders.base import Encoder
+from vlkit.eval.finite import require_finite_scores
 from vlkit.nn.bert import BertAttention
 
 Box = tuple[float, float, float, float]
@@ -79,6 +80,7 @@ def gradcam(encoder: Encoder, itm_head: nn.Module, images: Tensor, input_ids: Te
     cams = attn[..., 1:] * tokens
     grads = grad[..., 1:].clamp(min=0) * tokens
     maps = (cams * grads).mean(1).sum(1) / tokens[:, 0].sum(1)  # [B, P]: mean over heads, then text tokens
+    require_finite_scores(maps, "grounding: Grad-CAM maps")  # a NaN map's argmax would be its "peak"
     grid = math.isqrt(maps.shape[1])
     if grid * grid != maps.shape[1]:
         raise ValueError(f"{maps.shape[1]} image tokens after [CLS] do not form a square patch grid")

@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from vlkit import dist
+from vlkit.core.errors import NonFiniteError
 from vlkit.encoders.base import Encoder, ImageEncoding, TextEncoding, contrastive_feat
+from vlkit.eval.finite import ADVICE, require_finite_scores
 
 E = TypeVar("E", ImageEncoding, TextEncoding)
 
@@ -53,6 +55,9 @@ def encode_gallery(encoder: Encoder, images: Iterable[Tensor], input_ids: Tensor
     return EncodedGallery(ImageEncoding.cat(image_parts), TextEncoding.cat(text_parts))
 
 
+UNRANKED = 2**40
+"""The rank of a positive whose score is NaN: beyond every recall cutoff, whatever the gallery size."""
+
 ITMScorer = Callable[[Tensor], Tensor]
 """Fused [CLS] ``[P, D]`` → match logit ``[P]``."""
 
@@ -62,15 +67,20 @@ def ground_truth_ranks(scores: Tensor, positives: Sequence[Sequence[int]]) -> Te
     broken by lower column first, as a stable sort): ``#{s > s_p} + #{s = s_p, column < p}``.
 
     ALBEF's ``itm_eval`` breaks ties the other way (``np.argsort(score)[::-1]`` puts the higher column
-    first: ``#{s > s_p} + #{s = s_p, column > p}``); the two agree whenever the positive's score is unique."""
+    first: ``#{s > s_p} + #{s = s_p, column > p}``); the two agree whenever the positive's score is unique.
+
+    A NaN positive is never a hit: it gets :data:`UNRANKED`, beyond every recall cutoff (nothing compares
+    greater than NaN, so the count above would make it rank 0). (:func:`evaluate_retrieval` refuses
+    non-finite scores outright.)"""
     width = max(len(p) for p in positives)
     columns = torch.tensor([list(p) + [p[0]] * (width - len(p)) for p in positives], device=scores.device)  # [c, G]
     order = torch.arange(scores.shape[1], device=scores.device)
-    best = torch.full((scores.shape[0],), scores.shape[1], dtype=torch.long, device=scores.device)
+    best = torch.full((scores.shape[0],), UNRANKED, dtype=torch.long, device=scores.device)
     for g in range(width):
         column = columns[:, g : g + 1]  # [c, 1]
         value = scores.gather(1, column)
         rank = (scores > value).sum(1) + ((scores == value) & (order[None] < column)).sum(1)
+        rank = torch.where(value[:, 0].isnan(), UNRANKED, rank)
         best = torch.minimum(best, rank)
     return best.cpu()
 
@@ -142,10 +152,16 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
 
     On several processes (every rank holding the whole encoded gallery, as ALBEF's evaluation), the
     query blocks are dealt out round-robin over the ranks and the ground truth's ranks summed over
-    them (ALBEF splits the rows and all-reduces the score matrices); every rank returns the metrics."""
+    them (ALBEF splits the rows and all-reduces the score matrices); every rank returns the metrics.
+
+    Raises:
+        NonFiniteError: a contrastive feature or an ITM logit is NaN or infinite (no recall is computed).
+    """
     device = device or contrastive_feat(gallery.images).device
     image_feat = contrastive_feat(gallery.images).to(device).float()  # [N_i, E]
     text_feat = contrastive_feat(gallery.texts).to(device).float()  # [N_t, E]
+    require_finite_scores(image_feat, "retrieval: the gallery's contrastive image features")
+    require_finite_scores(text_feat, "retrieval: the gallery's contrastive text features")
     n_img, n_txt = len(img2txt), len(txt2img)
     rerank = itm_head is not None and encoder.supports_fusion and k_test > 0
     reranker = None
@@ -154,6 +170,7 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
     ranks = {name: torch.zeros(n, dtype=torch.long, device=device)
              for name, n in (("itc_txt", n_img), ("itc_img", n_txt), ("txt", n_img), ("img", n_txt))}
     me, world = dist.rank(), dist.world_size()
+    nonfinite = torch.zeros((), dtype=torch.long, device=device)  # scores of this rank's queries; checked after
     for queries, keys, positives, name in ((image_feat, text_feat, img2txt, "txt"),
                                            (text_feat, image_feat, [[i] for i in txt2img], "img")):
         for block, start in enumerate(range(0, queries.shape[0], query_chunk)):
@@ -162,18 +179,24 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
             rows = torch.arange(start, min(start + query_chunk, queries.shape[0]), device=device)
             with torch.autocast(device.type, enabled=False):  # ranks from fp32 scores, under any autocast
                 sims = queries[rows] @ keys.T  # [c, N_keys]
+            nonfinite += (~torch.isfinite(sims)).sum()
             truth = positives[start:start + len(rows)]
             ranks[f"itc_{name}"][rows] = ground_truth_ranks(sims, truth).to(device)
             if reranker is None:
                 continue
             top = sims.topk(min(k_test, keys.shape[0]), dim=1).indices  # [c, k]
             logits = reranker.scores(rows, top, image_queries=name == "txt")
+            nonfinite += (~torch.isfinite(logits)).sum()
             scores = torch.full_like(sims, -100.0).scatter_(1, top, logits)
             ranks[name][rows] = ground_truth_ranks(scores, truth).to(device)
     if world > 1:
-        everything = torch.cat(list(ranks.values()))
+        everything = torch.cat([*ranks.values(), nonfinite[None]])
         torch.distributed.all_reduce(everything)  # each query's rank was written by exactly one rank
-        ranks = dict(zip(ranks, everything.split([n_img, n_txt, n_img, n_txt]), strict=True))
+        *parts, nonfinite = everything.split([n_img, n_txt, n_img, n_txt, 1])
+        ranks = dict(zip(ranks, parts, strict=True))
+    if int(nonfinite):  # after the collective, so that every rank raises
+        raise NonFiniteError(f"retrieval: {int(nonfinite)} contrastive similarities or ITM re-ranking logits are NaN "
+                             f"or infinite; {ADVICE}")
     itc = recalls_from_ranks(ranks["itc_txt"], ranks["itc_img"])
     metrics = recalls_from_ranks(ranks["txt"], ranks["img"]) if rerank else dict(itc)
     metrics.update({f"itc_{k}": v for k, v in itc.items()})

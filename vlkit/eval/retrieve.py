@@ -55,7 +55,8 @@ def run_retrieval_query(recipe: Recipe, checkpoint: str | Path, query: Query, ou
                         gallery_folder: Path | None = None) -> list[dict[str, Any]]:
     """Rank the gallery for ``query``; writes ``out`` (PNG) and ``out`` with ``.json``; returns the results."""
     run = Pretraining(recipe, out.parent, train_data=False)
-    load_online_weights(run.model, read_checkpoint(find_checkpoint(checkpoint))["model"])
+    found = find_checkpoint(checkpoint)
+    load_online_weights(run.model, read_checkpoint(found)["model"], source=str(found))
     run.model.eval()
     ctx = run.task_context()
     paths = gallery_images(run, recipe, gallery_folder)

@@ -58,7 +58,8 @@ class PretrainEvaluator:
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
         parts = self.source.split_parts(self.cfg.split)
-        entries = read_parts(parts, max_bad_fraction=self.data.max_bad_fraction).entries
+        read = read_parts(parts, max_bad_fraction=self.data.max_bad_fraction)
+        entries = read.entries
         gallery = Gallery.from_entries(entries)
         ids, mask = self._text(gallery.texts)
         store = torch.device("cpu") if self.cfg.gallery_on == "cpu" else self.device
@@ -68,6 +69,7 @@ class PretrainEvaluator:
                                      k_test=self.cfg.k_test, pair_batch=self.cfg.batch_size * 4,
                                      query_chunk=self.cfg.query_chunk, device=self.device)
         metrics["chance_r1"] = 100.0 / len(gallery.images)
+        metrics["n_skipped_annotations"] = float(read.skipped)  # malformed entries of the split, left out
         swap_file = self.source.swap_file(self.cfg.split)
         if self.cfg.swap_probe and swap_file is not None:
             metrics.update(self._swaps(read_json(swap_file)))

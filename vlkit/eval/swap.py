@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from vlkit.encoders.base import Encoder, ImageEncoding, contrastive_feat
+from vlkit.eval.finite import require_finite_scores
 
 
 @torch.no_grad()
@@ -41,10 +42,12 @@ def swap_accuracy(encoder: Encoder, images: ImageEncoding, true_text: tuple[Tens
         texts = [encoder.encode_text(ids[start:stop].to(device), mask[start:stop].to(device))
                  for ids, mask in (true_text, swapped_text)]
         itc = [(contrastive_feat(chunk) * contrastive_feat(t)).sum(-1) for t in texts]
+        require_finite_scores(torch.stack(itc), "swap probe: contrastive scores")
         wins["itc"].append(itc[0] > itc[1])
         if itm_head is not None and encoder.supports_fusion:
             kv = encoder.image_kv(chunk)
             itm = [itm_head(encoder.fuse(chunk, t, image_kv=kv).cls)[:, 1] for t in texts]
+            require_finite_scores(torch.stack(itm), "swap probe: ITM scores")
             wins["itm"].append(itm[0] > itm[1])
     out: dict[str, float] = {"n_swaps": float(n)}
     kind_tensor = list(kinds)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlkit.encoders.base import Encoder, contrastive_feat
+from vlkit.eval.finite import require_finite_scores
 
 Tokenize = Callable[[list[str]], tuple[Tensor, Tensor]]
 """Texts → ``input_ids``, ``attention_mask`` ``[N, L]``."""
@@ -37,7 +38,12 @@ def image_features(encoder: Encoder, batches: Iterable[Tensor], device: torch.de
 
 def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """``top{k}`` accuracy in percent of ``[N, C]`` scores against ``[N]`` labels (``k`` capped at
-    ``C``), and ``mean_class_acc``: top-1 accuracy averaged over the classes present."""
+    ``C``), and ``mean_class_acc``: top-1 accuracy averaged over the classes present.
+
+    Raises:
+        NonFiniteError: a score is NaN or infinite (``topk`` would rank NaN first).
+    """
+    require_finite_scores(logits, "zero-shot classification scores")
     labels = labels.to(logits.device)
     ranked = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # [N, k]
     hits = ranked == labels[:, None]

@@ -34,6 +34,7 @@ from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
 from vlkit.data.transforms import eval_transform
 from vlkit.eval.classification import accuracy
+from vlkit.eval.finite import require_finite_scores
 from vlkit.objectives.bifusion import BiFusionClassify, BiFusionClassifyConfig
 from vlkit.objectives.classify import ClassifyConfig, pair_features
 from vlkit.objectives.distill import DistillConfig
@@ -213,6 +214,7 @@ class VisualEntailment(FusedClassificationTask):
 
     def evaluate(self, ctx: TaskContext) -> dict[str, float]:
         logits, entries, skipped = self.logits(ctx)
+        require_finite_scores(logits, f"{self.name}: classifier logits")
         return {"acc": accuracy(logits.argmax(1).tolist(), [e.label for e in entries]), "n": float(len(entries)),
                 "n_skipped": float(skipped), "chance_acc": 100.0 / len(VE_LABELS)}
 
@@ -264,6 +266,7 @@ class NLVR2(FusedClassificationTask):
 
     def evaluate(self, ctx: TaskContext) -> dict[str, float]:
         logits, entries, skipped = self.logits(ctx)
+        require_finite_scores(logits, f"{self.name}: classifier logits")
         labels = [e.label for e in entries]
         majority = 100.0 * max(labels.count(0), labels.count(1)) / len(labels)
         return {"acc": accuracy(logits.argmax(1).tolist(), labels), "n": float(len(entries)),

@@ -23,6 +23,7 @@ from vlkit.data.sources import DataSource
 from vlkit.data.tokenizer import tokenize
 from vlkit.data.vqa_normalize import normalize_answer
 from vlkit.eval.classification import mean_vqa_accuracy
+from vlkit.eval.finite import require_finite_scores
 from vlkit.heads.answer_decoder import AnswerDecoder
 from vlkit.objectives.answers import GenerateAnswersConfig, rank_answers
 from vlkit.objectives.classify import ClassifyConfig
@@ -152,7 +153,9 @@ class VQA(FusedClassificationTask):
         predictions: list[str] = []
         batches = self.encoded_batches(ctx)
         for encoded in batches:
-            best = rank_answers(decoder, encoded.fuse().text, encoded.text.mask, candidate_ids, candidate_mask,
+            fused = encoded.fuse().text
+            require_finite_scores(fused, "vqa: fused question tokens the answer decoder reads")
+            best = rank_answers(decoder, fused, encoded.text.mask, candidate_ids, candidate_mask,
                                 k=self.cfg.k_test, first_token_twice=self.cfg.first_token_twice,
                                 pair_batch=ctx.eval.batch_size * 8)
             predictions += [vocabulary[i] for i in best.tolist()]
@@ -164,6 +167,7 @@ class VQA(FusedClassificationTask):
             predictions, entries, skipped = self.ranked(ctx)
         else:
             logits, entries, skipped = self.logits(ctx)
+            require_finite_scores(logits, "vqa: answer logits")
             predictions = [vocabulary[i] for i in logits.argmax(1).tolist()]
         answers = [e.answers for e in entries]
         return {"vqa_acc": mean_vqa_accuracy(predictions, answers), "n": float(len(entries)),

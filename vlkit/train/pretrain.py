@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlkit import dist, registry
+from vlkit import dist, provenance, registry
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import Batch
 from vlkit.data.collate import PretrainCollate
@@ -35,9 +35,11 @@ from vlkit.nn.checkpointing import compile_blocks
 from vlkit.objectives.base import ObjectiveConfig
 from vlkit.recipe import Recipe
 from vlkit.tasks.base import Task, TaskContext
+from vlkit.train import run_folder
 from vlkit.train.devices import available_cores, resolve_device, set_cpu_threads  # noqa: F401 - re-exported
 from vlkit.train.distributed import init_from_environment, torchrun_scope
 from vlkit.train.freeze import freeze_parameters
+from vlkit.train.run_checks import check_resume, require_annotations
 from vlkit.train.run_report import write_run_report
 from vlkit.train.trainer import RunPaths, Trainer
 from vlkit.weights import checkpoints as ckpt
@@ -195,6 +197,7 @@ class Pretraining:
         self.annotations_skipped = self.training.annotations_skipped
         if self.training.description:
             log.info("%s of `%s`", self.training.description, data.source.type)
+        require_annotations(recipe.objectives, self.training.entries, data.train_split)  # before any training
         if (reads_negatives := self._reads_hard_negatives()) and self.modality == "pair":
             self._log_hard_negatives(reads_negatives[0], self.training.entries, data.train_split)
 
@@ -313,15 +316,38 @@ class Pretraining:
 
 
 def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path = False,
-                    progress: bool = True) -> dict[str, Any]:
-    """Train ``recipe`` into ``out_dir`` and write ``metrics.json``; returns the metrics.
+                    progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``recipe`` into ``out_dir`` and write ``metrics.json``; returns the metrics (``metrics.json``
+    also holds their ``provenance``, :mod:`vlkit.provenance`).
+
+    The run holds ``out_dir`` for its whole length (:mod:`vlkit.train.run_folder`: a second run there
+    fails at once, naming the holder).
 
     Args:
         resume: ``True`` continues from the newest checkpoint in ``out_dir/checkpoints`` (an error if
-            there is none), a path continues from that checkpoint, ``False`` starts fresh.
+            there is none), a path continues from that checkpoint, ``False`` starts fresh. The recipe
+            must be the run's, but for keys that do not change the numbers
+            (:data:`vlkit.train.run_checks.MAY_CHANGE_ON_RESUME`).
+        overwrite: start fresh in a folder that holds a run, deleting that run's files (without it, and
+            without ``resume``, such a folder is refused).
+
+    Raises:
+        RunFolderBusy: another process holds ``out_dir``.
+        RunFolderTaken: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` was given.
+        ResumeMismatch: ``resume`` with a recipe that changes the model, the data or the schedule.
+        MissingAnnotations: an objective reads annotations the training data does not have.
+        NonFiniteError: training diverged (:class:`vlkit.train.trainer.NonFiniteLoss`).
     """
     with torchrun_scope():
-        return _run(recipe, out_dir, resume=resume, progress=progress)
+        out = Path(out_dir)
+        init_from_environment(resolve_device(recipe.train.device))  # the ranks agree on the folder checks
+        with run_folder.locked(out, "vlkit train"):
+            run_folder.agreed(lambda: run_folder.claim_for_training(out, resume=bool(resume), overwrite=overwrite))
+            start = ckpt.latest_checkpoint(RunPaths(out).checkpoints) if resume is True else \
+                Path(resume) if resume else None
+            if start is not None and start.is_file():
+                check_resume(ckpt.stored_recipe(start), recipe, start, out)
+            return _run(recipe, out_dir, resume=resume, progress=progress)
 
 
 def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
@@ -342,6 +368,10 @@ def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, prog
                    steps=trainer.step, samples=trainer.samples, images_skipped=trainer.skipped,
                    annotations_skipped=run.annotations_skipped)
     if dist.is_main():
-        run.paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        write_run_report(run.paths.out, metrics, recipe.description)
+        record = provenance.record(
+            recipe_yaml=recipe.to_yaml(), seed=recipe.seed, step=trainer.step, device=run.device, world_size=run.world,
+            eval_data=provenance.evaluation_data(recipe, run.source, metrics) if trainer.evaluate is not None else None)
+        ckpt.write_text_atomic(run.paths.metrics, json.dumps({**metrics, "provenance": record}, indent=2,
+                                                             sort_keys=True) + "\n")
+        write_run_report(run.paths.out, metrics, recipe.description, provenance=record)
     return metrics

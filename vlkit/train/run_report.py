@@ -52,8 +52,27 @@ def _plot_curves(series: dict[str, list[tuple[int, float]]], path: Path) -> bool
     return True
 
 
-def write_run_report(out: Path, metrics: dict[str, Any], description: str = "") -> Path:
-    """Write ``out/report.md`` (and ``out/curves.png`` when the run logged curves); returns the report."""
+def provenance_lines(record: dict[str, Any]) -> list[str]:
+    """The report's "Produced by" section: code, recipe hash, libraries, device, and the evaluation data."""
+    from vlkit.provenance import summary
+
+    lines = ["", "## Produced by", "", summary(record) + "."]
+    data = record.get("eval_data")
+    if data:
+        files = "; ".join(f"`{f['path']}` ({f.get('bytes', '?')} bytes"
+                          + (f", sha256 {f['sha256'][:12]}" if "sha256" in f else "")
+                          + (f", {f['files']} files" if "files" in f else "") + ")" for f in data.get("files", []))
+        counts = ", ".join(f"{k} {v:g}" for k, v in data.get("counts", {}).items())
+        lines.append(f"Evaluated on split `{data.get('split')}`: {files or 'no files'}" + (f"; {counts}" if counts
+                                                                                          else "") + ".")
+    lines.append("Full record: `provenance` in metrics.json.")
+    return lines
+
+
+def write_run_report(out: Path, metrics: dict[str, Any], description: str = "",
+                     provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``out/report.md`` (and ``out/curves.png`` when the run logged curves); returns the report.
+    ``provenance`` (:func:`vlkit.provenance.record`) adds what produced the figures."""
     logged = scalars(out)
     curves = {t: p for t, p in sorted(logged.items())
               if (t.startswith("loss/") or t == "lr" or t.startswith("eval/")) and len(p) >= 2}
@@ -67,6 +86,8 @@ def write_run_report(out: Path, metrics: dict[str, Any], description: str = "") 
     if drew:
         lines += ["", "![training curves](curves.png)", "",
                   "Curves: " + ", ".join(f"`{t}`" for t in curves) + " (TensorBoard: `tb/`)."]
+    if provenance is not None:
+        lines += provenance_lines(provenance)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

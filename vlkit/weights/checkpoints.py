@@ -138,6 +138,19 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file (``metrics.json``) through a temporary file and ``os.replace``: readers
+    see the old file or the new one, never half of one."""
+    fd, tmp = create_temp(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def prune(folder: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` checkpoints."""
     for _, path in list_checkpoints(folder)[:-keep_last]:

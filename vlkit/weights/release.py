@@ -76,9 +76,11 @@ def save_weights(path: Path, state: dict[str, Tensor], *, recipe_yaml: str, step
     if converted_from:
         metadata["converted_from"] = json.dumps(converted_from, sort_keys=True)
     fd, tmp = create_temp(path)
+    mode = os.fstat(fd).st_mode & 0o777  # 0o666 less the umask, as the run's other files
     os.close(fd)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors writes the file anew, private (0600)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
