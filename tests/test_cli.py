@@ -29,7 +29,7 @@ def test_recipes_show_bad_key_exits_2_and_names_it(capsys):
 
 
 def test_recipes_show_params_reports_parts(capsys):
-    assert main(["recipes", "show", "albef/base", "--params"]) == 0
+    assert main(["recipes", "show", "albef/base", "--params", "--no-machine-checks"]) == 0  # its data is elsewhere
     out = capsys.readouterr().out
     assert "vision" in out and "85,844,736" in out  # ViT-B/16 at 256 px
     assert "fusion" in out and "total" in out

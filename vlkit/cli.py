@@ -2,13 +2,13 @@
 
 Commands::
 
-    vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   pre-train (exit 2: recipe error,
-                                               3: non-finite loss, 130/143: interrupted, checkpoint saved)
+    vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   pre-train (exit 3: non-finite loss,
+                                               4: malformed data, 130/143: interrupted, checkpoint saved)
     vlkit finetune RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   fine-tune a downstream task
                                                (the recipe's `task`, usually with `init_from`)
     vlkit eval RECIPE [KEY=VALUE ...] --checkpoint CKPT|RUN_DIR --out DIR
                                                the recipe's evaluation of a checkpoint → DIR/metrics.json
-                                               (exit 2: recipe error or checkpoint that does not fit it)
+                                               (exit 2 also for a checkpoint that does not fit the recipe)
     vlkit retrieve RECIPE --checkpoint CKPT [--image IMG | --image-index N] [--text T] [--plus T] [--minus T]
                    --out SHEET.png             composed-query image retrieval → contact sheet + JSON
     vlkit bench RECIPE [KEY=VALUE ...] --out DIR [--steps N] [--batch-size B] [--warmup W] [--text-len L]
@@ -25,17 +25,25 @@ Commands::
                                                official ALBEF / VLMo checkpoint → DIR/checkpoints/ (init_from: DIR),
                                                every key accounted for in DIR/conversion.md (and back: --to official)
     vlkit recipes list                         shipped recipes, one line each
-    vlkit recipes show RECIPE [KEY=VALUE ...]  the resolved recipe (exit 2 on a recipe error)
+    vlkit recipes show RECIPE [KEY=VALUE ...]  the resolved recipe, checked as `train` would check it before
+                                               starting (exit 2 on a problem)
         [--params]                             ... and parameter counts per part
+        [--no-machine-checks]                  ... without the checks of this machine's files and devices
     vlkit registry [KIND]                      what is registered, per swap point
 
 A recipe is a file path or a shipped name (``albef/tiny``). Overrides are dotted keys with YAML
 values: ``train.lr=3e-4``, ``objectives.mlm=null``, ``encoder.size=base``.
+
+Exit status (docs/reliability.md): 0 done; 2 a problem the user can fix (one line ``error: ...`` naming the
+key or file and the fix, before anything heavy starts where it can be known then), also a full disk; 3 a
+non-finite loss or weights; 4 malformed data found while reading it; 130 / 143 interrupted by Ctrl-C /
+SIGTERM. Any other failure is a bug in vlkit and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -44,11 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from vlkit import registry
-from vlkit.schema import RecipeError
+from vlkit.core.errors import NonFiniteError, RecipeError, UserError
 
-EXIT_RECIPE_ERROR = 2
+EXIT_USER_ERROR = 2  # anything a user can fix: a recipe key, a file, a flag (and a full disk)
+EXIT_RECIPE_ERROR = EXIT_USER_ERROR
 EXIT_NONFINITE = 3
 EXIT_DATA_ERROR = 4  # malformed annotations or too many unreadable images (data.max_bad_fraction)
+EXIT_INTERRUPTED = 130  # Ctrl-C outside training (training: 128 + the signal, after a checkpoint)
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -69,9 +79,16 @@ def _cmd_recipes_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes_show(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_machine, check_recipe
     from vlkit.recipe import resolve
 
     resolved = resolve(args.recipe, args.overrides)
+    encoder = check_recipe(resolved.recipe, resolved.origins)
+    if not args.no_machine_checks:
+        try:
+            check_machine(resolved.recipe, resolved.origins, encoder)
+        except UserError as err:  # the same error, with the way to show a recipe meant for another machine
+            raise UserError(f"{err} (--no-machine-checks shows the recipe without checking this machine)") from None
     print(f"# resolved from: {' <- '.join(reversed(resolved.sources))}")
     print(resolved.recipe.to_yaml(), end="")
     if args.params:
@@ -100,27 +117,31 @@ def _online_parts(recipe: Any) -> dict[str, list[Any]]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_before_work, check_out_folder, check_resume
     from vlkit.data.json_dataset import AnnotationError
     from vlkit.recipe import resolve
     from vlkit.train.pretrain import run_pretraining
     from vlkit.train.trainer import Interrupted, NonFiniteLoss, TooManyBadSamples
     from vlkit.weights import checkpoints as ckpt
 
-    recipe = resolve(args.recipe, args.overrides).recipe  # all recipe errors surface here, before any work
-    if args.command == "finetune":
-        if recipe.task is None:
-            print("error: `vlkit finetune` needs a recipe with a `task` section (e.g. task: {type: ve}); "
-                  "shipped ones are under recipes/finetune/", file=sys.stderr)
-            return EXIT_RECIPE_ERROR
-        if recipe.init_from is None:
-            logging.getLogger("vlkit").warning("init_from is not set: fine-tuning starts from random weights "
-                                               "(pass init_from=RUN_DIR to start from a pre-trained run)")
+    resolved = resolve(args.recipe, args.overrides)  # all recipe errors surface here, before any work
+    recipe = resolved.recipe
+    if args.command == "finetune" and recipe.task is None:
+        raise RecipeError("`vlkit finetune` needs a recipe with a `task` section (e.g. task: {type: ve}); "
+                          "shipped ones are under recipes/finetune/", key="task")
+    if recipe.data is None:
+        raise RecipeError(f"the recipe has no `data` section; `vlkit {args.command}` needs one "
+                          "(e.g. data: {source: synthetic})", key="data")
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).with_suffix("").as_posix().replace("/", "-")
+    check_out_folder(out)
     resume: bool | str = args.resume if args.resume is not None else False
     if not resume and ckpt.list_checkpoints(out / "checkpoints"):
-        print(f"error: {out} already holds checkpoints; pass --resume to continue that run, or another --out",
-              file=sys.stderr)
-        return EXIT_RECIPE_ERROR
+        raise UserError(f"{out} already holds checkpoints; pass --resume to continue that run, or another --out")
+    check_resume(out, resume)
+    check_before_work(recipe, resolved.origins)  # data files, tokenizer, init_from, freeze: before the data is read
+    if args.command == "finetune" and recipe.init_from is None:
+        logging.getLogger("vlkit").warning("init_from is not set: fine-tuning starts from random weights "
+                                           "(pass init_from=RUN_DIR to start from a pre-trained run)")
     try:
         metrics = run_pretraining(recipe, out, resume=resume, progress=not args.no_progress)
     except NonFiniteLoss as err:
@@ -149,11 +170,18 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_before_work, check_checkpoint_arg, check_out_folder
     from vlkit.data.json_dataset import AnnotationError
     from vlkit.eval.checkpoint_eval import CheckpointMismatch, run_evaluation
     from vlkit.recipe import resolve
 
-    recipe = resolve(args.recipe, args.overrides).recipe
+    resolved = resolve(args.recipe, args.overrides)
+    recipe = resolved.recipe
+    if recipe.data is None:
+        raise RecipeError("the recipe has no `data` section; `vlkit eval` needs one to evaluate on", key="data")
+    check_out_folder(args.out)
+    check_checkpoint_arg(args.checkpoint)
+    check_before_work(recipe, resolved.origins)
     try:
         metrics = run_evaluation(recipe, args.checkpoint, args.out)
     except (CheckpointMismatch, FileNotFoundError) as err:
@@ -169,16 +197,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_checkpoint_arg
     from vlkit.eval.checkpoint_eval import CheckpointMismatch
     from vlkit.eval.retrieve import Query, run_retrieval_query
     from vlkit.recipe import resolve
 
     recipe = resolve(args.recipe, args.overrides).recipe
+    check_checkpoint_arg(args.checkpoint)
     query = Query(image=Path(args.image) if args.image else None, image_index=args.image_index,
                   plus=[*args.text, *args.plus], minus=list(args.minus))
     if query.image is None and query.image_index is None and not query.plus:
-        print("error: give a query: --image / --image-index and/or --text / --plus", file=sys.stderr)
-        return EXIT_RECIPE_ERROR
+        raise UserError("give a query: --image / --image-index and/or --text / --plus")
     try:
         results = run_retrieval_query(recipe, args.checkpoint, query, Path(args.out), top=args.top,
                                       gallery_folder=Path(args.gallery) if args.gallery else None)
@@ -192,6 +221,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_out_folder
     from vlkit.data.synthetic import SynthConfig, generate
     from vlkit.recipe import parse_override
     from vlkit.schema import validate
@@ -201,6 +231,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         keys, value = parse_override(text)
         settings[".".join(keys)] = value
     cfg = validate(SynthConfig, settings, lambda path: "command line")
+    check_out_folder(args.out)
     summary = generate(args.out, cfg, workers=args.workers)
     print(f"wrote {summary.out_dir} in {summary.seconds:.1f} s (vocabulary {summary.vocab_size})")
     for name, count in sorted(summary.counts.items()):
@@ -209,8 +240,10 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_out_folder
     from vlkit.data.tools.pack import pack_json_dataset
 
+    check_out_folder(args.out)
     missing = [f for f in args.annotations if not Path(f).is_file()]
     if missing:
         print(f"error: annotation files not found: {', '.join(missing)}", file=sys.stderr)
@@ -226,9 +259,11 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_filter(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_out_folder
     from vlkit.data.json_dataset import AnnotationError
     from vlkit.data.tools.filtering import FilterRules, filter_json_dataset
 
+    check_out_folder(args.out)
     missing = [f for f in [*args.annotations, *args.eval] if not Path(f).is_file()]
     if missing:
         print(f"error: annotation files not found: {', '.join(missing)}", file=sys.stderr)
@@ -270,16 +305,16 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from vlkit.ablate.grid import GridError, load_grid
     from vlkit.ablate.report import write_report
     from vlkit.ablate.runner import run_grid
+    from vlkit.checks import check_out_folder
 
     if args.report:
         if not (Path(args.report) / "grid.json").is_file():
-            print(f"error: {args.report} holds no ablation (no grid.json)", file=sys.stderr)
-            return EXIT_RECIPE_ERROR
+            raise UserError(f"{args.report} holds no ablation (no grid.json)")
         print(write_report(Path(args.report)))
         return 0
     if not args.grid or not args.out:
-        print("error: give a grid file and --out DIR (or --report DIR)", file=sys.stderr)
-        return EXIT_RECIPE_ERROR
+        raise UserError("give a grid file and --out DIR (or --report DIR)")
+    check_out_folder(args.out)
     try:
         grid = load_grid(args.grid)  # every variant validated before any training
     except GridError as err:
@@ -291,13 +326,17 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from vlkit.bench.command import run_bench_command
+    from vlkit.checks import check_out_folder
 
+    check_out_folder(args.out)
     return run_bench_command(args)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from vlkit.checks import check_out_folder
     from vlkit.convert import ConversionError, UnsafeCheckpoint, official_to_vlkit, vlkit_to_official
 
+    check_out_folder(args.out)
     try:
         if args.to == "official":
             done = vlkit_to_official(args.family, args.checkpoint, args.out, recipe=args.recipe,
@@ -322,9 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_commands = recipes.add_subparsers(dest="recipes_command", required=True, metavar="SUBCOMMAND")
     listing = recipe_commands.add_parser("list", help="shipped recipes with a one-line description")
     listing.set_defaults(func=_cmd_recipes_list)
-    show = recipe_commands.add_parser("show", help="print the resolved recipe (exit 2 on an error)")
+    show = recipe_commands.add_parser("show", help="print the resolved recipe, checked as `vlkit train` would check "
+                                      "it before starting (exit 2 on a problem)")
     _add_recipe_args(show)
     show.add_argument("--params", action="store_true", help="also report parameter counts per part")
+    show.add_argument("--no-machine-checks", action="store_true",
+                      help="skip the checks of this machine (data files, tokenizer, init_from, devices): for a "
+                      "recipe meant to run elsewhere")
     show.set_defaults(func=_cmd_recipes_show)
 
     for name, help_text in (("train", "pre-train a recipe"),
@@ -439,8 +482,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_line(err: BaseException) -> str:
+    """``error: <message>`` on one line (a message's own line breaks become spaces)."""
+    return "error: " + " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``vlkit`` console script; returns the exit status."""
+    """Entry point of the ``vlkit`` console script; returns the exit status.
+
+    The one error boundary: a :class:`~vlkit.core.errors.UserError` anywhere ends in one line ``error: ...``
+    (exit 2), non-finite numbers in one line (exit 3), Ctrl-C outside the trainer (which saves a checkpoint
+    and returns 128 + the signal itself) in one line (exit 130), a full disk in one line naming the file
+    (exit 2). Anything else is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, ranks other than 0 report warnings only
@@ -448,9 +502,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (RecipeError, registry.RegistryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_RECIPE_ERROR
+    except UserError as err:
+        print(_error_line(err), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except NonFiniteError as err:
+        print(_error_line(err), file=sys.stderr)
+        return EXIT_NONFINITE
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C) during `vlkit {args.command}`; run it again to start over", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        out = vars(args).get("out")
+        where = err.filename or (f"a file under {out}" if out else f"a file under {Path.cwd()}")
+        print(f"error: no space left on the device while writing {where}; free space there or choose another --out",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A recipe is resolved in four steps, all before anything heavy starts:
 
 1. **load**: each file is parsed with a safe YAML loader (YAML 1.2 floats such as ``3e-4``;
-   duplicate keys are an error), remembering the file and line of every key;
+   duplicate and non-string keys are an error) within bounds of size, values after alias expansion and
+   nesting (:mod:`vlkit.recipe_yaml`), remembering the file and line of every key;
 2. **inherit**: ``base:`` (a path or a list of paths, relative to the file) is resolved depth first,
    bases merged in order and the file on top; a cycle is an error that shows the chain;
 3. **override**: command-line ``a.b.c=value`` pairs are parsed as YAML values and set on top
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,16 +27,22 @@ from typing import Annotated, Any
 import yaml
 
 from vlkit import registry
+from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import SEED_MAX, check_count
 from vlkit.data.config import DataConfig
 from vlkit.encoders.base import EncoderConfig
 from vlkit.eval.config import EvalConfig
 from vlkit.models.momentum import MomentumConfig
 from vlkit.objectives.base import ObjectiveConfig
+from vlkit.recipe_yaml import MAX_BYTES, MAX_DEPTH, MAX_NODES, count_values, decode, load_text
 from vlkit.schema import Component, ComponentMap, RecipeError, deep_merge, to_dict, validate
 from vlkit.train.config import TrainConfig
 
 log = logging.getLogger("vlkit.recipe")
 COMMAND_LINE = "command line"
+
+MAX_FILES = 64
+"""Recipe files one resolution may load through ``base:`` (each base counted every time it is reached)."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -80,6 +87,14 @@ class Recipe:
     freeze: list[str] = field(default_factory=list)
     strict: bool = False
 
+    def __post_init__(self) -> None:
+        check_count("seed", self.seed, low=0, high=SEED_MAX)
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("must name a checkpoint file or run folder (or be null)", key="init_from")
+        for index, pattern in enumerate(self.freeze):
+            if not pattern.strip():
+                raise ConfigError("an empty pattern freezes nothing; remove it", key=f"freeze[{index}]")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values, ready for YAML."""
         return to_dict(self)
@@ -97,50 +112,23 @@ class ResolvedRecipe:
         recipe: the validated recipe.
         raw: the merged mapping before validation (what the files and overrides said).
         sources: the files merged, bases first, then ``command line`` if overrides were given.
+        origins: dotted key → the file (and line) or command-line override that set it.
     """
 
     recipe: Recipe
     raw: dict[str, Any]
     sources: list[str]
+    origins: Callable[[str], str] = field(default=lambda key: "")
 
 
 # --------------------------------------------------------------------------- YAML
-class _RecipeLoader(yaml.SafeLoader):
-    """Safe loader with YAML 1.2 floats (``1e-4``) and an error on duplicate keys."""
-
-
-_FLOAT_12 = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key `{key}` (first on line {seen[key] + 1})", key_node.start_mark
-            )
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def parse_value(text: str) -> Any:
-    """A command-line value parsed as YAML (``3e-4`` → float, ``null`` → None, ``[1, 2]`` → list)."""
+    """A command-line value parsed as YAML (``3e-4`` → float, ``null`` → None, ``[1, 2]`` → list), within
+    the bounds of :mod:`vlkit.recipe_yaml`."""
     try:
-        return yaml.load(text, Loader=_RecipeLoader)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"cannot parse value `{text}`: {err}", source=COMMAND_LINE) from None
+        return load_text(text, COMMAND_LINE)[0]
+    except RecipeError as err:
+        raise RecipeError(f"cannot parse value `{registry.shown(text)}`: {err.message}", source=COMMAND_LINE) from None
 
 
 def _key_lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
@@ -160,16 +148,15 @@ def _display(path: Path) -> str:
 
 
 def load_yaml_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """Parse one recipe file; returns its mapping and the line of every dotted key."""
+    """Parse one recipe file within the bounds of :mod:`vlkit.recipe_yaml`; returns its mapping and the
+    line of every dotted key."""
+    source = _display(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
     except OSError as err:
-        raise RecipeError(f"cannot read recipe: {err.strerror}", source=_display(path)) from None
-    try:
-        data = yaml.load(text, Loader=_RecipeLoader)
-        node = yaml.compose(text, Loader=_RecipeLoader)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"invalid YAML: {err}", source=_display(path)) from None
+        raise RecipeError(f"cannot read recipe: {err.strerror}", source=source) from None
+    data, node = load_text(decode(raw, source), source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -222,6 +209,9 @@ def _bases(data: dict[str, Any], path: Path) -> list[Path]:
 
 
 def _load_tree(path: Path, prov: _Provenance, stack: tuple[Path, ...], sources: list[str]) -> dict[str, Any]:
+    if len(sources) + len(stack) > MAX_FILES:
+        raise RecipeError(f"`base` inheritance loads more than {MAX_FILES} files", source=_display(stack[-1]),
+                          key="base")
     if path in stack:
         chain = " → ".join(_display(p) for p in (*stack, path))
         raise RecipeError(f"`base` inheritance cycle: {chain}", source=_display(stack[-1]), key="base")
@@ -246,8 +236,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not _OVERRIDE_KEY.match(key):
-        raise RecipeError(f"override `{text}` is not of the form key.path=value", source=COMMAND_LINE)
-    return key.split("."), parse_value(value)
+        raise RecipeError(f"override `{registry.shown(text)}` is not of the form key.path=value", source=COMMAND_LINE)
+    keys = key.split(".")
+    if len(keys) > MAX_DEPTH:
+        raise RecipeError(f"override `{registry.shown(key)}` is more than {MAX_DEPTH} keys deep", source=COMMAND_LINE)
+    return keys, parse_value(value)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], prov: _Provenance) -> dict[str, Any]:
@@ -265,8 +258,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], prov: _Prove
             if not isinstance(child, dict):
                 parent = ".".join(keys[: depth + 1])
                 raise RecipeError(
-                    f"cannot set `{'.'.join(keys)}`: `{parent}` is `{child}`, not a mapping; "
-                    f"set it whole instead, e.g. {parent}='{{type: {child}, ...}}'",
+                    f"cannot set `{'.'.join(keys)}`: `{parent}` is `{registry.shown(str(child))}`, not a mapping; "
+                    f"set it whole instead, e.g. {parent}='{{type: {registry.shown(str(child))}, ...}}'",
                     source=COMMAND_LINE, key=parent,
                 )
             node = child
@@ -342,6 +335,9 @@ def resolve_raw(ref: str | os.PathLike[str],
     if overrides:
         data = apply_overrides(data, overrides, prov)
         sources.append(COMMAND_LINE)
+    if count_values(data) > MAX_NODES:
+        raise RecipeError(f"the merged recipe holds more than {MAX_NODES:,} values; a recipe has a few hundred",
+                          source=" <- ".join(reversed(sources)))
     return data, prov, sources
 
 
@@ -401,7 +397,7 @@ def check_consistency(recipe: Recipe, origins: Any) -> None:
 def resolve(ref: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ResolvedRecipe:
     """Resolve a recipe file or shipped name with overrides into a validated :class:`Recipe`."""
     data, prov, sources = resolve_raw(ref, overrides)
-    return ResolvedRecipe(recipe=validate_recipe(data, prov), raw=data, sources=sources)
+    return ResolvedRecipe(recipe=validate_recipe(data, prov), raw=data, sources=sources, origins=prov)
 
 
 def load_recipe(ref: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:

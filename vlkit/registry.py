@@ -26,6 +26,9 @@ from typing import Any, TypeVar
 
 from vlkit.core.errors import RegistryError
 
+MAX_NAME_SHOWN = 60
+"""Characters of an unknown name that a message repeats."""
+
 KINDS: tuple[str, ...] = ("encoder", "objective", "negatives", "head", "dataset", "task")
 
 # vlkit's packages that fill the tables; imported (in this order) by load_builtins().
@@ -79,7 +82,7 @@ def nearest(name: str, candidates: list[str] | tuple[str, ...], n: int = 3) -> l
 
 def did_you_mean(name: str, candidates: list[str] | tuple[str, ...]) -> str:
     """A '; did you mean `x`?' suffix, or the list of valid names when nothing is close."""
-    close = nearest(name, candidates)
+    close = nearest(name[:MAX_NAME_SHOWN], candidates)
     if close:
         return "; did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
     if candidates:
@@ -87,9 +90,14 @@ def did_you_mean(name: str, candidates: list[str] | tuple[str, ...]) -> str:
     return ""
 
 
+def shown(name: str) -> str:
+    """``name`` cut to :data:`MAX_NAME_SHOWN` characters for a message (a recipe value can be any length)."""
+    return name if len(name) <= MAX_NAME_SHOWN else name[: MAX_NAME_SHOWN - 1] + "…"
+
+
 def _check_kind(kind: str) -> None:
     if kind not in _TABLES:
-        raise RegistryError(f"unknown registry kind `{kind}`{did_you_mean(kind, KINDS)}")
+        raise RegistryError(f"unknown registry kind `{shown(kind)}`{did_you_mean(kind, KINDS)}")
 
 
 def _first_doc_line(obj: Any) -> str:
@@ -173,7 +181,7 @@ def get(kind: str, name: str) -> Entry:
     _check_kind(kind)
     table = _TABLES[kind]
     if name not in table:
-        raise RegistryError(f"unknown {kind} `{name}`{did_you_mean(name, tuple(table))}")
+        raise RegistryError(f"unknown {kind} `{shown(name)}`{did_you_mean(name, tuple(table))}")
     return table[name]
 
 

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal, NoReturn, Union
 
 from vlkit import registry
 from vlkit.core.errors import ConfigError, RecipeError
+from vlkit.core.ranges import INT64_MAX, is_finite
 
 __all__ = ["Component", "ComponentConfig", "ComponentMap", "ConfigError", "RecipeError", "RegistryName",
            "deep_merge", "to_dict", "validate", "validate_component"]
@@ -132,9 +133,10 @@ class _Validator:
         hints = typing.get_type_hints(cls, include_extras=True)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         for key in data:
+            self.check_key(key, path)
             if key not in fields:
-                self._raise(_join(path, key),
-                            f"unknown key `{_join(path, key)}`{registry.did_you_mean(str(key), tuple(fields))}")
+                close = registry.did_you_mean(_short(key), tuple(fields))
+                self._raise(_join(path, key), f"unknown key `{_join(path, _short(key))}`{close}")
         kwargs: dict[str, Any] = {}
         for name, field in fields.items():
             if name in data:
@@ -145,12 +147,19 @@ class _Validator:
             return cls(**kwargs)
         except ConfigError as err:
             key = _join(path, err.key) if err.key else path
-            raise self.fail(key, f"`{key}`: {err}") from None
+            message = str(err).removeprefix(f"{err.key} ") if err.key else str(err)  # the key is named already
+            raise self.fail(key, f"`{key}`: {message}") from None
         except (ValueError, TypeError) as err:
             raise self.fail(path, f"`{path or 'recipe'}`: {err}") from None
 
     def _raise(self, path: str, message: str) -> NoReturn:
         raise self.fail(path, message)
+
+    def check_key(self, key: Any, path: str) -> None:
+        """Keys of a recipe mapping are strings (YAML also reads ``null:``, ``1:`` and ``true:`` as keys)."""
+        if not isinstance(key, str):
+            where = f"`{path}`" if path else "the recipe"
+            self._raise(path, f"{where} has the key {_type_name(key)} `{key}`; keys must be names (strings)")
 
     # ---------------------------------------------------------------- values
     def value(self, hint: Any, value: Any, path: str) -> Any:
@@ -193,8 +202,8 @@ class _Validator:
             choices = typing.get_args(hint)
             if value not in choices:
                 names = [str(c) for c in choices]
-                return self._raise(path, f"`{path}` is `{value}`, not one of {', '.join(names)}"
-                                   f"{registry.did_you_mean(str(value), names)}")
+                return self._raise(path, f"`{path}` is `{_short(value)}`, not one of {', '.join(names)}"
+                                   f"{registry.did_you_mean(_short(value), names)}")
             return value
         if origin in (list, tuple):
             if not isinstance(value, list | tuple):
@@ -206,7 +215,9 @@ class _Validator:
             if not isinstance(value, dict):
                 return self._raise(path, f"`{path}` must be a mapping, got {_type_name(value)}")
             _, value_hint = typing.get_args(hint) or (str, Any)
-            return {str(k): self.value(value_hint, v, _join(path, str(k))) for k, v in value.items()}
+            for key in value:
+                self.check_key(key, path)
+            return {k: self.value(value_hint, v, _join(path, k)) for k, v in value.items()}
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             return self.dataclass_(hint, value, path)
         if hint is bool:
@@ -215,11 +226,17 @@ class _Validator:
             return value
         if hint is int:
             if isinstance(value, bool) or not isinstance(value, int):
-                return self._raise(path, f"`{path}` must be an integer, got {_type_name(value)} `{value}`")
+                return self._raise(path, f"`{path}` must be an integer, got {_type_name(value)} `{_short(value)}`")
+            if not -INT64_MAX - 1 <= value <= INT64_MAX:
+                return self._raise(path, f"`{path}` is {_short(value)}, beyond what a 64-bit integer holds")
             return value
         if hint is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                return self._raise(path, f"`{path}` must be a number, got {_type_name(value)} `{value}`")
+                return self._raise(path, f"`{path}` must be a number, got {_type_name(value)} `{_short(value)}`")
+            if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+                return self._raise(path, f"`{path}` is {_short(value)}, beyond what a 64-bit integer holds")
+            if not is_finite(value):
+                return self._raise(path, f"`{path}` must be a finite number, got {value}")
             return float(value)
         if isinstance(hint, type) and issubclass(hint, str):  # str, or a typed string such as WeightSource
             if not isinstance(value, str):
@@ -249,6 +266,8 @@ class _Validator:
             value = {"type": value}
         if not isinstance(value, dict):
             return self._raise(path, f"`{path}` must be a mapping with a `type`, got {_type_name(value)}")
+        for key in value:
+            self.check_key(key, path)
         name = value.get("type", default_type)
         if name is None:
             return self._raise(_join(path, "type"),
@@ -266,8 +285,8 @@ class _Validator:
         if cfg_cls is None:
             if settings:
                 first = next(iter(settings))
-                key = _join(path, first)
-                self._raise(key, f"unknown key `{key}`: {kind} `{name}` takes no settings")
+                self._raise(_join(path, first), f"unknown key `{_join(path, _short(first))}`: {kind} `{name}` takes "
+                            "no settings")
             return declared(type=name)
         if not issubclass(cfg_cls, declared):
             return self._raise(path, f"`{path}`: {kind} `{name}` has config {cfg_cls.__name__}, which must derive "
@@ -283,9 +302,9 @@ class _Validator:
             return settings
         default = next((f.default for f in dataclasses.fields(cfg_cls) if f.name == "size"), None)
         size = settings.get("size", default)
-        if size is None or size not in sizes:
-            self._raise(_join(path, "size"), f"`{_join(path, 'size')}` is `{size}`, not a known size"
-                        f"{registry.did_you_mean(str(size), tuple(sizes))}")
+        if not isinstance(size, str) or size not in sizes:
+            self._raise(_join(path, "size"), f"`{_join(path, 'size')}` is `{_short(size)}`, not a known size"
+                        f"{registry.did_you_mean(_short(size), tuple(sizes))}")
         return deep_merge(sizes[size], settings)
 
     def component_map(self, kind: str, value: Any, path: str, base: Any = Any) -> dict[str, Any]:
@@ -293,6 +312,7 @@ class _Validator:
             return self._raise(path, f"`{path}` must be a mapping of name → settings, got {_type_name(value)}")
         out: dict[str, Any] = {}
         for name, settings in value.items():
+            self.check_key(name, path)
             if settings is None:  # `objectives.mlm: null` removes an inherited part
                 continue
             if settings is True or settings == {}:
@@ -300,6 +320,14 @@ class _Validator:
             out[str(name)] = self.component(kind, settings, _join(path, str(name)), default_type=str(name),
                                             base=base)
         return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``value`` as text, cut to ``limit`` characters (a recipe value can be arbitrarily long)."""
+    if isinstance(value, int) and value.bit_length() > 128:  # str() of a huge integer is slow, then refused
+        return f"a {value.bit_length()}-bit integer"
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def validate(cls: type, data: Any, origins: Origins = _no_origin, path: str = "") -> Any:

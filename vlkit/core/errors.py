@@ -45,6 +45,24 @@ class RegistryError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DataError(UserError, ValueError):
+    """A data file or folder that a recipe or a command names is missing or unreadable (annotation
+    lists, shards, image folders, a tokenizer); the message names the key or file and the fix."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file or folder that does not exist (also a ``FileNotFoundError``)."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or weights file that is missing, malformed, or does not fit the model; the message
+    names the file and the fix."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was named (also a ``FileNotFoundError``)."""
+
+
 class NonFiniteError(RuntimeError):
     """A number vlkit was asked to produce cannot be trusted because its inputs are not finite: training
     weights, gradients or the loss became NaN or infinite, a checkpoint to evaluate holds such weights, or

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from vlkit.core.ranges import check_count, check_number, is_finite
 from vlkit.schema import Component, ConfigError
+
+MAX_WORKERS = 1024
+"""More loader processes than this is a typo."""
+
+MAX_RANDAUGMENT_OPS = 100
+"""ALBEF draws 2 of its 10 operations; far more is a typo (each one runs per image)."""
 
 
 @dataclass(kw_only=True)
@@ -17,10 +24,8 @@ class RandAugmentConfig:
     magnitude: float = 7.0
 
     def __post_init__(self) -> None:
-        if self.num_ops < 0:
-            raise ConfigError("must be ≥ 0", key="num_ops")
-        if not 0 <= self.magnitude <= 10:
-            raise ConfigError(f"must be in [0, 10], got {self.magnitude}", key="magnitude")
+        check_count("num_ops", self.num_ops, low=0, high=MAX_RANDAUGMENT_OPS)
+        check_number("magnitude", self.magnitude, 0, 10)
 
 
 @dataclass(kw_only=True)
@@ -81,12 +86,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_text_len < 2:
             raise ConfigError("must be at least 2 ([CLS] and one word)", key="max_text_len")
+        check_count("max_text_len", self.max_text_len)
         scale = self.crop_scale
-        if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
+        if scale is not None and (len(scale) != 2 or not all(is_finite(s) for s in scale)
+                                  or not 0 < scale[0] <= scale[1] <= 1):
             raise ConfigError(f"must be [min, max] with 0 < min ≤ max ≤ 1, got {self.crop_scale}", key="crop_scale")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ConfigError(f"must be in [0, 1], got {self.max_bad_fraction}", key="max_bad_fraction")
-        if self.max_words < 1:
-            raise ConfigError("must be ≥ 1", key="max_words")
-        if self.num_workers < 0:
-            raise ConfigError("must be ≥ 0", key="num_workers")
+        check_number("max_bad_fraction", self.max_bad_fraction, 0, 1)
+        check_count("max_words", self.max_words)
+        check_count("num_workers", self.num_workers, low=0, high=MAX_WORKERS)
+        if not self.train_split:
+            raise ConfigError("must name a split, e.g. train", key="train_split")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vlkit.core.errors import DataError
+
 
 @dataclass(frozen=True)
 class TextTokens:
@@ -33,11 +35,12 @@ class TextTokens:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TextTokens:
-        """Read the ids from a ``transformers`` BERT tokenizer; a missing special token is an error."""
+        """Read the ids from a ``transformers`` BERT tokenizer; a missing special token is a :class:`DataError`."""
         ids = {}
         for name in ("pad", "cls", "sep", "mask", "unk"):
             value = getattr(tokenizer, f"{name}_token_id", None)
             if value is None:
-                raise ValueError(f"the tokenizer has no [{name.upper()}] token; vlkit needs a BERT-style tokenizer")
+                raise DataError(f"the tokenizer has no [{name.upper()}] token; vlkit needs a BERT-style tokenizer "
+                                "(set data.tokenizer to a BERT WordPiece tokenizer folder or hub name)")
             ids[f"{name}_id"] = int(value)
         return cls(vocab_size=len(tokenizer), **ids)

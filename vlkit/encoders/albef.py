@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import MAX_WIDTH, check_count
 from vlkit.core.weight_source import WeightSource
 from vlkit.encoders.base import (
     Encoder,
@@ -79,6 +80,7 @@ class AlbefConfig(EncoderConfig):
         return self.pack_text
 
     def __post_init__(self) -> None:
+        check_count("embed_dim", self.embed_dim, high=MAX_WIDTH)
         try:
             self.image.check_patches()
         except ConfigError as err:

@@ -18,6 +18,7 @@ import timm
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import MAX_WIDTH, check_count
 from vlkit.core.weight_source import WeightSource
 from vlkit.encoders.base import Encoder, EncoderConfig, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.encoders.sizes import BASE_BERT, BASE_VIT, LARGE_BERT, LARGE_VIT, TINY_BERT, TINY_VIT
@@ -70,6 +71,7 @@ class DualConfig(EncoderConfig):
         return self.text.max_positions
 
     def __post_init__(self) -> None:
+        check_count("embed_dim", self.embed_dim, high=MAX_WIDTH)
         if self.image_backbone == "vit":
             try:
                 self.image.check_patches()

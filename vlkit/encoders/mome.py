@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_MLP_RATIO, MAX_ROWS, MAX_WIDTH, check_count, check_number
 from vlkit.core.weight_source import WeightSource
 from vlkit.encoders.base import Encoder, EncoderConfig, FusedEncoding, ImageEncoding, TextEncoding, l2_normalize
 from vlkit.nn.bert import BertConfig, BertEmbeddings
@@ -127,12 +128,13 @@ class MomeConfig(EncoderConfig):
     }
 
     def __post_init__(self) -> None:
-        for key, value in (("image_size", self.image_size), ("patch_size", self.patch_size), ("dim", self.dim),
-                           ("depth", self.depth), ("heads", self.heads), ("max_text_len", self.max_text_len),
-                           ("max_text_len_of_initckpt", self.max_text_len_of_initckpt),
-                           ("vocab_size", self.vocab_size), ("embed_dim", self.embed_dim)):
-            if value < 1:
-                raise ConfigError(f"must be at least 1, got {value}", key=key)
+        for key, value, high in (("image_size", self.image_size, MAX_IMAGE_SIDE),
+                                 ("patch_size", self.patch_size, MAX_IMAGE_SIDE), ("dim", self.dim, MAX_WIDTH),
+                                 ("depth", self.depth, MAX_LAYERS), ("heads", self.heads, MAX_WIDTH),
+                                 ("max_text_len", self.max_text_len, MAX_ROWS),
+                                 ("max_text_len_of_initckpt", self.max_text_len_of_initckpt, MAX_ROWS),
+                                 ("vocab_size", self.vocab_size, MAX_ROWS), ("embed_dim", self.embed_dim, MAX_WIDTH)):
+            check_count(key, value, high=high)
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} is not divisible by {self.heads} heads", key="heads")
         if self.image_size % self.patch_size:
@@ -155,10 +157,13 @@ class MomeConfig(EncoderConfig):
                               f"{self.max_text_len_of_initckpt} tokens, got {self.max_text_len}", key="max_text_len")
         if self.type_vocab_size < 2:
             raise ConfigError("needs rows for text (0) and image (1) tokens", key="type_vocab_size")
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"must be positive, got {self.mlp_ratio}", key="mlp_ratio")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ConfigError(f"must be in [0, 1), got {self.drop_path}", key="drop_path")
+        check_count("type_vocab_size", self.type_vocab_size, low=2, high=MAX_ROWS)
+        check_number("mlp_ratio", self.mlp_ratio, 0, MAX_MLP_RATIO, low_open=True)
+        check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
+        check_number("eps", self.eps, 0, low_open=True)
+        check_number("init_std", self.init_std, 0)
+        if self.layer_scale is not None:
+            check_number("layer_scale", self.layer_scale)
         if self.init is not None and (problem := self.init.problem("image", self.stem)):
             raise ConfigError(problem, key="init")
         if not self.init_experts or len(set(self.init_experts)) != len(self.init_experts):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import check_count
 
 
 @dataclass(kw_only=True)
@@ -33,9 +33,6 @@ class EvalConfig:
     gallery_on: Literal["device", "cpu"] = "device"
 
     def __post_init__(self) -> None:
-        if self.k_test < 0:
-            raise ConfigError("must be ≥ 0", key="k_test")
-        if self.query_chunk < 1:
-            raise ConfigError("must be at least 1", key="query_chunk")
-        if self.batch_size < 1:
-            raise ConfigError("must be at least 1", key="batch_size")
+        check_count("k_test", self.k_test, low=0)
+        check_count("batch_size", self.batch_size)
+        check_count("query_chunk", self.query_chunk)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import check_count, check_number
 from vlkit.encoders.base import Encoder
 
 
@@ -34,10 +34,8 @@ class MomentumConfig:
     warmup_steps: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.decay < 1.0:
-            raise ConfigError(f"must be in [0, 1), got {self.decay}", key="decay")
-        if self.warmup_steps < 0:
-            raise ConfigError("must be ≥ 0", key="warmup_steps")
+        check_number("decay", self.decay, 0.0, 1.0, high_open=True)
+        check_count("warmup_steps", self.warmup_steps, low=0)
 
 
 def _slot(name: str) -> str:

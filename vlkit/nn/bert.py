@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import MAX_LAYERS, MAX_ROWS, MAX_WIDTH, check_count, check_number
 from vlkit.core.weight_source import WeightSource
 from vlkit.nn.attention import AttentionLayer, attention
 from vlkit.nn.checkpointing import CheckpointedBlock
@@ -83,10 +85,23 @@ class BertConfig:
     init: WeightSource | None = None
 
     def __post_init__(self) -> None:
+        for key, count in (("dim", self.dim), ("heads", self.heads), ("intermediate", self.intermediate)):
+            check_count(key, count, high=MAX_WIDTH)
+        for key, count in (("vocab_size", self.vocab_size), ("max_positions", self.max_positions),
+                           ("type_vocab_size", self.type_vocab_size)):
+            check_count(key, count, high=MAX_ROWS)
+        check_count("layers", self.layers, high=MAX_LAYERS)
         if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        if self.local_mixing and (self.local_mixing < 3 or self.local_mixing % 2 == 0):
-            raise ValueError(f"local_mixing must be 0 (off) or an odd width ≥ 3, got {self.local_mixing}")
+            raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}", key="heads")
+        check_count("pad_token_id", self.pad_token_id, low=0, high=self.vocab_size - 1)
+        check_number("eps", self.eps, 0, low_open=True)
+        check_number("dropout", self.dropout, 0, 1, high_open=True)
+        check_number("attention_dropout", self.attention_dropout, 0, 1, high_open=True)
+        check_number("init_std", self.init_std, 0)
+        if self.local_mixing and (self.local_mixing < 3 or self.local_mixing % 2 == 0
+                                  or self.local_mixing > self.max_positions):
+            raise ConfigError(f"local_mixing must be 0 (off) or an odd width ≥ 3, got {self.local_mixing}",
+                              key="local_mixing")
 
 
 class LocalMixing(nn.Module):

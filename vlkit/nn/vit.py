@@ -15,6 +15,7 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import Tensor, nn
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_MLP_RATIO, MAX_WIDTH, check_count, check_number
 from vlkit.core.weight_source import WeightSource
 from vlkit.nn.checkpointing import CheckpointedBlock
 from vlkit.nn.init import trunc_normal_init_
@@ -61,8 +62,17 @@ class ViTConfig:
     init: WeightSource | None = None
 
     def __post_init__(self) -> None:
+        check_count("image_size", self.image_size, high=MAX_IMAGE_SIDE)
+        check_count("patch_size", self.patch_size, high=MAX_IMAGE_SIDE)
+        check_count("dim", self.dim, high=MAX_WIDTH)
+        check_count("heads", self.heads, high=MAX_WIDTH)
+        check_count("depth", self.depth, high=MAX_LAYERS)
         if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+            raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}", key="heads")
+        check_number("mlp_ratio", self.mlp_ratio, 0, MAX_MLP_RATIO, low_open=True)
+        check_number("eps", self.eps, 0, low_open=True)
+        check_number("drop_path", self.drop_path, 0, 1, high_open=True)
+        check_number("init_std", self.init_std, 0)
 
     def check_patches(self) -> None:
         """Raise unless the image side is a whole number of patches (checked where a ViT is built

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from vlkit.core.batch import ANSWER_IDS, ANSWER_MASK, ANSWER_QUESTION, ANSWER_WEIGHTS
 from vlkit.core.encodings import KV
-from vlkit.core.errors import ConfigError
 from vlkit.core.outputs import ANSWER_HEAD, ObjectiveOutput
+from vlkit.core.ranges import MAX_LAYERS, check_count
 from vlkit.core.step import StepView
 from vlkit.heads.answer_decoder import AnswerDecoder, sequence_distill, sequence_nll
 from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
@@ -51,10 +51,10 @@ class GenerateAnswersConfig(ObjectiveConfig):
     requires_fusion: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.layers is not None and self.layers < 1:
-            raise ConfigError("must be ≥ 1", key="layers")
-        if self.k_test < 1:
-            raise ConfigError("must be ≥ 1", key="k_test")
+        super().__post_init__()
+        if self.layers is not None:
+            check_count("layers", self.layers, high=MAX_LAYERS)
+        check_count("k_test", self.k_test)
 
     @property
     def needs_teacher(self) -> bool:

@@ -20,6 +20,7 @@ from torch import nn
 
 from vlkit.core.loader import LoaderRequest
 from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.ranges import check_count, check_number
 from vlkit.core.step import StepView
 from vlkit.encoders.base import Encoder
 from vlkit.heads.base import HeadShape
@@ -44,6 +45,11 @@ class ObjectiveConfig(ComponentConfig):
 
     weight: float = 1.0
     warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        """Subclasses that check their own fields call this first."""
+        check_number("weight", self.weight, 0)
+        check_count("warmup_steps", self.warmup_steps, low=0)
 
     def weight_at(self, step: int) -> float:
         """The loss weight at 0-based step ``step`` (a Python float)."""

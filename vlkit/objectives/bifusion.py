@@ -28,6 +28,7 @@ from vlkit.core.batch import LABELS
 from vlkit.core.encodings import ImageEncoding, TextEncoding
 from vlkit.core.errors import ConfigError
 from vlkit.core.outputs import CLASSIFY_HEAD, ObjectiveOutput
+from vlkit.core.ranges import MAX_ROWS, check_count
 from vlkit.core.step import StepView
 from vlkit.encoders.base import Encoder
 from vlkit.heads.base import HeadShape
@@ -59,8 +60,8 @@ class BiFusionClassifyConfig(ObjectiveConfig):
     requires_fusion: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2:
-            raise ConfigError(f"must be ≥ 2, got {self.num_classes}", key="num_classes")
+        super().__post_init__()
+        check_count("num_classes", self.num_classes, low=2, high=MAX_ROWS)
 
     @property
     def needs_teacher(self) -> bool:
@@ -72,8 +73,8 @@ def fusion_stack(encoder: Encoder, needed_by: str = "classify_bifusion") -> tupl
     (``encoder.text_encoder.`` for ALBEF)."""
     stack = encoder.fusion_stack()
     if stack is None or len(stack.fusion_layers) == 0:
-        raise ValueError(f"{needed_by} needs an ALBEF encoder (a BERT text stack with cross-attention "
-                         f"fusion layers); {type(encoder).__name__} has none")
+        raise ConfigError(f"{needed_by} needs an ALBEF encoder (a BERT text stack with cross-attention "
+                          f"fusion layers); {type(encoder).__name__} has none: use encoder.type albef")
     name = next(name for name, module in encoder.named_modules() if module is stack)
     return stack, f"{ENCODER_KEY}{name}."
 

@@ -21,12 +21,16 @@ from vlkit.core.batch import LABELS, TARGETS
 from vlkit.core.encodings import FusedEncoding
 from vlkit.core.errors import ConfigError
 from vlkit.core.outputs import CLASSIFY_HEAD, ObjectiveOutput
+from vlkit.core.ranges import MAX_ROWS, check_count
 from vlkit.core.step import StepView
 from vlkit.heads.base import HeadShape
 from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.distill import DistillConfig, mix_targets, soft_cross_entropy
 from vlkit.registry import register
 from vlkit.schema import RegistryName
+
+MAX_IMAGES_PER_SAMPLE = 64
+"""Images fused with one text (NLVR2: 2); more is a typo."""
 
 
 @dataclass(kw_only=True)
@@ -50,10 +54,9 @@ class ClassifyConfig(ObjectiveConfig):
     requires_fusion: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2:
-            raise ConfigError(f"must be ≥ 2, got {self.num_classes}", key="num_classes")
-        if self.images_per_sample < 1:
-            raise ConfigError("must be ≥ 1", key="images_per_sample")
+        super().__post_init__()
+        check_count("num_classes", self.num_classes, low=2, high=MAX_ROWS)
+        check_count("images_per_sample", self.images_per_sample, high=MAX_IMAGES_PER_SAMPLE)
         if self.distill is not None and self.loss != "ce":
             raise ConfigError("momentum distillation applies to the `ce` loss only", key="distill")
 

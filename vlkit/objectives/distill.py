@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import check_count, check_number
 
 
 @dataclass(kw_only=True)
@@ -26,10 +26,8 @@ class DistillConfig:
     ramp_steps: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"must be in [0, 1], got {self.alpha}", key="alpha")
-        if self.ramp_steps < 0:
-            raise ConfigError("must be ≥ 0", key="ramp_steps")
+        check_number("alpha", self.alpha, 0.0, 1.0)
+        check_count("ramp_steps", self.ramp_steps, low=0)
 
     def alpha_at(self, step: int) -> float:
         """``alpha`` after ``step`` steps of distillation (a Python float: no device work); 0 before

@@ -30,6 +30,7 @@ from torchvision.ops import box_convert
 from vlkit.core.batch import PHRASE_REGIONS, PhraseRegions
 from vlkit.core.loader import LoaderRequest, PhraseRegionsRequest
 from vlkit.core.outputs import BOX_HEAD, ObjectiveOutput
+from vlkit.core.ranges import check_number
 from vlkit.core.step import StepView
 from vlkit.heads.base import HeadShape
 from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
@@ -56,6 +57,11 @@ class GroundingConfig(ObjectiveConfig):
 
     requires_fusion: ClassVar[bool] = True
     reads_boxes: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("l1_weight", self.l1_weight, 0)
+        check_number("giou_weight", self.giou_weight, 0)
 
     def loader_requests(self) -> tuple[LoaderRequest, ...]:
         return (PhraseRegionsRequest(),)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from vlkit import dist
 from vlkit.core.errors import ConfigError
 from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.ranges import MAX_ROWS, check_count, check_number, is_finite
 from vlkit.core.similarity import Similarity
 from vlkit.core.step import StepView
 from vlkit.encoders.base import contrastive_feat
@@ -75,16 +76,14 @@ class ITCConfig(ObjectiveConfig):
     provides_similarity: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError("must be positive", key="temperature")
+        super().__post_init__()
+        check_number("temperature", self.temperature, 0, low_open=True)
         if self.temperature_range is not None:
             lo_hi = self.temperature_range
-            if len(lo_hi) != 2 or not 0 < lo_hi[0] < lo_hi[1]:
+            if len(lo_hi) != 2 or not all(is_finite(t) for t in lo_hi) or not 0 < lo_hi[0] < lo_hi[1]:
                 raise ConfigError(f"must be [min, max] with 0 < min < max, got {lo_hi}", key="temperature_range")
-        if self.queue_size < 0:
-            raise ConfigError("must be ≥ 0", key="queue_size")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError("must be in [0, 1)", key="label_smoothing")
+        check_count("queue_size", self.queue_size, low=0, high=MAX_ROWS)
+        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         if self.vl_path and self.needs_teacher:
             raise ConfigError("the VL path is in-batch only: use it without queue_size and distill", key="vl_path")
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlkit.core.batch import HARD_NEGATIVES, HardNegativeText
-from vlkit.core.errors import ConfigError
 from vlkit.core.loader import HardNegativesRequest, LoaderRequest
 from vlkit.core.outputs import MATCH_HEAD, ObjectiveOutput
+from vlkit.core.ranges import check_number
 from vlkit.core.similarity import Negatives
 from vlkit.core.step import StepView
 from vlkit.heads.base import HeadShape
@@ -49,8 +49,8 @@ class ITMConfig(ObjectiveConfig):
     requires_fusion: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.hard_negatives < 0:
-            raise ConfigError(f"hard_negatives is a weight ≥ 0, got {self.hard_negatives}", key="hard_negatives")
+        super().__post_init__()
+        check_number("hard_negatives", self.hard_negatives, 0)
 
     @property
     def needs_similarity(self) -> bool:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from vlkit.core.encodings import PatchMask
 from vlkit.core.errors import ConfigError
 from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.ranges import check_number
 from vlkit.core.step import StepView
 from vlkit.nn.patch_mask import random_patch_positions
 from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
@@ -41,8 +42,8 @@ class MIMConfig(ObjectiveConfig):
     modalities: ClassVar[frozenset[str]] = frozenset({"pair", "image"})
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ConfigError(f"must be in (0, 1), got {self.mask_ratio}", key="mask_ratio")
+        super().__post_init__()
+        check_number("mask_ratio", self.mask_ratio, 0.0, 1.0, low_open=True, high_open=True)
         if self.loss not in ("l1", "mse"):
             raise ConfigError(f"is `{self.loss}`, not one of l1, mse", key="loss")
 
@@ -86,8 +87,8 @@ class MIM(Objective):
     def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> MIM:
         assert isinstance(cfg, MIMConfig)
         if not parts.encoder.supports_patch_mask:
-            raise ValueError(f"objective `{name}` (mim) hides image patches, which the "
-                             f"`{type(parts.encoder).__name__}` cannot take; use an albef or mome encoder")
+            raise ConfigError(f"objective `{name}` (mim) hides image patches, which the "
+                              f"`{type(parts.encoder).__name__}` cannot take; use an albef or mome encoder")
         patch_size, patches, width = parts.encoder.image_geometry()
         return cls(cfg, name, patch_size=patch_size, patches=patches, width=width)
 

@@ -39,6 +39,10 @@ class MLMConfig(ObjectiveConfig, MaskingConfig):
     requires_fusion: ClassVar[bool] = True
     modalities: ClassVar[frozenset[str]] = frozenset({"pair", "text"})
 
+    def __post_init__(self) -> None:
+        ObjectiveConfig.__post_init__(self)
+        MaskingConfig.__post_init__(self)
+
     @property
     def needs_teacher(self) -> bool:
         return self.distill is not None

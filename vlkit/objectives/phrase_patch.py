@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlkit.core.errors import ConfigError
 from vlkit.core.loader import LoaderRequest, PhraseRegionsRequest
 from vlkit.core.outputs import ObjectiveOutput
+from vlkit.core.ranges import check_count, check_number
 from vlkit.core.step import StepView
 from vlkit.objectives.base import Objective, ObjectiveConfig, PartsFactory
 from vlkit.objectives.grounding import pool_phrases, step_regions
@@ -44,6 +46,11 @@ class PhrasePatchConfig(ObjectiveConfig):
     temperature: float = 0.07
 
     reads_boxes: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_count("dim", self.dim)
+        check_number("temperature", self.temperature, 0, low_open=True)
 
     def loader_requests(self) -> tuple[LoaderRequest, ...]:
         return (PhraseRegionsRequest(),)
@@ -83,7 +90,12 @@ class PhrasePatch(Objective):
     @classmethod
     def build(cls, cfg: ObjectiveConfig, name: str, parts: PartsFactory) -> PhrasePatch:
         assert isinstance(cfg, PhrasePatchConfig)
-        _, patches, image_width = parts.encoder.image_geometry()
+        try:
+            _, patches, image_width = parts.encoder.image_geometry()
+        except NotImplementedError:  # the base class's answer: the encoder does not expose its patches
+            raise ConfigError(f"objective `{name}` (phrase_patch) aligns phrases with image patches, which the "
+                              f"`{type(parts.encoder).__name__}` does not expose; use an albef or mome "
+                              "encoder") from None
         return cls(cfg, name, text_width=parts.encoder.width, patch_width=image_width, patches=patches)
 
     def forward(self, step: StepView) -> ObjectiveOutput:

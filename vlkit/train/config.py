@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vlkit.core.errors import ConfigError
+from vlkit.core.ranges import check_count, check_number
+
+MAX_THREADS = 4096
+"""More intra-op threads than this is a typo."""
 
 
 @dataclass(kw_only=True)
@@ -90,23 +94,30 @@ class TrainConfig:
     eval_every: int = 0
 
     def __post_init__(self) -> None:
-        for key, value in (("steps", self.steps), ("batch_size", self.batch_size), ("grad_accum", self.grad_accum),
+        for key, count in (("steps", self.steps), ("batch_size", self.batch_size), ("grad_accum", self.grad_accum),
                            ("log_every", self.log_every), ("keep_last", self.keep_last)):
-            if value < 1:
-                raise ConfigError("must be at least 1", key=key)
+            check_count(key, count)
+        for key, count in (("warmup_steps", self.warmup_steps), ("ckpt_every", self.ckpt_every),
+                           ("eval_every", self.eval_every)):
+            check_count(key, count, low=0)
+        if self.max_steps is not None:
+            check_count("max_steps", self.max_steps)
+        if self.cpu_threads is not None:
+            check_count("cpu_threads", self.cpu_threads, high=MAX_THREADS)
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}",
                               key="grad_accum")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError("needs 0 ≤ min_lr ≤ lr and lr > 0", key="lr")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("min_lr", self.min_lr, 0, self.lr)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("head_lr_mult", self.head_lr_mult, 0, low_open=True)
+        check_number("eps", self.eps, 0, low_open=True)
+        if self.clip_grad_norm is not None:
+            check_number("clip_grad_norm", self.clip_grad_norm, 0, low_open=True)
+        if len(self.betas) != 2:
             raise ConfigError(f"must be two numbers in [0, 1), got {self.betas}", key="betas")
-        if self.head_lr_mult <= 0:
-            raise ConfigError(f"must be > 0, got {self.head_lr_mult}", key="head_lr_mult")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError("must be at least 1 (or null)", key="max_steps")
-        if self.warmup_steps < 0 or self.ckpt_every < 0 or self.eval_every < 0:
-            raise ConfigError("warmup_steps, ckpt_every and eval_every must be ≥ 0", key="warmup_steps")
+        for index, beta in enumerate(self.betas):
+            check_number(f"betas[{index}]", beta, 0, 1, high_open=True)
 
     @property
     def stop_step(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], Path]:
         raise TowerInitError(f"{path} does not exist (expected a weights file or a folder with model.safetensors)")
     file = weights_file(path) if path.is_dir() else path
     if file.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+        shards = sorted(set(_read_json(file).get("weight_map", {}).values()))
         state: dict[str, Tensor] = {}
         for shard in shards:
             state.update(_read_file(file.parent / shard))
@@ -65,10 +66,23 @@ def read_config(path: str | Path) -> dict[str, Any] | None:
     """``config.json`` of a folder (or beside a file), or None."""
     path = Path(path)
     config = (path if path.is_dir() else path.parent) / "config.json"
-    return json.loads(config.read_text()) if config.is_file() else None
+    return _read_json(config) if config.is_file() else None
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    """A JSON object from ``file``; a :class:`TowerInitError` naming the file when it is anything else."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TowerInitError(f"{file} is not readable JSON ({err}); download or copy it again") from None
+    if not isinstance(value, dict):
+        raise TowerInitError(f"{file} holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def _read_file(file: Path) -> dict[str, Any]:
+    if (problem := weights_file_problem(file)) is not None:
+        raise TowerInitError(problem)
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -80,9 +94,66 @@ def _read_file(file: Path) -> dict[str, Any]:
         raise TowerInitError(f"{file} holds pickled Python objects besides tensors, which vlkit does not unpickle; "
                              "re-save only its weights (`torch.save(ckpt['model'], 'weights.pth')`) or as "
                              f"safetensors ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError) as err:  # a truncated or corrupt archive: the file is the user's input
+        raise TowerInitError(f"{file} is not a readable PyTorch file ({str(err).splitlines()[0]}); "
+                             "download or copy it again") from None
     if not isinstance(loaded, dict):
         raise TowerInitError(f"{file} holds a {type(loaded).__name__}, not a state dict")
     return loaded
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000
+"""Bytes of a safetensors header (its JSON table of tensors); the format's own limit."""
+
+
+def weights_file_problem(file: Path) -> str | None:
+    """What makes ``file`` unreadable as weights, found from its first bytes and its header alone (None:
+    nothing found). ``.safetensors``: the 8-byte header length, the JSON table and every tensor's byte range
+    inside the file; PyTorch files: a zip archive whose directory reads (``torch.save``), or a legacy pickle."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            head = handle.read(8)
+            if file.suffix == ".safetensors":
+                return _safetensors_problem(file, handle, head, size)
+    except OSError as err:
+        return f"{file} cannot be read ({err.strerror})"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            return f"{file} is a damaged archive ({err}); download or copy it again"
+        return None
+    if head[:1] == b"\x80":  # a pickle protocol marker: torch's legacy format
+        return None
+    return (f"{file} is not a weights file ({size} bytes, neither a torch.save archive nor a safetensors file); "
+            "check the path")
+
+
+def _safetensors_problem(file: Path, handle: Any, head: bytes, size: int) -> str | None:
+    """See :func:`weights_file_problem`; ``head`` is the file's first 8 bytes."""
+    fix = "download or copy it again, or save it anew with safetensors.torch.save_file"
+    if len(head) < 8:
+        return f"{file} is not a safetensors file ({size} bytes, shorter than its 8-byte header length); {fix}"
+    length = int.from_bytes(head, "little")
+    if length > min(SAFETENSORS_MAX_HEADER, size - 8):
+        return f"{file} is not a safetensors file (its header claims {length:,} bytes of {size:,}); {fix}"
+    try:
+        table = json.loads(handle.read(length).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return f"{file} is not a safetensors file (its header is not JSON); {fix}"
+    if not isinstance(table, dict):
+        return f"{file} is not a safetensors file (its header is not a table of tensors); {fix}"
+    data = size - 8 - length
+    for name, entry in table.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data):
+            return f"{file} is truncated or damaged (tensor `{name[:60]}` lies outside its {data:,} data bytes); {fix}"
+    return None
 
 
 def unwrap(state: dict[str, Any]) -> dict[str, Tensor]:

@@ -32,8 +32,8 @@ def timm_offline_message(name: str, key: str, err: BaseException) -> str:
         deit = " (DeiT's release files, e.g. deit_base_patch16_224-b5f2ef4d.pth, work too)"
     return (f"{key}: could not download the weights of timm model `{name}` ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Without network, make a local copy: on a "
-            f"machine with network run\n  python -c \"import timm, torch; torch.save(timm.create_model('{name}', "
-            f"pretrained=True).state_dict(), '{stem}.pth')\"\ncopy {stem}.pth here and set "
+            f"machine with network run `python -c \"import timm, torch; torch.save(timm.create_model('{name}', "
+            f"pretrained=True).state_dict(), '{stem}.pth')\"`, copy {stem}.pth here and set "
             f"`{key}: /path/to/{stem}.pth`{deit}")
 
 
@@ -42,9 +42,9 @@ def hub_offline_message(repo: str, key: str, err: BaseException) -> str:
     stem = repo.split("/")[-1]
     return (f"{key}: could not download `{repo}` from the Hugging Face hub ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Without network, make a local copy: on a "
-            "machine with network run\n  python -c \"from huggingface_hub import snapshot_download; "
+            "machine with network run `python -c \"from huggingface_hub import snapshot_download; "
             f"snapshot_download('{repo}', local_dir='{stem}', allow_patterns=['config.json', 'model.safetensors', "
-            f"'vocab.txt', 'tokenizer*'])\"\ncopy the folder {stem}/ here and set `{key}: /path/to/{stem}` "
+            f"'vocab.txt', 'tokenizer*'])\"`, copy the folder {stem}/ here and set `{key}: /path/to/{stem}` "
             "(the same folder serves as data.tokenizer)")
 
 

@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlkit.core.errors import CheckpointError, MissingCheckpointError
 from vlkit.weights import checkpoints as ckpt
 from vlkit.weights import release
+from vlkit.weights.files import weights_file_problem
 
 log = logging.getLogger("vlkit.train")
 
@@ -29,13 +31,17 @@ def find_checkpoint(path: str | Path) -> Path:
             return found
     if (path / release.FILE_NAME).is_file():
         return path / release.FILE_NAME
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt or .safetensors file, or a run folder with "
-                            f"checkpoints/ or {release.FILE_NAME})")
+    what = "nothing" if not path.exists() else "a folder without checkpoints/ or " + release.FILE_NAME
+    raise MissingCheckpointError(f"no checkpoint at {path} ({what} there; expected a .pt or .safetensors file, or a "
+                                 f"run folder with checkpoints/ or {release.FILE_NAME})")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint or a vlkit weights file, as a dict with at least ``model``, ``step``
-    and ``recipe`` (both formats load without unpickling code)."""
+    and ``recipe`` (both formats load without unpickling code); a :class:`CheckpointError` naming the file
+    when its header shows it unreadable."""
+    if (problem := weights_file_problem(path)) is not None:
+        raise CheckpointError(problem)
     if path.suffix == ".safetensors":
         return release.load_weights(path)
     return ckpt.load(path)
@@ -122,6 +128,7 @@ def initialize_from(model: nn.Module, source: str | Path, aliases: dict[str, str
     path = find_checkpoint(source)
     report = load_matching(model, read_checkpoint(path)["model"], aliases)
     if not report.loaded:
-        raise ValueError(f"init_from {path}: no weight of the checkpoint fits this model ({report.summary()})")
+        raise CheckpointError(f"init_from {path}: no weight of the checkpoint fits this model ({report.summary()}); "
+                              "name a checkpoint of a model with the same structure")
     log.info("init_from %s: %s", path, report.summary())
     return report
