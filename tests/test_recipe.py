@@ -130,7 +130,8 @@ def test_unknown_recipe_suggests_shipped_names():
 
 def test_shipped_recipes_all_resolve_and_describe_themselves():
     rows = dict(list_recipes())
-    for name in ("albef/base", "albef/tiny", "albef/tiny_grounded", "vlmo/base", "vlmo/tiny", "dual/base", "dual/tiny"):
+    for name in ("albef/base", "albef/tiny", "albef/tiny_grounded", "albef/tiny_real", "vlmo/base", "vlmo/tiny",
+                 "dual/base", "dual/tiny"):
         assert name in rows and rows[name] != "(no description)"
     for name in rows:
         resolve(name)
