@@ -18,13 +18,14 @@ from torch import Tensor
 from vlkit import dist, provenance, registry
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import Batch
+from vlkit.core.errors import CheckpointError, DataError, MissingCheckpointError, RecipeError
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.json_dataset import EntryList, EpochSampler
 from vlkit.data.loader_requests import batch_transforms, wants_hard_negatives
 from vlkit.data.single_modality import ImageOnlyCollate, TextOnlyCollate
 from vlkit.data.sources import DataSource
 from vlkit.data.text import CaptionCleaner
-from vlkit.data.tokenizer import load_tokenizer
+from vlkit.data.tokenizer import TokenizerError, load_tokenizer
 from vlkit.data.tokens import TextTokens
 from vlkit.data.training_set import EpochStream, TrainingRequest, TrainingSet
 from vlkit.data.transforms import DeviceNormalize, decode_size, train_transform
@@ -45,6 +46,7 @@ from vlkit.train.trainer import RunPaths, Trainer
 from vlkit.weights import checkpoints as ckpt
 from vlkit.weights.apply import tower_init_keys
 from vlkit.weights.init_from import initialize_from
+from vlkit.weights.sources import TowerInitError
 
 log = logging.getLogger("vlkit.train")
 
@@ -60,11 +62,12 @@ class Pretraining:
 
     def __init__(self, recipe: Recipe, out_dir: str | Path, *, train_data: bool = True) -> None:
         if recipe.data is None:
-            raise ValueError("the recipe has no `data` section; pre-training needs one "
-                             "(e.g. data: {source: synthetic})")
+            raise RecipeError("the recipe has no `data` section; pre-training needs one "
+                              "(e.g. data: {source: synthetic})", key="data")
         self.task: Task | None = registry.get("task", recipe.task.type).target(recipe.task) if recipe.task else None
         if not recipe.objectives and (self.task is None or not self.task.trains_own_objectives):
-            raise ValueError("the recipe has no objectives; enable at least one (e.g. objectives: {itc: {}})")
+            raise RecipeError("the recipe has no objectives; enable at least one (e.g. objectives: {itc: {}})",
+                              key="objectives")
         self.recipe, self.data = recipe, recipe.data
         self.paths = RunPaths(Path(out_dir))
         self.device = init_from_environment(resolve_device(recipe.train.device))
@@ -100,8 +103,12 @@ class Pretraining:
         """The recipe's tokenizer (``data.tokenizer``, else the source's own) and its special ids."""
         reference = self.data.tokenizer or self.source.tokenizer
         if reference is None and self.modality != "image":
-            raise ValueError("set `data.tokenizer` to a BERT tokenizer folder; this data source brings none")
-        tokenizer = load_tokenizer(reference) if reference is not None else None
+            raise RecipeError("set `data.tokenizer` to a BERT tokenizer folder; this data source brings none",
+                              key="data.tokenizer")
+        try:
+            tokenizer = load_tokenizer(reference) if reference is not None else None
+        except TokenizerError as err:  # a tokenizer the recipe names that cannot be loaded here
+            raise DataError(" ".join(str(err).split())) from None
         return tokenizer, TextTokens.from_tokenizer(tokenizer) if tokenizer is not None else None
 
     def _objective_configs(self, encoder: Encoder) -> Mapping[str, ObjectiveConfig]:
@@ -115,8 +122,8 @@ class Pretraining:
             log.info("task `%s` trains %s; the recipe's objectives (%s) are not used", recipe.task.type,
                      ", ".join(objectives), ", ".join(recipe.objectives))
         if any(cfg.requires_fusion for cfg in objectives.values()) and not encoder.supports_fusion:
-            raise ValueError(f"task `{recipe.task.type}` fuses images and text; the `{recipe.encoder.type}` "
-                             "encoder has no fusion layers (use an albef or mome encoder)")
+            raise RecipeError(f"task `{recipe.task.type}` fuses images and text; the `{recipe.encoder.type}` "
+                              "encoder has no fusion layers (use an albef or mome encoder)", key="task")
         return objectives
 
     def _model(self, *, load_tower_weights: bool) -> PretrainModel:
@@ -129,16 +136,17 @@ class Pretraining:
         encoder = build_encoder(recipe.encoder, load_weights=load_tower_weights)
         vocab = encoder.word_embeddings().num_embeddings
         if self.tokens is not None and self.tokens.vocab_size > vocab:
-            raise ValueError(f"the tokenizer has {self.tokens.vocab_size} ids but the encoder's vocabulary has {vocab} "
-                             "rows; raise the encoder's vocab_size (e.g. encoder.text.vocab_size)")
+            raise RecipeError(f"the tokenizer has {self.tokens.vocab_size} ids but the encoder's vocabulary has "
+                              f"{vocab} rows; raise the encoder's vocab_size (e.g. encoder.text.vocab_size)",
+                              key="data.tokenizer")
         model = build_pretrain_model(encoder, self._objective_configs(encoder), recipe.momentum)
         self.weight_loads: list[dict[str, Any]] = self._tower_reports(encoder, recipe.strict)
         if recipe.init_from:
             report = initialize_from(model, recipe.init_from, model.init_aliases())
             self.weight_loads.append({"tower": "init_from", "source": recipe.init_from, **report.to_dict()})
             if recipe.strict and (report.new or report.reshaped or report.unused):
-                raise ValueError(f"strict: init_from {recipe.init_from} does not account for every key: "
-                                 f"{report.summary()}; set strict: false to accept that")
+                raise CheckpointError(f"strict: init_from {recipe.init_from} does not account for every key: "
+                                      f"{report.summary()}; set strict: false to accept that")
         if recipe.freeze:
             log.info("%s", freeze_parameters(model, recipe.freeze).summary())
         model.to(self.device)
@@ -227,28 +235,30 @@ class Pretraining:
                 report.held.clear()
             log.info("%s", report.summary())
             if strict and report.unused:
-                raise ValueError(f"strict: {report.tower} left {len(report.unused)} checkpoint weights unused "
-                                 f"({', '.join(report.unused[:5])}); set strict: false to accept that")
+                raise TowerInitError(f"strict: {report.tower} left {len(report.unused)} checkpoint weights unused "
+                                     f"({', '.join(report.unused[:5])}); set strict: false to accept that")
         return [report.to_dict() for report in encoder.init_reports]
 
     def _check_modality(self) -> None:
         """Before anything heavy: the data's modality fits the source and every objective."""
         recipe, source = self.recipe, self.source
         if source.modality != "pair" and self.modality != source.modality:
-            raise ValueError(f"data.source `{self.data.source.type}` holds {source.modality}s only; "
-                             f"data.modality `{self.modality}` needs a source with {self.modality}s")
+            raise RecipeError(f"data.source `{self.data.source.type}` holds {source.modality}s only; "
+                              f"data.modality `{self.modality}` needs a source with {self.modality}s",
+                              key="data.modality")
         if self.task is not None and self.task.trains_own_objectives:
             assert recipe.task is not None
             if self.modality != "pair":
-                raise ValueError(f"task `{recipe.task.type}` trains on image-text pairs; data.modality is "
-                                 f"`{self.modality}`")
+                raise RecipeError(f"task `{recipe.task.type}` trains on image-text pairs; data.modality is "
+                                  f"`{self.modality}`", key="data.modality")
             return
         for name, cfg in recipe.objectives.items():
             if self.modality not in cfg.modalities:
                 wants = " or ".join(f"{m}-only" if m != "pair" else "image-text pair" for m in sorted(cfg.modalities))
-                raise ValueError(f"objective `{name}` ({cfg.type}) learns from {wants} batches, but this run's data "
-                                 f"gives {self.modality}{'s' if self.modality == 'pair' else '-only batches'} "
-                                 "(data.modality / data.source); remove the objective or change the data")
+                raise RecipeError(f"objective `{name}` ({cfg.type}) learns from {wants} batches, but this run's data "
+                                  f"gives {self.modality}{'s' if self.modality == 'pair' else '-only batches'} "
+                                  "(data.modality / data.source); remove the objective or change the data",
+                                  key=f"objectives.{name}")
 
     def _stream_batches(self, stream: EpochStream, start: int) -> Iterator[Batch]:
         """Endless micro-batches from a shard stream, epoch after epoch (epochs of ``epoch_samples``); a
@@ -359,7 +369,8 @@ def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, prog
     if resume is True:
         start = ckpt.latest_checkpoint(run.paths.checkpoints)
         if start is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run.paths.checkpoints}")
+            raise MissingCheckpointError(f"--resume: no checkpoint in {run.paths.checkpoints}; start without --resume, "
+                                         "or pass --resume CKPT")
     elif resume:
         start = Path(resume)
     trainer = run.trainer(progress=progress)
