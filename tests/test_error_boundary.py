@@ -205,6 +205,11 @@ def test_missing_and_malformed_init_from_files(capsys, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-100])
     line = one_error_line(capsys, ["recipes", "show", "albef/tiny", f"init_from={truncated}"])
     assert "is truncated or damaged" in line and "cut.safetensors" in line
+    foreign = tmp_path / "hf" / "model.safetensors"
+    foreign.parent.mkdir()
+    save_file({"w": torch.zeros(4)}, str(foreign))
+    line = one_error_line(capsys, ["recipes", "show", "albef/tiny", f"init_from={foreign.parent}"])
+    assert "without vlkit's metadata" in line and "encoder.image.init" in line
 
 
 def test_missing_tower_init_file(capsys, tmp_path):

@@ -57,6 +57,7 @@ from vlkit.tasks.grounding import GroundingConfig
 from vlkit.tasks.vqa import VQAConfig
 from vlkit.tasks.zeroshot import ZeroShotConfig
 from vlkit.weights import checkpoints as ckpt
+from vlkit.weights import release
 from vlkit.weights.files import weights_file_problem
 from vlkit.weights.init_from import find_checkpoint
 
@@ -128,6 +129,8 @@ def check_machine(recipe: Recipe, origins: Origins = _no_origin, encoder: Encode
         check_exists(item, origins)
     for key, path in _weights_to_read(recipe, origins):
         if path.is_file() and (problem := weights_file_problem(path)) is not None:
+            raise CheckpointError(f"{_at(origins, key)}{problem}")
+        if key == "init_from" and (problem := checkpoint_problem(path)) is not None:
             raise CheckpointError(f"{_at(origins, key)}{problem}")
     if recipe.data is not None:
         _check_tokenizer_here(recipe.data, encoder, origins)
@@ -436,9 +439,24 @@ def check_checkpoint_arg(path: str | Path, flag: str = "--checkpoint") -> Path:
         found = find_checkpoint(path)
     except MissingCheckpointError as err:
         raise MissingCheckpointError(f"{flag}: {err}") from None
-    if (problem := weights_file_problem(found)) is not None:
+    if (problem := weights_file_problem(found) or checkpoint_problem(found)) is not None:
         raise CheckpointError(f"{flag}: {problem}")
     return found
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What keeps a readable weights file from being a vlkit checkpoint, known from its header: a
+    ``.safetensors`` file without vlkit's metadata (a Hugging Face or timm file) or of a newer version."""
+    if path.suffix != ".safetensors":
+        return None
+    metadata = release.read_metadata(path)
+    if metadata.get("format") != release.FORMAT:
+        return (f"{path} is a safetensors file without vlkit's metadata (format={metadata.get('format')!r}); to "
+                "start a tower from it use encoder.image.init / encoder.text.init instead")
+    version = metadata.get("version", "0")
+    if not version.isdigit() or int(version) > release.VERSION:
+        return f"{path} is vlkit weights version {version[:20]}; this vlkit reads up to {release.VERSION}"
+    return None
 
 
 def check_resume(out: Path, resume: bool | str) -> None:
