@@ -241,6 +241,19 @@ def test_resume_without_a_checkpoint(capsys, tmp_path):
     assert "no such checkpoint file" in line
 
 
+def test_resume_and_overwrite_together_and_overwrite_passed_on(capsys, tmp_path, monkeypatch):
+    line = one_error_line(capsys, ["train", "albef/tiny", "--out", str(tmp_path / "run"), "--resume", "--overwrite"])
+    assert "give one of --resume" in line
+    seen = {}
+    monkeypatch.setattr("vlkit.train.pretrain.run_pretraining", lambda *a, **k: seen.update(k) or {})
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}}, tmp_path / "run" / "checkpoints" / "step_00000001.pt")
+    line = one_error_line(capsys, ["train", "albef/tiny", "--out", str(tmp_path / "run")])
+    assert "already holds checkpoints" in line and "--overwrite" in line
+    assert main(["train", "albef/tiny", "--out", str(tmp_path / "run"), "--overwrite"]) == 0
+    assert seen["overwrite"] is True and seen["resume"] is False
+
+
 def test_eval_checkpoint_missing_or_malformed(capsys, tmp_path):
     line = one_error_line(capsys, ["eval", "albef/tiny", "--checkpoint", str(tmp_path / "none"),
                                    "--out", str(tmp_path / "e")])

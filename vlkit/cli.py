@@ -2,11 +2,11 @@
 
 Commands::
 
-    vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   pre-train (exit 3: non-finite loss,
-                                               4: malformed data, 130/143: interrupted, checkpoint saved)
-    vlkit finetune RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT]]   fine-tune a downstream task
+    vlkit train RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT] | --overwrite]   pre-train (exit 3: non-finite
+                                               loss, 4: malformed data, 130/143: interrupted, checkpoint saved)
+    vlkit finetune RECIPE [KEY=VALUE ...] --out DIR [--resume [CKPT] | --overwrite]   fine-tune a downstream task
                                                (the recipe's `task`, usually with `init_from`)
-    vlkit eval RECIPE [KEY=VALUE ...] --checkpoint CKPT|RUN_DIR --out DIR
+    vlkit eval RECIPE [KEY=VALUE ...] --checkpoint CKPT|RUN_DIR --out DIR [--overwrite]
                                                the recipe's evaluation of a checkpoint → DIR/metrics.json
                                                (exit 2 also for a checkpoint that does not fit the recipe)
     vlkit retrieve RECIPE --checkpoint CKPT [--image IMG | --image-index N] [--text T] [--plus T] [--minus T]
@@ -135,15 +135,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).with_suffix("").as_posix().replace("/", "-")
     check_out_folder(out)
     resume: bool | str = args.resume if args.resume is not None else False
-    if not resume and ckpt.list_checkpoints(out / "checkpoints"):
-        raise UserError(f"{out} already holds checkpoints; pass --resume to continue that run, or another --out")
+    if resume and args.overwrite:
+        raise UserError("give one of --resume (continue the run) and --overwrite (replace it), not both")
+    if not resume and not args.overwrite and ckpt.list_checkpoints(out / "checkpoints"):
+        raise UserError(f"{out} already holds checkpoints; pass --resume to continue that run, --overwrite to "
+                        "replace it, or another --out")
     check_resume(out, resume)
     check_before_work(recipe, resolved.origins)  # data files, tokenizer, init_from, freeze: before the data is read
     if args.command == "finetune" and recipe.init_from is None:
         logging.getLogger("vlkit").warning("init_from is not set: fine-tuning starts from random weights "
                                            "(pass init_from=RUN_DIR to start from a pre-trained run)")
     try:
-        metrics = run_pretraining(recipe, out, resume=resume, progress=not args.no_progress)
+        metrics = run_pretraining(recipe, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
@@ -183,7 +186,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_checkpoint_arg(args.checkpoint)
     check_before_work(recipe, resolved.origins)
     try:
-        metrics = run_evaluation(recipe, args.checkpoint, args.out)
+        metrics = run_evaluation(recipe, args.checkpoint, args.out, overwrite=args.overwrite)
     except (CheckpointMismatch, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RECIPE_ERROR
@@ -377,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--out", help="run folder (default: runs/<recipe>)")
         run.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                          help="continue from the newest checkpoint in --out (or from CKPT)")
+        run.add_argument("--overwrite", action="store_true",
+                         help="start afresh in an --out that holds a run, deleting that run's files")
         run.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
         run.set_defaults(func=_cmd_train)
 
@@ -385,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, metavar="CKPT",
                           help="a checkpoint file, or a run folder (its newest checkpoint)")
     evaluate.add_argument("--out", required=True, help="folder for metrics.json and the resolved recipe")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace the metrics.json / recipe.yaml --out already holds")
     evaluate.set_defaults(func=_cmd_eval)
 
     bench = commands.add_parser("bench", help="training throughput, FLOPs and MFU on synthetic batches")
