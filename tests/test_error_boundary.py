@@ -66,6 +66,8 @@ RECIPE_PROBLEMS = [
     ("albef/tiny", "encoder.image.depth=100000000", "`encoder.image.depth`: must be in [1, 1024]"),
     ("albef/tiny", "freeze=[encoder.nothing.*]", "`freeze[0]`: `encoder.nothing.*` matches no trainable parameter"),
     ("albef/tiny", "train.device=cdua", "`train.device`: `cdua` is not a device"),
+    ("albef/tiny", "data.train_split=trian", "`data.train_split` is `trian`, but the data source has the splits "
+                                            "train, val, test; did you mean `train`?"),
     ("albef/tiny", "encoder.text.vocab_size=100", "the synthetic data's tokenizer has 159 ids but the encoder's "
                                                   "vocabulary has 100 rows"),
     ("dual/tiny", "objectives.mim={}", "hides image patches"),

@@ -107,6 +107,8 @@ def check_recipe(recipe: Recipe, origins: Origins = _no_origin) -> Encoder:
     _check_device_name(recipe, origins)
     if recipe.data is not None:
         _check_tokenizer_named(recipe.data, origins)
+    if recipe.data is not None and not _task_trains_own_objectives(recipe):
+        _check_train_split(recipe.data, origins)
     encoder = _check_model(recipe, origins)
     if recipe.data is not None and recipe.data.tokenizer is None and isinstance(recipe.data.source,
                                                                                  SyntheticSourceConfig):
@@ -173,6 +175,17 @@ def _check_tokenizer_named(data: DataConfig, origins: Origins) -> None:
             raise RecipeError(f"`data.tokenizer`: `{registry.shown(data.tokenizer)}` is neither a folder on this "
                               "machine nor a Hugging Face repository name; point it at a tokenizer folder",
                               source=origins("data.tokenizer"), key="data.tokenizer") from None
+
+
+def _check_train_split(data: DataConfig, origins: Origins) -> None:
+    """``data.train_split`` names a split the source has (annotation-list sources; a shard stream has none)."""
+    source = data.source
+    splits = list(source.splits) if isinstance(source, JsonPairsConfig) else \
+        list(SyntheticSource.SPLITS) if isinstance(source, SyntheticSourceConfig) else None
+    if splits is not None and data.train_split not in splits:
+        raise RecipeError(f"`data.train_split` is `{registry.shown(data.train_split)}`, but the data source has the "
+                          f"splits {', '.join(splits)}{registry.did_you_mean(data.train_split, splits)}",
+                          source=origins("data.train_split"), key="data.train_split")
 
 
 def _task_trains_own_objectives(recipe: Recipe) -> bool:
