@@ -101,8 +101,15 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
 
 def fingerprint(path: Path) -> dict[str, Any]:
     """A file: its size and SHA-256 (size only above :data:`HASH_LIMIT`); a folder: the number and total
-    size of the files under it; a missing path: ``missing``."""
-    path = Path(path)
+    size of the files under it; a missing path: ``missing``; an unreadable one: ``error`` (the record
+    says so rather than failing the run that has just finished)."""
+    try:
+        return _fingerprint(Path(path))
+    except OSError as err:
+        return {"path": str(path), "error": f"{type(err).__name__}: {err}"}
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
     if path.is_file():
         stat = path.stat()
         out: dict[str, Any] = {"path": str(path), "bytes": stat.st_size}
@@ -120,7 +127,7 @@ def _task_files(recipe: Recipe, source: DataSource) -> list[Path]:
     entries of ``splits``, other file paths as given, ``image_folder``) and, where the task names a
     split and no files of its own, the source's annotation files of that split."""
     task: dict[str, Any] = recipe.to_dict()["task"]
-    split = task.get("eval_split") or task.get("split")
+    split = task.get("eval_split") or task.get("split") or recipe.eval.split
     files: list[Path] = []
     own = task.get("splits") or {}
     if isinstance(split, str) and split in own:
@@ -145,13 +152,16 @@ def evaluation_data(recipe: Recipe, source: DataSource, metrics: Mapping[str, An
     hash (folders: file count and bytes), and the evaluation's sample and skipped counts."""
     if recipe.task is None:
         split: str | None = recipe.eval.split
-        files = list(source.split_files(recipe.eval.split))
+        try:
+            files = list(source.split_files(recipe.eval.split))
+        except ValueError:  # no such split: nothing was evaluated from it
+            files = []
         swaps = source.swap_file(recipe.eval.split) if recipe.eval.swap_probe else None
         if swaps is not None:
             files.append(swaps)
     else:
         task = recipe.to_dict()["task"]
-        split = task.get("eval_split") or task.get("split")
+        split = task.get("eval_split") or task.get("split") or recipe.eval.split
         files = _task_files(recipe, source)
     return {"split": split, "files": [fingerprint(f) for f in files],
             "counts": {k: metrics[k] for k in COUNTS if isinstance(metrics.get(k), int | float)}}
