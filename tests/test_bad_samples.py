@@ -512,6 +512,11 @@ def test_training_writes_bad_samples_to_the_run_folder(tmp_path: Path, strange_f
     for fragment in ("lone surrogate", "FIFO", "directory", "64.0 MiB limit", "character device", "missing"):
         assert fragment in reasons
     assert f"every skipped sample is named in {tmp_path / 'run' / 'bad_samples.jsonl'}" in caplog.text
+    # the run's result counts them and says where they are named
+    assert metrics["bad_samples"] == 7
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert stored["bad_samples"] == 7
+    assert f"7 bad samples (annotations 2, image 5) named in {tmp_path / 'run' / 'bad_samples.jsonl'}" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- 5. batches

@@ -490,8 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error_line(err: BaseException) -> str:
-    """``error: <message>`` on one line (a message's own line breaks become spaces)."""
-    return "error: " + " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    """``error: <message>`` on one line (a message's own line breaks become spaces). An error raised in a
+    data-loader worker arrives wrapped in the worker's traceback (``Caught X in DataLoader worker process
+    N. Original Traceback ...``): its own message is the traceback's last line."""
+    lines = [part.strip() for part in str(err).splitlines() if part.strip()]
+    if lines and lines[0].startswith("Caught ") and "Original Traceback" in str(err):
+        lines = [lines[-1].split(": ", 1)[-1]]
+    return "error: " + " ".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

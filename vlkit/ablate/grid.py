@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from vlkit.recipe import Recipe, find_recipe, resolve
+from vlkit.recipe import Recipe, find_recipe, load_yaml_file, resolve
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -96,7 +96,7 @@ def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file {path} not found")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw, _ = load_yaml_file(path)  # the recipes' bounds: size, aliases, depth
     if not isinstance(raw, dict):
         raise GridError(f"{path}: a grid is a mapping with `base` and `variants`")
     known = {"description", "base", "overrides", "seeds", "metrics", "variants", "followups"}

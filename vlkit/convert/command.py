@@ -7,7 +7,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from torch import Tensor
 
 import vlkit.convert.albef as albef
@@ -21,6 +20,7 @@ from vlkit.encoders.albef import AlbefConfig
 from vlkit.encoders.base import EncoderConfig
 from vlkit.encoders.mome import MomeConfig
 from vlkit.recipe import Recipe, resolve, validate_recipe
+from vlkit.recipe_yaml import load_text
 from vlkit.weights.init_from import find_checkpoint, read_checkpoint
 
 log = logging.getLogger("vlkit.convert")
@@ -90,7 +90,7 @@ def _stored_recipe(state: dict, overrides: list[str]) -> Recipe | None:
     if not isinstance(text, str):
         return None
     if not overrides:
-        return validate_recipe(yaml.safe_load(text))
+        return validate_recipe(load_text(text, "the checkpoint's recipe")[0])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recipe.yaml"
         path.write_text(text)

@@ -63,6 +63,11 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
     """No checkpoint where one was named (also a ``FileNotFoundError``)."""
 
 
+class UnavailableError(UserError, RuntimeError):
+    """This machine lacks what the recipe or command asks for (CUDA, xformers); the message names the key
+    and the alternative."""
+
+
 class NonFiniteError(RuntimeError):
     """A number vlkit was asked to produce cannot be trusted because its inputs are not finite: training
     weights, gradients or the loss became NaN or infinite, a checkpoint to evaluate holds such weights, or

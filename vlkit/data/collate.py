@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vlkit.core.batch import HARD_NEGATIVES, Batch, HardNegativeText
+from vlkit.core.errors import DataError
 from vlkit.data.json_dataset import Sample
 from vlkit.data.safe_io import unicode_problem
 from vlkit.data.text import CaptionCleaner
@@ -97,7 +98,8 @@ class PretrainCollate:
         kept = [s for s in samples if s is not None and not unusable_text(" ".join((s.caption, *s.hard_negatives)),
                                                                            s.key)]
         if not kept:
-            raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
+            raise DataError(f"no sample of a batch of {len(samples)} could be used (each is named with its reason in "
+                            "bad_samples.jsonl); fix the data or filter it (vlkit data filter)")
         text = self.tokenize_texts([s.caption for s in kept])
         batch = Batch(images=stack_images([s.image for s in kept]), input_ids=text.input_ids,
                       attention_mask=text.attention_mask, idx=torch.tensor([s.idx for s in kept]),

@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image
 from torch import Tensor
 
+from vlkit.core.errors import DataError, MissingDataError
 from vlkit.data.bad_samples import BadSampleLog
 from vlkit.data.image_files import list_images
 from vlkit.data.single_modality import (
@@ -35,11 +36,11 @@ class CorpusSource(DataSource):
     """A single-modality source: no evaluation splits, no image-text pairs."""
 
     def split_files(self, split: str) -> list[Path]:
-        raise ValueError(f"a `{self.modality}`-only corpus has no evaluation split `{split}`")
+        raise DataError(f"a `{self.modality}`-only corpus has no evaluation split `{split}`")
 
     def _check_modality(self, modality: str) -> None:
         if modality != self.modality:
-            raise ValueError(f"this source holds {self.modality}s only; data.modality `{modality}` needs a source "
+            raise DataError(f"this source holds {self.modality}s only; data.modality `{modality}` needs a source "
                              f"with {modality}s")
 
     @property
@@ -88,9 +89,9 @@ class ImageOnlySource(CorpusSource):
         missing = [f for f in self.cfg.folders if not Path(f).is_dir()]
         missing += [u for u in expand_shards(self.cfg.shards) if (p := local_path(u)) is not None and not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"image corpus not found: {', '.join(missing[:10])}")
+            raise MissingDataError(f"image corpus not found: {', '.join(missing[:10])}")
         if self.cfg.folders and not self.files():
-            raise FileNotFoundError(f"no images ({', '.join(self.cfg.extensions)}) under {', '.join(self.cfg.folders)}")
+            raise MissingDataError(f"no images ({', '.join(self.cfg.extensions)}) under {', '.join(self.cfg.folders)}")
 
     def training_set(self, request: TrainingRequest) -> TrainingSet:
         """The corpus's images: a keyed dataset (folders) or this rank's shard stream (shards); unreadable
@@ -152,7 +153,7 @@ class TextOnlySource(CorpusSource):
     def prepare(self) -> None:
         missing = [f for f in self.cfg.files if not Path(f).is_file()]
         if missing:
-            raise FileNotFoundError(f"text files not found: {', '.join(missing)}")
+            raise MissingDataError(f"text files not found: {', '.join(missing)}")
 
     def training_set(self, request: TrainingRequest) -> TrainingSet:
         """The indexed corpus (unusable lines named in ``request.bad_samples`` by rank 0)."""

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vlkit.core.batch import Batch
+from vlkit.core.errors import DataError
 from vlkit.data.bad_samples import BadSample, BadSampleLog
 from vlkit.data.collate import PretrainCollate, stack_images, unusable_text
 from vlkit.data.json_dataset import AnnotationError, KeyedImageDataset
@@ -83,7 +84,8 @@ class ImageOnlyCollate:
     def __call__(self, samples: Sequence[Any]) -> Batch:
         kept = [s for s in samples if s is not None]
         if not kept:
-            raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
+            raise DataError(f"no sample of a batch of {len(samples)} could be used (each is named with its reason in "
+                            "bad_samples.jsonl); fix the data or filter it (vlkit data filter)")
         return Batch(images=stack_images([s.image for s in kept]), input_ids=None, attention_mask=None,
                      idx=torch.tensor([s.idx for s in kept]), skipped=len(samples) - len(kept))
 

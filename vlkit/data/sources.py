@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlkit.core.errors import ConfigError, DataError, MissingDataError
 from vlkit.data.bad_samples import BadSampleLog
 from vlkit.data.formats.classification import Classification
 from vlkit.data.json_dataset import AnnotationPart, PairDataset, read_parts
@@ -25,7 +26,7 @@ from vlkit.data.synthetic.classification import largest_object_classes
 from vlkit.data.synthetic.grounding import Expression, referring_expressions
 from vlkit.data.training_set import TooFewSamples, TrainingRequest, TrainingSet
 from vlkit.registry import register
-from vlkit.schema import ComponentConfig, ConfigError
+from vlkit.schema import ComponentConfig
 
 
 def default_data_root() -> Path:
@@ -92,17 +93,17 @@ class DataSource:
     def task_files(self, task: str, split: str) -> list[Path]:
         """Annotation files of downstream ``task`` (``ve``, ``nlvr2``, ``vqa``) for ``split``, for
         sources that ship them."""
-        raise ValueError(f"the `{type(self).__name__}` source ships no {task} annotations; name them in the "
+        raise DataError(f"the `{type(self).__name__}` source ships no {task} annotations; name them in the "
                          f"recipe's task.splits, e.g. {{train: [{task}_train.json], test: [{task}_test.json]}}")
 
     def referring_expressions(self, split: str) -> list[Expression]:
         """Grounding expressions with boxes of ``split``, for sources that have them."""
-        raise ValueError(f"the `{type(self).__name__}` source has no grounding expressions; give the task "
+        raise DataError(f"the `{type(self).__name__}` source has no grounding expressions; give the task "
                          "`annotations`: a JSON list of {image, text, box: [left, top, right, bottom]}")
 
     def classification(self, split: str, attribute: str) -> Classification:
         """A single-label classification of ``split`` by ``attribute``, for sources that have one."""
-        raise ValueError(f"the `{type(self).__name__}` source has no classification split; point the task at "
+        raise DataError(f"the `{type(self).__name__}` source has no classification split; point the task at "
                          "an image folder (`image_folder`) or a JSON list of {image, label} (`annotations`)")
 
 
@@ -148,7 +149,7 @@ class SyntheticSource(DataSource):
 
     def split_files(self, split: str) -> list[Path]:
         if split not in self.SPLITS:
-            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+            raise DataError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
         return [self.folder / f"{split}.json"]
 
     def swap_file(self, split: str) -> Path | None:
@@ -164,22 +165,22 @@ class SyntheticSource(DataSource):
     def referring_expressions(self, split: str) -> list[Expression]:
         """"the {colour} {shape}" for every object unique in its image (see :mod:`.synthetic.grounding`)."""
         if split not in self.SPLITS:
-            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+            raise DataError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
         return referring_expressions(self.folder, split)
 
     def task_files(self, task: str, split: str) -> list[Path]:
         if task not in self.TASK_PREFIXES:
             return super().task_files(task, split)
         if split not in self.SPLITS:
-            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+            raise DataError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
         return [self.folder / f"{self.TASK_PREFIXES[task]}_{split}.json"]
 
     def classification(self, split: str, attribute: str) -> Classification:
         """The colour or shape of each image's largest object (see :mod:`vlkit.data.synthetic.classification`)."""
         if split not in self.SPLITS:
-            raise ValueError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
+            raise DataError(f"the synthetic data has splits {', '.join(self.SPLITS)}, not `{split}`")
         if attribute not in ("color", "shape"):
-            raise ValueError(f"synthetic classes are `color` or `shape`, not `{attribute}`")
+            raise ConfigError(f"synthetic classes are `color` or `shape`, not `{attribute}`")
         return largest_object_classes(self.folder, split, attribute)  # type: ignore[arg-type]
 
 
@@ -240,10 +241,10 @@ class JsonPairsSource(DataSource):
         parts = [p for files in self.cfg.splits.values() for p in self._parts(files)]
         missing = [str(p.file) for p in parts if not p.file.is_file()]
         if missing:
-            raise FileNotFoundError(f"annotation files not found: {', '.join(missing)}")
+            raise MissingDataError(f"annotation files not found: {', '.join(missing)}")
         roots = sorted({str(p.image_root) for p in parts if not p.image_root.is_dir()})
         if roots:
-            raise FileNotFoundError(f"image folders not found: {', '.join(roots)}")
+            raise MissingDataError(f"image folders not found: {', '.join(roots)}")
 
     @property
     def image_root(self) -> Path:
@@ -251,7 +252,7 @@ class JsonPairsSource(DataSource):
 
     def split_parts(self, split: str) -> list[AnnotationPart]:
         if split not in self.cfg.splits:
-            raise ValueError(f"no split `{split}`; the recipe names {', '.join(self.cfg.splits)}")
+            raise DataError(f"no split `{split}`; the recipe names {', '.join(self.cfg.splits)}")
         return self._parts(self.cfg.splits[split])
 
     def split_files(self, split: str) -> list[Path]:

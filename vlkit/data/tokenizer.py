@@ -10,6 +10,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from vlkit.core.errors import ConfigError
+
 
 class TokenizerError(RuntimeError):
     """The tokenizer could not be loaded; the message says how to provide one offline."""
@@ -67,7 +69,7 @@ def padded_length(longest: int, max_length: int, padding: Padding) -> int:
         return max_length
     if padding == "multiple_of_8":
         return -(-longest // 8) * 8
-    raise ValueError(f"unknown padding `{padding}`; choose one of {', '.join(PADDINGS)}")
+    raise ConfigError(f"unknown padding `{padding}`; choose one of {', '.join(PADDINGS)}")
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int, *, drop_sep: bool = False,

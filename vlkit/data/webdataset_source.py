@@ -45,7 +45,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-from vlkit.core.errors import UserError
+from vlkit.core.errors import DataError, MissingDataError, UserError
 from vlkit.data.bad_samples import BadSample, BadSampleLog
 from vlkit.data.json_dataset import Sample, sample_seed, seeded_transform
 from vlkit.data.safe_io import (
@@ -429,7 +429,7 @@ class WebDatasetSource(DataSource):
         missing += [f for files in self.cfg.eval_splits.values() for f in files if not Path(f).is_file()]
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise FileNotFoundError(f"{len(missing)} data file(s) not found: {shown}")
+            raise MissingDataError(f"{len(missing)} data file(s) not found: {shown}")
 
     @property
     def image_root(self) -> Path:
@@ -438,7 +438,7 @@ class WebDatasetSource(DataSource):
     def split_files(self, split: str) -> list[Path]:
         if split not in self.cfg.eval_splits:
             known = ", ".join(self.cfg.eval_splits) or "none"
-            raise ValueError(f"no evaluation split `{split}` (eval_splits names: {known}); "
+            raise DataError(f"no evaluation split `{split}` (eval_splits names: {known}); "
                              "training data comes from the shards through stream()")
         return [Path(f) for f in self.cfg.eval_splits[split]]
 
@@ -446,10 +446,10 @@ class WebDatasetSource(DataSource):
         """The shard stream of this rank (image-text pairs only: shards hold no annotation lists to group
         or to split by modality)."""
         if request.modality != "pair":
-            raise ValueError(f"data.modality `{request.modality}` on webdataset pairs is not supported; use an "
+            raise DataError(f"data.modality `{request.modality}` on webdataset pairs is not supported; use an "
                              "image_only source with `shards` (images) or a text_only source (texts)")
         if request.group_batches:
-            raise ValueError("data.group_batches needs annotation lists; a webdataset stream cannot group")
+            raise DataError("data.group_batches needs annotation lists; a webdataset stream cannot group")
         stream = self.stream(request.transform, seed=request.seed, draft_size=request.draft_size, rank=request.rank,
                              world_size=request.world_size, bad=BadSampleLog(request.bad_samples))
         return TrainingSet(stream=stream, bad_samples=request.bad_samples).check(request, "the webdataset shards")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from vlkit import dist, provenance
-from vlkit.core.errors import NonFiniteError
+from vlkit.core.errors import DataError, NonFiniteError
 from vlkit.recipe import Recipe
 from vlkit.train import run_folder
 from vlkit.train.devices import resolve_device
@@ -118,7 +118,7 @@ def _evaluate(recipe: Recipe, path: Path, out: Path) -> dict[str, Any]:
     else:
         evaluator = run.evaluator()
         if evaluator is None:
-            raise ValueError(f"the recipe's data source has no evaluation split `{recipe.eval.split}`; "
+            raise DataError(f"the recipe's data source has no evaluation split `{recipe.eval.split}`; "
                              "set eval.split to one it has")
         log.info("evaluating %s (step %d) on the `%s` split", path, int(state["step"]), recipe.eval.split)
         metrics = dict(evaluator())

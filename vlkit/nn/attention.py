@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlkit.core.errors import ConfigError, UnavailableError
 from vlkit.nn.packing import PackedSeqlens, real_token_positions
 
 Backend = Literal["auto", "xformers", "sdpa", "math"]
@@ -81,7 +82,7 @@ def xformers_available() -> bool:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend for ``backend`` on ``device``; ``auto`` picks and logs once."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend `{backend}`; valid: {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown attention backend `{backend}`; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
         chosen = "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
         key = (device.type, chosen)
@@ -91,12 +92,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return chosen
     if backend == "xformers":
         if device.type != "cuda":
-            raise RuntimeError(
+            raise UnavailableError(
                 f"attention backend `xformers` has no kernels for device `{device.type}`; "
                 "use `auto` (xformers on CUDA, sdpa elsewhere) or `sdpa`"
             )
         if not xformers_available():
-            raise RuntimeError("attention backend `xformers` requested but xformers is not importable; "
+            raise UnavailableError("attention backend `xformers` requested but xformers is not importable; "
                                "install it with `pip install vlkit[xformers]` or use `auto`/`sdpa`")
     return backend
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from vlkit.core.errors import CheckpointError, DataError
 from vlkit.core.outputs import CLASSIFY_HEAD
 from vlkit.data.config import DataConfig
 from vlkit.data.formats.task_data import (
@@ -88,7 +89,7 @@ class FusedClassificationTask(Task):
         root = Path(self.cfg.image_root) if self.cfg.image_root else source.image_root
         if self.cfg.splits:
             if split not in self.cfg.splits:
-                raise ValueError(f"task.splits names {', '.join(self.cfg.splits)}, not `{split}`")
+                raise DataError(f"task.splits names {', '.join(self.cfg.splits)}, not `{split}`")
             return [Path(f) for f in self.cfg.splits[split]], root
         return source.task_files(self.name, split), root
 
@@ -149,7 +150,7 @@ class FusedClassificationTask(Task):
         samples skipped for unreadable images."""
         head = ctx.head(self.name, CLASSIFY_HEAD)
         if head is None:
-            raise ValueError(f"the model has no `{self.name}` head: evaluate a checkpoint fine-tuned on this task")
+            raise CheckpointError(f"the model has no `{self.name}` head: evaluate a checkpoint fine-tuned on this task")
         outputs = []
         batches = self.encoded_batches(ctx)
         for encoded in batches:
@@ -258,7 +259,7 @@ class NLVR2(FusedClassificationTask):
             return super().logits(ctx)
         objective = ctx.objectives.get(self.name)
         if not isinstance(objective, BiFusionClassify):
-            raise ValueError("the model has no bi-fusion `nlvr2` objective: evaluate a checkpoint fine-tuned with "
+            raise CheckpointError("the model has no bi-fusion `nlvr2` objective: evaluate a checkpoint fine-tuned with "
                              "task.fusion: bi")
         batches = self.encoded_batches(ctx)
         outputs = [objective.pair_logits(encoded.image.embeds, encoded.text).float().cpu() for encoded in batches]

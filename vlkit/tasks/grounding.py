@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlkit.core.errors import CheckpointError
 from vlkit.data.formats.refcoco import GroundingItem, read_refcoco
 from vlkit.data.json_dataset import AnnotationError, load_image, read_annotation_list
 from vlkit.data.sources import SyntheticSource
@@ -201,8 +202,8 @@ class Grounding(Task):
     def evaluate(self, ctx: TaskContext) -> dict[str, float]:
         itm = ctx.match_head
         if itm is None:
-            raise ValueError("Grad-CAM grounding differentiates the ITM score: the model needs an objective with a "
-                             "match head (e.g. itm)")
+            raise CheckpointError("Grad-CAM grounding differentiates the ITM score: the model needs an objective "
+                                  "with a match head (e.g. itm)")
         layer = self.layer(ctx)
         size = ctx.image_size
         transform = eval_transform(size, ctx.data.normalize)

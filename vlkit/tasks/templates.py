@@ -8,6 +8,8 @@ every template, the normalized text embeddings are averaged per class). ``{}`` m
 
 from __future__ import annotations
 
+from vlkit.core.errors import ConfigError
+
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "photo": (
         "a photo of a {}.",
@@ -49,9 +51,9 @@ def resolve_templates(templates: str | list[str]) -> list[str]:
     """A shipped set by name, or the given list; every template must contain ``{}`` once."""
     if isinstance(templates, str):
         if templates not in TEMPLATES:
-            raise ValueError(f"no template set `{templates}`; shipped: {', '.join(TEMPLATES)} (or give a list)")
+            raise ConfigError(f"no template set `{templates}`; shipped: {', '.join(TEMPLATES)} (or give a list)")
         return list(TEMPLATES[templates])
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
-        raise ValueError(f"templates must be a non-empty list, each with one `{{}}` for the class name: {bad}")
+        raise ConfigError(f"templates must be a non-empty list, each with one `{{}}` for the class name: {bad}")
     return list(templates)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from vlkit.core.errors import ConfigError
+from vlkit.core.errors import CheckpointError, ConfigError
 from vlkit.core.outputs import ANSWER_HEAD
 from vlkit.data.config import DataConfig
 from vlkit.data.formats.task_data import TaskCollate, TaskEntry, answer_vocabulary, parse_vqa, read_task_files
@@ -146,7 +146,8 @@ class VQA(FusedClassificationTask):
         skipped for unreadable images."""
         decoder = ctx.head(self.name, ANSWER_HEAD)
         if not isinstance(decoder, AnswerDecoder):
-            raise ValueError("the model has no `vqa` answer decoder: evaluate a checkpoint fine-tuned with head: rank")
+            raise CheckpointError("the model has no `vqa` answer decoder: evaluate a checkpoint fine-tuned with "
+                                  "head: rank")
         vocabulary = self.answers(ctx.source, ctx.data)
         candidates = tokenize(ctx.tokenizer, vocabulary, self.cfg.answer_tokens)
         candidate_ids, candidate_mask = candidates.input_ids.to(ctx.device), candidates.attention_mask.to(ctx.device)

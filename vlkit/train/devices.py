@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from vlkit.core.errors import UnavailableError
+
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity), else the machine's count."""
@@ -30,5 +32,5 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is `{name}` but CUDA is not available; use `auto` or `cpu`")
+        raise UnavailableError(f"train.device is `{name}` but CUDA is not available; use `auto` or `cpu`")
     return device

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vlkit.core.errors import ConfigError
+
 log = logging.getLogger("vlkit.train")
 
 
@@ -44,7 +46,7 @@ def freeze_parameters(model: nn.Module, patterns: list[str]) -> FreezeReport:
         hits = fnmatch.filter(params, pattern)
         if not hits:
             close = difflib.get_close_matches(pattern.replace("*", ""), list(params), n=3, cutoff=0.3)
-            raise ValueError(f"freeze pattern `{pattern}` matches no trainable parameter"
+            raise ConfigError(f"freeze pattern `{pattern}` matches no trainable parameter"
                              + (f"; names look like: {', '.join(close)}" if close else ""))
         matched.update(hits)
     for name in matched:

@@ -19,6 +19,7 @@ from vlkit import dist, provenance, registry
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import Batch
 from vlkit.core.errors import CheckpointError, DataError, MissingCheckpointError, RecipeError
+from vlkit.data import bad_samples
 from vlkit.data.collate import PretrainCollate
 from vlkit.data.json_dataset import EntryList, EpochSampler
 from vlkit.data.loader_requests import batch_transforms, wants_hard_negatives
@@ -200,7 +201,7 @@ class Pretraining:
         self.training = self.source.training_set(TrainingRequest(
             modality=self.modality, split=data.train_split, transform=self.transform, seed=recipe.seed,
             rank=self.rank, world_size=self.world, draft_size=self.draft_size, max_bad_fraction=data.max_bad_fraction,
-            group_batches=data.group_batches, bad_samples=self.paths.out / "bad_samples.jsonl",
+            group_batches=data.group_batches, bad_samples=self.paths.out / bad_samples.FILE_NAME,
             batch_size=recipe.train.batch_size, micro_batch=self.micro_batch, num_workers=data.num_workers))
         self.annotations_skipped = self.training.annotations_skipped
         if self.training.description:
@@ -262,15 +263,23 @@ class Pretraining:
 
     def _stream_batches(self, stream: EpochStream, start: int) -> Iterator[Batch]:
         """Endless micro-batches from a shard stream, epoch after epoch (epochs of ``epoch_samples``); a
-        resume continues at ``start``'s epoch with fresh draws, not a replay."""
+        resume continues at ``start``'s epoch with fresh draws, not a replay. An epoch that yields no full
+        micro-batch (its readable samples are fewer than one per reader) stops the run instead of looping."""
         data = self.data
         epoch = start // stream.epoch_samples
         while True:
             stream.set_epoch(epoch)
-            yield from torch.utils.data.DataLoader(
-                stream, batch_size=self.micro_batch, collate_fn=self.collate,
-                num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
-                prefetch_factor=4 if data.num_workers else None)
+            produced = 0
+            for batch in torch.utils.data.DataLoader(
+                    stream, batch_size=self.micro_batch, collate_fn=self.collate,
+                    num_workers=data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
+                    prefetch_factor=4 if data.num_workers else None):
+                produced += 1
+                yield batch
+            if not produced:
+                raise DataError(f"epoch {epoch} of the shard stream yielded no full batch of {self.micro_batch} "
+                                f"samples; too few of its samples are readable (see {self.paths.out}/"
+                                f"{bad_samples.FILE_NAME}) or data.num_workers splits them too thin")
             epoch += 1
 
     def batches(self, start: int) -> Iterator[Batch]:
@@ -378,7 +387,11 @@ def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, prog
     metrics.update(encoder_parameters=sum(p.numel() for p in run.model.encoder.parameters()),
                    steps=trainer.step, samples=trainer.samples, images_skipped=trainer.skipped,
                    annotations_skipped=run.annotations_skipped)
+    bad = bad_samples.summarize(run.paths.out / bad_samples.FILE_NAME)
+    metrics["bad_samples"] = bad.samples
     if dist.is_main():
+        if bad.samples or bad.phases:
+            log.warning("%s", bad.line())
         record = provenance.record(
             recipe_yaml=recipe.to_yaml(), seed=recipe.seed, step=trainer.step, device=run.device, world_size=run.world,
             eval_data=provenance.evaluation_data(recipe, run.source, metrics) if trainer.evaluate is not None else None)

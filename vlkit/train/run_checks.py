@@ -25,6 +25,7 @@ from vlkit.core.errors import UserError
 from vlkit.data.json_dataset import Entry, EntryList
 from vlkit.objectives.base import ObjectiveConfig
 from vlkit.recipe import Recipe, validate_recipe
+from vlkit.recipe_yaml import load_text
 
 log = logging.getLogger("vlkit.train")
 
@@ -55,7 +56,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _normalized(recipe_yaml: str) -> dict[str, Any]:
     """A stored recipe as this vlkit resolves it (defaults added since filled in), flattened."""
-    raw = yaml.safe_load(recipe_yaml) or {}
+    raw = load_text(recipe_yaml, "the checkpoint's recipe")[0] or {}
     try:
         raw = yaml.safe_load(validate_recipe(raw).to_yaml())
     except (UserError, ValueError) as err:  # written by another vlkit: compare what it says

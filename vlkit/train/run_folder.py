@@ -33,7 +33,8 @@ from vlkit.weights import checkpoints as ckpt
 log = logging.getLogger("vlkit.train")
 
 LOCK_FILE = ".vlkit.lock"
-RUN_FILES = ("metrics.json", "model.safetensors", "recipe.yaml", "report.md", "curves.png", "weights_report.json")
+RUN_FILES = ("metrics.json", "model.safetensors", "recipe.yaml", "report.md", "curves.png", "weights_report.json",
+             "bad_samples.jsonl")
 RUN_FOLDERS = ("checkpoints", "tb")
 """What a training run writes into its folder (``vlkit train``); another run must not mix with it."""
 

@@ -100,7 +100,8 @@ class TooManyBadSamples(RuntimeError):
     def __init__(self, skipped: int, samples: int, limit: float, path: Path) -> None:
         self.path = path
         super().__init__(f"{skipped} of {samples} samples so far could not be read (limit data.max_bad_fraction="
-                         f"{limit:g}); the log names the first ones. Checkpoint written to {path}; fix the data or "
+                         f"{limit:g}); every one is named with its reason in the run's bad_samples.jsonl. Checkpoint "
+                         f"written to {path}; fix the data or "
                          "raise the limit, then resume")
 
 

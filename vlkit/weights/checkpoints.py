@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from vlkit.core.errors import NonFiniteError
+from vlkit.core.errors import CheckpointError, NonFiniteError
 
 FORMAT = "vlkit-train-state"
 VERSION = 2
@@ -168,8 +168,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     """Load a training checkpoint safely (tensors and plain containers only)."""
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a vlkit training checkpoint")
+        raise CheckpointError(f"{path} is not a vlkit training checkpoint")
     if state.get("version") not in READABLE_VERSIONS:
-        raise ValueError(f"{path} has checkpoint version {state.get('version')}; this vlkit reads "
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this vlkit reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     return state

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlkit.core.errors import CheckpointError
 from vlkit.weights.checkpoints import create_temp, require_finite
 
 FORMAT = "vlkit-weights"
@@ -109,14 +110,16 @@ def load_weights(path: Path) -> dict[str, Any]:
 
     metadata = read_metadata(path)
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is a safetensors file without vlkit's metadata (format={metadata.get('format')!r}); "
-                         "to start a tower from it use encoder.image.init / encoder.text.init instead of init_from")
+        found = metadata.get("format")
+        raise CheckpointError(f"{path} is a safetensors file without vlkit's metadata (format={found!r}); to start a "
+                              "tower from it use encoder.image.init / encoder.text.init instead of init_from")
     if int(metadata.get("version", "0")) > VERSION:
-        raise ValueError(f"{path} is vlkit weights version {metadata['version']}; this vlkit reads up to {VERSION}")
+        raise CheckpointError(f"{path} is vlkit weights version {metadata['version']}; this vlkit reads up to "
+                              f"{VERSION}")
     state = load_file(str(path), device="cpu")
     for alias, owner in json.loads(metadata.get("aliases", "{}")).items():
         if owner not in state:
-            raise ValueError(f"{path}: tied key {alias} refers to {owner}, which the file does not hold")
+            raise CheckpointError(f"{path}: tied key {alias} refers to {owner}, which the file does not hold")
         state[alias] = state[owner]
     loaded: dict[str, Any] = {"model": state, "step": int(metadata.get("step", 0)),
                               "samples": int(metadata.get("samples", 0)), "recipe": metadata.get("recipe")}

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from vlkit.core.batch import Batch
+from vlkit.core.errors import DataError
 from vlkit.data.bad_samples import BadSample, BadSampleLog
 from vlkit.data.collate import PretrainCollate, stack_images, unusable_text
 from vlkit.data.json_dataset import MAX_LOGGED, AnnotationError, KeyedImageDataset, read_annotation_list
@@ -181,7 +182,8 @@ class TaskCollate(PretrainCollate):
         kept = [s for s in samples if s is not None and not unusable_text(" ".join((s.entry.text, *s.entry.answers)),
                                                                            s.key)]
         if not kept:
-            raise RuntimeError(f"every image of a batch of {len(samples)} failed to load; check the image paths")
+            raise DataError(f"no sample of a batch of {len(samples)} could be used (each is named with its reason in "
+                            "bad_samples.jsonl); fix the data or filter it (vlkit data filter)")
         per_sample = len(kept[0].images)
         images = stack_images([s.images[j] for j in range(per_sample) for s in kept])
         text = self.tokenize_texts([s.entry.text for s in kept])

@@ -54,6 +54,7 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         checks = {
+            "seed": (0 <= self.seed <= 2**32 - 1, self.seed),
             "image_size": (32 <= self.image_size <= 512, self.image_size),
             "train_images": (self.train_images >= 2, self.train_images),
             "val_images": (self.val_images >= 2, self.val_images),

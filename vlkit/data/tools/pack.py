@@ -31,6 +31,7 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
+from vlkit.core.errors import ConfigError
 from vlkit.data.bad_samples import FILE_NAME, BadSample, BadSampleLog
 from vlkit.data.json_dataset import Entry, read_entries
 from vlkit.data.safe_io import MAX_IMAGE_BYTES, Unusable, open_image, read_bounded
@@ -204,10 +205,10 @@ def pack_json_dataset(annotation_files: Sequence[Path], image_root: Path, out_di
         ``out_dir/bad_samples.jsonl`` (written anew by each pack).
     """
     if shard_size <= 0:
-        raise ValueError(f"shard_size must be positive, got {shard_size}")
+        raise ConfigError(f"shard_size must be positive, got {shard_size}")
     for name, value in (("max_side", max_side), ("resize_short", resize_short)):
         if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise ConfigError(f"{name} must be positive, got {value}")
     image_root, out_dir = Path(image_root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FILE_NAME).unlink(missing_ok=True)  # names this pack's skipped entries only
