@@ -1,12 +1,27 @@
-"""The comparison an ablation hands back: ``results.md`` (variants × metrics, mean ± std over seeds,
-the best per column in bold), ``results.csv`` (one row per run), a bar chart per metric with error
-bars, and training-loss / evaluation curves of every variant overlaid, read from the runs' TensorBoard
-logs. Everything is drawn from the finished runs under ``DIR/runs`` and ``DIR/grid.json``.
+"""The comparison an ablation hands back, drawn from the finished runs under ``DIR/runs`` and
+``DIR/grid.json``:
+
+- ``results.md``: variants × metrics, mean ± std over seeds, a ``chance`` row (the runs' chance
+  levels, :func:`vlkit.train.run_report.chance_level`), each variant's training time and samples/s,
+  and the best mean of a column in bold only where it stands out of the seeds' spread
+  (:func:`best_of`; a footnote says why a column has no bold);
+- ``results.csv``: one row per run: its metrics, its timing (``train_s``, ``wall_s``, ``samples_per_s``;
+  the follow-ups' prefixed with their name), then what produced it;
+- ``bars_<metric>.png``: mean ± std per variant with value labels and the chance level drawn;
+- ``curves_loss_<objective>.png``: the training loss of each objective every variant trains (objective
+  losses are logged unweighted, so they compare across variants); ``curves_loss.png`` (the weighted
+  total) only when every variant trains the same objectives with the same weights: a total over
+  different objectives is a sum of different terms;
+- ``curves_<metric>.png``: evaluation metrics logged at several steps (``train.eval_every``); when the
+  runs evaluated only at the end, ``results.md`` says so instead.
+
+``results.md`` lists the plots it wrote; ``bars_*.png`` / ``curves_*.png`` that an earlier report wrote
+and this one does not (a variant that finished since changed what holds) are removed.
 
 Every row of ``results.csv`` carries what produced it (the run's ``provenance``: vlkit version and
-commit, recipe hash, evaluation-data fingerprint, libraries, device, world size, seed, step), and
-runs evaluated on different data are never put in one table (:class:`IncomparableRuns`, naming the
-runs and the difference)."""
+commit, recipe hash, evaluation-data fingerprint, libraries, device, world size, seed, step), and runs
+evaluated on different data are never put in one table (:class:`IncomparableRuns`, naming the runs and
+the difference)."""
 
 from __future__ import annotations
 
@@ -16,21 +31,29 @@ import json
 import logging
 import math
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from vlkit.core.errors import UserError
 from vlkit.provenance import data_key
 from vlkit.provenance import summary as provenance_summary
+from vlkit.train.run_report import BOOKKEEPING as RUN_BOOKKEEPING
+from vlkit.train.run_report import RunTiming, Scalar, chance_level, logged_scalars, number, run_timing
 from vlkit.train.run_report import scalars as run_scalars
 
 log = logging.getLogger("vlkit.ablate")
 
-BOOKKEEPING = {"steps", "samples", "images_skipped", "annotations_skipped", "n_images", "n_texts", "n_swaps",
-               "chance_r1", "step", "n", "n_skipped", "majority_acc", "n_skipped_annotations"}
+BOOKKEEPING = (set(RUN_BOOKKEEPING) - {"encoder_parameters"}) | {"step"}
+"""Metric keys left out of the default columns: counts, chance levels and bookkeeping (parameter counts stay:
+they describe a variant)."""
 PROVENANCE_COLUMNS = ("vlkit", "git_commit", "dirty", "recipe_sha256", "eval_data_sha256", "torch", "timm",
                       "transformers", "device", "world_size", "seed", "step")
 """What ``results.csv`` records of each run's (and follow-up's) provenance."""
+TIMING_COLUMNS = ("train_s", "wall_s", "samples_per_s")
+"""What ``results.csv`` records of each run's (and follow-up's) timing (:class:`RunTiming`)."""
 
 
 class IncomparableRuns(UserError):
@@ -147,31 +170,122 @@ def summary(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str]) -> str:
-    """Variants × metrics; mean ± std over seeds; the best mean per column in bold (higher is better)."""
-    stats = {v: {c: summary([m[c] for m in seeds.values() if c in m]) for c in cols
-                 if any(c in m for m in seeds.values())} for v, seeds in results.items()}
-    best = {c: max((s[c][0] for s in stats.values() if c in s), default=math.nan) if not descriptive(c) else math.nan
-            for c in cols}
+Stats = dict[str, dict[str, tuple[float, float, int]]]
+"""variant → column → (mean, sample std, seeds)."""
+
+
+def stats_of(results: dict[str, dict[int, dict[str, float]]], cols: list[str]) -> Stats:
+    return {v: {c: (*summary(vals), len(vals)) for c in cols if (vals := [m[c] for m in seeds.values() if c in m])}
+            for v, seeds in results.items()}
+
+
+BOLD_RULE = ("bold: the best mean of a column, only when every variant ran at least 2 seeds and the best mean "
+             "minus its standard deviation lies above the runner-up's mean plus its standard deviation (their "
+             "±1 std ranges do not overlap); higher is better; parameter counts describe the variant and are "
+             "never marked")
+
+
+def best_of(stats: Stats, column: str) -> tuple[str | None, str]:
+    """The variant whose mean of ``column`` is marked best, or None and why not (:data:`BOLD_RULE`)."""
+    ranked = sorted(((s[column], v) for v, s in stats.items() if column in s), key=lambda x: -x[0][0])
+    if len(ranked) < 2:
+        return None, "one variant only"
+    single = [v for (_, _, n), v in ranked if n < 2]
+    if len(single) == len(ranked):
+        return None, "one seed per variant: no seed spread to tell a difference from noise"
+    if single:
+        return None, f"{', '.join(single)} ran one seed: no spread to compare with"
+    (mean, std, _), winner = ranked[0]
+    (second, second_std, _), runner_up = ranked[1]
+    if mean - std <= second + second_std:
+        return None, (f"{winner} ({_cell(mean, std, True)}) and {runner_up} ({_cell(second, second_std, True)}) "
+                      "are within the seeds' spread")
+    return winner, ""
+
+
+def _decimals(value: float) -> int:
+    """Two decimals, more for values below 1 (three significant digits: ``0.518``)."""
+    if value == 0 or abs(value) >= 1 or not math.isfinite(value):
+        return 2
+    return max(2, 2 - math.floor(math.log10(abs(value))))
+
+
+def _cell(mean: float, std: float, spread: bool, whole: bool = False) -> str:
+    if whole:
+        return f"{mean:,.0f}"
+    d = _decimals(mean)
+    return f"{mean:,.{d}f}" + (f" ± {std:,.{d}f}" if spread else "")
+
+
+def chance_of(results: dict[str, dict[int, dict[str, float]]], column: str) -> list[float]:
+    """The distinct chance levels of ``column`` over the runs (empty: none known)."""
+    levels = {round(level[0], 9) for seeds in results.values() for m in seeds.values()
+              if column in m and (level := chance_level(column, m)) is not None}
+    return sorted(levels)
+
+
+@dataclass
+class Timings:
+    """Each finished run's :class:`RunTiming` (None where its log has no timing)."""
+
+    runs: dict[str, dict[int, RunTiming | None]] = field(default_factory=dict)
+    followups: dict[str, dict[str, dict[int, RunTiming | None]]] = field(default_factory=dict)
+
+    def mean(self, variant: str, what: str) -> float | None:
+        values = [v for t in self.runs.get(variant, {}).values() if t is not None
+                  and (v := {"train_s": t.train_s, "wall_s": t.wall_s, "samples_per_s": t.samples_per_s}[what])
+                  is not None]
+        return statistics.fmean(values) if values else None
+
+
+def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str],
+             timings: Timings | None = None, plots_written: list[str] | None = None,
+             notes: list[str] | None = None) -> str:
+    """Variants × metrics (mean ± std over seeds), the chance row, each variant's training time and
+    samples/s (when ``timings`` are given), the bold rule and why a column has no bold, and the plots."""
+    stats = stats_of(results, cols)
+    best = {c: best_of(stats, c) if not descriptive(c) else (None, "") for c in cols}
+    timed = timings is not None and any(t is not None for runs in timings.runs.values() for t in runs.values())
+    extra = ["train time (s)", "samples/s"] if timed else []
     lines = [f"# {grid.get('description') or 'Ablation'}", "", f"`{grid['command']}`", "",
-             "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+             "| variant | seeds | " + " | ".join([*cols, *extra]) + " |",
+             "|---|---|" + "---|" * (len(cols) + len(extra))]
     for variant in grid["runs"]:
         if variant not in stats:
-            lines.append(f"| {variant} | 0 | " + " | ".join("—" for _ in cols) + " |")
+            lines.append(f"| {variant} | 0 | " + " | ".join("—" for _ in [*cols, *extra]) + " |")
             continue
         cells = []
         for c in cols:
             if c not in stats[variant]:
                 cells.append("—")
                 continue
-            mean, std = stats[variant][c]
-            text = f"{mean:,.0f}" if descriptive(c) else f"{mean:.2f}"
-            text += f" ± {std:.2f}" if len(results[variant]) > 1 and not descriptive(c) else ""
-            cells.append(f"**{text}**" if mean == best[c] else text)
+            mean, std, _ = stats[variant][c]
+            text = _cell(mean, std, len(results[variant]) > 1 and not descriptive(c), whole=descriptive(c))
+            cells.append(f"**{text}**" if best[c][0] == variant else text)
+        if timed and timings is not None:
+            train_s, rate = timings.mean(variant, "train_s"), timings.mean(variant, "samples_per_s")
+            cells += ["—" if train_s is None else number(train_s, 3), "—" if rate is None else number(rate, 3)]
         lines.append(f"| {variant} | {len(results[variant])} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample standard deviation over seeds; bold: the best mean of the column (higher is "
-              "better; parameter counts describe the variant and are not marked). Plots: `bars_<metric>.png`, "
-              "`curves_loss.png`, `curves_<metric>.png`."]
+    chance = [chance_of(results, c) for c in cols]
+    if any(chance):
+        lines.append("| *chance* | | " + " | ".join(" / ".join(number(x) for x in levels) if levels else ""
+                                                      for levels in chance) + " |" + " |" * len(extra))
+    lines += ["", f"Mean ± sample standard deviation over seeds; {BOLD_RULE}."]
+    unmarked = [f"`{c}`: {why}" for c in cols if (why := best[c][1])]
+    if unmarked:
+        reasons = {why for c in cols if (why := best[c][1])}
+        lines.append("No bold in " + ("every column: " + next(iter(reasons)) if len(reasons) == 1
+                                       and len(unmarked) == sum(not descriptive(c) for c in cols)
+                                       else "; ".join(unmarked)) + ".")
+    if any(chance):
+        lines.append("*chance*: the runs' chance level of each metric (retrieval R@1: 100 / N images; swap probe: "
+                     "0.5; classification: 1/C or the majority class; VQA: always the most frequent answer).")
+    if timed:
+        lines.append("Train time: the trainer's clock over the training steps, mean over seeds; samples/s: samples "
+                     "trained on / train time (per run, with wall time: `results.csv`).")
+    if plots_written is not None:
+        lines.append("Plots: " + (", ".join(f"`{p}`" for p in plots_written) or "none") + ".")
+    lines += notes or []
     return "\n".join(lines) + "\n"
 
 
@@ -190,24 +304,39 @@ def provenance_cells(prov: dict[str, Any] | None) -> dict[str, Any]:
             "world_size": prov.get("world_size"), "seed": prov.get("seed"), "step": prov.get("step")}
 
 
+def timing_cells(timing: RunTiming | None) -> dict[str, float]:
+    """The :data:`TIMING_COLUMNS` of one run (empty when its log has no timing)."""
+    if timing is None:
+        return {}
+    cells = {"train_s": timing.train_s, "samples_per_s": timing.samples_per_s}
+    return cells | ({"wall_s": timing.wall_s} if timing.wall_s is not None else {})
+
+
 def write_csv(path: Path, results: dict[str, dict[int, dict[str, float]]],
-              records: dict[str, dict[str, dict[str, Any] | None]] | None = None) -> None:
-    """One row per run: its metrics, then what produced them (the run's provenance, then each
+              records: dict[str, dict[str, dict[str, Any] | None]] | None = None,
+              timings: Timings | None = None) -> None:
+    """One row per run: its metrics, its timing (``train_s``, ``wall_s``, ``samples_per_s``; each
+    follow-up's prefixed ``<follow-up>/``), then what produced them (the run's provenance, then each
     follow-up's, prefixed ``<follow-up>/``)."""
     records = records or {}
+    timings = timings or Timings()
     keys = sorted({k for seeds in results.values() for m in seeds.values() for k in m})
     parts = sorted({name for per_run in records.values() for name in per_run})
     prov_keys = [f"{part}/{c}" if part else c for part in parts for c in PROVENANCE_COLUMNS]
+    time_keys = [*TIMING_COLUMNS, *(f"{f}/{c}" for f in sorted(timings.followups) for c in TIMING_COLUMNS)]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["variant", "seed", *keys, *prov_keys])
+        writer.writerow(["variant", "seed", *keys, *time_keys, *prov_keys])
         for variant, seeds in results.items():
             for seed, metrics in sorted(seeds.items()):
                 per_run = records.get(f"runs/{variant}/seed{seed}", {})
                 cells = {f"{part}/{c}" if part else c: v for part in parts
                          for c, v in provenance_cells(per_run.get(part)).items()}
+                cells |= timing_cells(timings.runs.get(variant, {}).get(seed))
+                for name, per_variant in timings.followups.items():
+                    cells |= {f"{name}/{k}": v for k, v in timing_cells(per_variant.get(variant, {}).get(seed)).items()}
                 writer.writerow([variant, seed, *(metrics.get(k, "") for k in keys),
-                                 *("" if cells.get(k) is None else cells[k] for k in prov_keys)])
+                                 *("" if cells.get(k) is None else cells[k] for k in [*time_keys, *prov_keys])])
 
 
 def produced_by(records: dict[str, dict[str, dict[str, Any] | None]]) -> str:
@@ -239,48 +368,159 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
-def plots(out: Path, grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str]) -> None:
-    """Bar charts per metric and overlaid curves (loss; evaluation metrics logged at several steps)."""
+Logs = dict[str, dict[int, dict[str, list[Scalar]]]]
+"""variant → seed → the run's TensorBoard scalars."""
+
+
+def read_logs(out: Path, results: dict[str, dict[int, dict[str, float]]], sub: str = "") -> Logs:
+    """Every finished run's scalars (``sub``: a follow-up's folder inside the run), each log read once."""
+    return {v: {s: logged_scalars(out / "runs" / v / f"seed{s}" / sub) for s in seeds} for v, seeds in results.items()}
+
+
+def _sessions(folder: Path) -> int:
+    tb = folder / "tb"
+    return sum(1 for p in tb.iterdir() if p.name.startswith("events.out.tfevents")) if tb.is_dir() else 0
+
+
+def timings_of(out: Path, grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]],
+               logs: Logs) -> Timings:
+    """Each finished run's timing (and each follow-up's) from its TensorBoard log."""
+    def one(folder: Path, logged: dict[str, list[Scalar]]) -> RunTiming | None:
+        return run_timing(logged, _sessions(folder))
+
+    runs = {v: {s: one(out / "runs" / v / f"seed{s}", logs[v][s]) for s in seeds} for v, seeds in results.items()}
+    followups = {}
+    for name in grid.get("followups", []):
+        sub = read_logs(out, results, name)
+        followups[name] = {v: {s: one(out / "runs" / v / f"seed{s}" / name, sub[v][s]) for s in seeds}
+                           for v, seeds in results.items()}
+    return Timings(runs, followups)
+
+
+def _objective(name: str, cfg: dict[str, Any]) -> str:
+    """``itm × 1``, ``itc_global (itc) × 0.5, warm-up 100``: what an objective adds to the total loss."""
+    kind = f" ({cfg['type']})" if cfg.get("type") not in (None, name) else ""
+    warmup = f", warm-up {cfg['warmup_steps']}" if cfg.get("warmup_steps") else ""
+    return f"{name}{kind} × {number(cfg.get('weight', 1.0))}{warmup}"
+
+
+def objective_signature(out: Path, variant: str, seeds: dict[int, dict[str, list[Scalar]]]) -> tuple[str, ...]:
+    """What a variant's total loss sums: its objectives with their type, weight and warm-up (from the runs'
+    ``recipe.yaml``), else the objective losses it logged."""
+    for seed in seeds:
+        path = out / "runs" / variant / f"seed{seed}" / "recipe.yaml"
+        try:
+            recipe = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, yaml.YAMLError):
+            recipe = None
+        if isinstance(recipe, dict) and isinstance(recipe.get("objectives"), dict):
+            return tuple(sorted(_objective(name, cfg or {}) for name, cfg in recipe["objectives"].items()))
+    return tuple(sorted({t.removeprefix("loss/") for logged in seeds.values() for t in logged
+                         if t.startswith("loss/") and t != "loss/total"}))
+
+
+def _curve(ax: Any, logs: dict[int, dict[str, list[Scalar]]], tag: str, label: str) -> bool:
+    """The mean over seeds of ``tag`` per step; False when the variant logged it at fewer than 2 steps."""
+    by_step: dict[int, list[float]] = {}
+    for logged in logs.values():
+        for point in logged.get(tag, []):
+            by_step.setdefault(point.step, []).append(point.value)
+    if len(by_step) < 2:
+        return False
+    steps = sorted(by_step)
+    ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], label=label,
+            marker="o" if len(steps) <= 20 else None, markersize=3)
+    return True
+
+
+def plots(out: Path, grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str],
+          logs: Logs | None = None) -> tuple[list[str], list[str]]:
+    """Bar charts per metric (value labels, chance level) and overlaid curves: each shared objective's
+    loss, the total loss when every variant sums the same objectives, evaluation metrics logged at several
+    steps. Returns the files written and notes on the plots that were not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    logs = logs if logs is not None else read_logs(out, results)
     variants = [v for v in grid["runs"] if v in results]
+    stats = stats_of(results, cols)
+    written: list[str] = []
+    notes: list[str] = []
     for c in cols:
-        stats = [summary([m[c] for m in results[v].values() if c in m]) if any(c in m for m in results[v].values())
-                 else (math.nan, 0.0) for v in variants]
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(variants)), 3.5))
-        ax.bar(range(len(variants)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right")
+        present = [v for v in variants if c in stats.get(v, {})]
+        if not present:
+            continue
+        means = [stats[v][c][0] for v in present]
+        stds = [stats[v][c][1] for v in present]
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(present)), 3.8))
+        bars = ax.bar(range(len(present)), means, yerr=stds, capsize=4, color="#4c72b0")
+        labels = [_cell(m, s, stats[v][c][2] > 1 and not descriptive(c), whole=descriptive(c))
+                  for v, m, s in zip(present, means, stds, strict=True)]
+        for bar, mean, std, label in zip(bars, means, stds, labels, strict=True):  # above the error bar
+            top = mean + std if mean >= 0 else mean - std
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, top), xytext=(0, 3 if mean >= 0 else -3),
+                        textcoords="offset points", ha="center", va="bottom" if mean >= 0 else "top", fontsize=8)
+        levels = chance_of({v: results[v] for v in present}, c)
+        if len(levels) == 1:
+            ax.axhline(levels[0], color="#c44e52", linestyle="--", linewidth=1.2, label=f"chance {number(levels[0])}")
+            ax.legend(fontsize=8, loc="lower right")
+        elif levels:  # per variant (its runs' level)
+            label = "chance (per variant)"
+            for i, v in enumerate(present):
+                own = chance_of({v: results[v]}, c)
+                if own:
+                    ax.hlines(own[0], i - 0.4, i + 0.4, color="#c44e52", linestyle="--", linewidth=1.2, label=label)
+                    label = "_nolegend_"
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xticks(range(len(present)), present, rotation=20, ha="right")
         ax.set_ylabel(c)
+        ax.margins(y=0.15)
         ax.grid(True, axis="y", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / f"bars_{_safe(c)}.png", dpi=120)
+        name = f"bars_{_safe(c)}.png"
+        fig.savefig(out / name, dpi=120)
         plt.close(fig)
-    tags = [("loss/total", "curves_loss.png")] + [(f"eval/{c}", f"curves_{_safe(c)}.png") for c in cols
-                                                   if "/" not in c]
-    for tag, name in tags:
+        written.append(name)
+
+    signatures = {v: objective_signature(out, v, logs.get(v, {})) for v in variants}
+    losses = {v: {t for logged in logs.get(v, {}).values() for t in logged if t.startswith("loss/")} for v in variants}
+    shared = set.intersection(*losses.values()) if losses else set()
+    same_objectives = len(set(signatures.values())) == 1
+    tags = [(f"loss/{t.removeprefix('loss/')}", f"curves_loss_{_safe(t.removeprefix('loss/'))}.png",
+             f"{t} (unweighted)") for t in sorted(shared - {"loss/total"})]
+    if same_objectives and "loss/total" in shared:
+        tags.insert(0, ("loss/total", "curves_loss.png", "loss/total"))
+    elif len(variants) > 1:
+        notes.append("No `curves_loss.png`: the variants' total losses sum different objectives ("
+                     + "; ".join(f"{v}: {', '.join(s) or 'none'}" for v, s in signatures.items())
+                     + "), so their levels do not compare; the per-objective curves do.")
+    eval_tags = [(f"eval/{c}", f"curves_{_safe(c)}.png", f"eval/{c}") for c in cols
+                 if "/" not in c and not descriptive(c)]
+    missing_eval = []
+    for tag, name, label in tags + eval_tags:
         fig, ax = plt.subplots(figsize=(6, 4))
-        drawn = 0
-        for variant in variants:
-            by_step: dict[int, list[float]] = {}
-            for seed in results[variant]:
-                for step, value in scalars(out / "runs" / variant / f"seed{seed}", tag):
-                    by_step.setdefault(step, []).append(value)
-            if len(by_step) < 2:
-                continue
-            steps = sorted(by_step)
-            ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], label=variant)
-            drawn += 1
+        drawn = sum(_curve(ax, logs.get(v, {}), tag, v) for v in variants)
         if drawn:
+            if tag.startswith("eval/") and len(levels := chance_of(results, tag.removeprefix("eval/"))) == 1:
+                ax.axhline(levels[0], color="#c44e52", linestyle="--", linewidth=1, label=f"chance {number(levels[0])}")
             ax.set_xlabel("step")
-            ax.set_ylabel(tag + " (mean over seeds)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(label + " (mean over seeds)")
             ax.grid(True, alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize=8)
             fig.tight_layout()
             fig.savefig(out / name, dpi=120)
+            written.append(name)
+        elif tag.startswith("eval/"):
+            missing_eval.append(tag.removeprefix("eval/"))
         plt.close(fig)
+    if missing_eval:
+        notes.append(f"No evaluation curves for {', '.join(f'`{c}`' for c in missing_eval)}: the runs evaluated them "
+                     "at one step only (the end); set `train.eval_every` in the grid's overrides to draw them.")
+    return written, notes
 
 
 def write_report(out: Path) -> str:
@@ -289,11 +529,15 @@ def write_report(out: Path) -> str:
     records = provenances(out, grid, results)
     check_same_data(records)
     cols = columns(grid, results)
-    table = markdown(grid, results, cols) + produced_by(records)
+    logs = read_logs(out, results)
+    timings = timings_of(out, grid, results, logs)
+    written, notes = plots(out, grid, results, cols, logs) if results else ([], [])
+    for stale in [*out.glob("bars_*.png"), *out.glob("curves_*.png")]:  # an earlier report's, no longer true
+        if stale.name not in written:
+            stale.unlink()
+    table = markdown(grid, results, cols, timings, written, notes) + produced_by(records)
     (out / "results.md").write_text(table)
-    write_csv(out / "results.csv", results, records)
-    if results:
-        plots(out, grid, results, cols)
+    write_csv(out / "results.csv", results, records, timings)
     missing = [f"{v}/seed{s}" for v, seeds in grid["runs"].items() for s in seeds if s not in results.get(v, {})]
     if missing:
         log.warning("not finished yet (left out of the report): %s", ", ".join(missing))
