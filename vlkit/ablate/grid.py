@@ -31,6 +31,32 @@ from vlkit.recipe import Recipe, find_recipe, load_yaml_file, resolve
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
+GRID_FORMAT_HELP = """\
+grid file (YAML; keys other than these are refused):
+  description: "ALBEF's objective ablation"   # optional: the title of results.md
+  base: albef/tiny                  # required: a shipped recipe name, or a path (relative to the grid file)
+  overrides: {train.steps: 600}     # optional, every variant: {dotted.key: value} or [KEY=VALUE, ...]
+  seeds: [0, 1]                     # optional: one run per seed (default: the recipe's seed, one run)
+  metrics: [txt_r1, img_r1, r_mean] # optional: the table's columns (default: every metric but counts)
+  variants:                         # required, at least one: name (letters, digits, _ - .) -> overrides
+    mlm_itm: {objectives.itc: null, objectives.itm.negatives: random}   # null removes an objective
+    full: {}                        # the base recipe itself
+    mome: {base: vlmo/tiny, encoder.mlp_ratio: 3.5}   # `base` here: this variant starts from another recipe
+  followups:                        # optional: run from each variant's final checkpoint (init_from, same seed)
+    vqa: {recipe: finetune/albef/vqa_tiny, overrides: {train.steps: 200}, metrics: [vqa_acc]}
+
+Every variant's and follow-up's recipe is resolved and checked when the grid loads, before any training
+(a wrong key names the variant and the nearest valid keys). Runs go to DIR/runs/<variant>/seed<k>/
+(follow-ups in .../<followup>/); finished runs are skipped and interrupted ones resumed, so the same
+command continues a grid. After each run the report is redrawn: results.md (mean +- std over seeds, a
+chance row, train time and samples/s per variant; bold only where the best mean's +-1 std range clears
+the runner-up's, with 2 seeds or more), results.csv (one row per run: metrics, timing, provenance),
+bars_<metric>.png, curves_loss_<objective>.png (objectives every variant trains; curves_loss.png only
+when all train the same ones), curves_<metric>.png (with train.eval_every). Follow-up metrics appear as
+<followup>/<metric>. Shipped grids: recipes/ablations/*.yaml. `vlkit ablate --report DIR` redraws.
+"""
+"""The grid file format for ``vlkit ablate --help`` (an ``epilog`` for ``RawDescriptionHelpFormatter``)."""
+
 
 class GridError(ValueError):
     """A grid file that cannot be run (its message names the part)."""
