@@ -5,8 +5,11 @@ A recipe is resolved in four steps, all before anything heavy starts:
 1. **load**: each file is parsed with a safe YAML loader (YAML 1.2 floats such as ``3e-4``;
    duplicate and non-string keys are an error) within bounds of size, values after alias expansion and
    nesting (:mod:`vlkit.recipe_yaml`), remembering the file and line of every key;
-2. **inherit**: ``base:`` (a path or a list of paths, relative to the file) is resolved depth first,
-   bases merged in order and the file on top; a cycle is an error that shows the chain;
+2. **inherit**: ``base:`` (one reference or a list) is resolved depth first, bases merged in order and
+   the file on top; a cycle is an error that shows the chain. A reference is a path relative to the
+   file (``base: ../albef/tiny.yaml``) or a shipped recipe name (``base: albef/tiny``), as on the command
+   line; when both exist the file next to the recipe wins (as in ablation grids), so a shipped name
+   never shadows a user's own file;
 3. **override**: command-line ``a.b.c=value`` pairs are parsed as YAML values and set on top
    (``objectives.mlm=null`` removes a part, ``train.lr=3e-4`` is a float);
 4. **validate**: the merged mapping is checked against the typed schemas (:class:`Recipe` and the
@@ -198,14 +201,44 @@ class _Provenance:
 
 
 # --------------------------------------------------------------------------- inheritance
-def _bases(data: dict[str, Any], path: Path) -> list[Path]:
+def _bases(data: dict[str, Any], path: Path, lines: dict[str, int]) -> list[Path]:
     base = data.pop("base", None)
     if base is None:
         return []
+    where = f"{_display(path)}:{lines['base']}" if "base" in lines else _display(path)
     items = [base] if isinstance(base, str) else base
     if not isinstance(items, list) or not all(isinstance(b, str) for b in items):
-        raise RecipeError("`base` must be a path or a list of paths", source=_display(path), key="base")
-    return [(path.parent / b).resolve() for b in items]
+        raise RecipeError("`base` must be a path, a shipped recipe name or a list of them", source=where, key="base")
+    return [_base_file(ref, path, where) for ref in items]
+
+
+def _base_file(ref: str, path: Path, where: str) -> Path:
+    """A ``base:`` reference of the recipe file ``path``: a file relative to its folder first, else a
+    shipped recipe (``albef/tiny``, ``albef/tiny.yaml``); neither names both places looked in."""
+    local = path.parent / ref
+    if ref.strip() and local.is_file():
+        return local.resolve()
+    if not ref.strip():
+        raise RecipeError("`base` is empty; name a recipe file or a shipped recipe", source=where, key="base")
+    looked = _display(Path(os.path.normpath(path.parent / registry.shown(ref))))
+    if not _shipped_like(ref):  # ../x.yaml, /abs/x.yaml: a path only
+        raise RecipeError(f"base recipe `{registry.shown(ref)}` does not exist: looked for {looked} "
+                          "(relative to the recipe's folder)", source=where, key="base")
+    shipped = _shipped_file(ref)
+    if shipped is not None:
+        return shipped
+    name = ref.removesuffix(".yaml")
+    close = registry.nearest(name[: registry.MAX_NAME_SHOWN], shipped_recipe_names())
+    hint = ("; did you mean " + " or ".join(f"`{c}`" for c in close) + "?" if close
+            else "; `vlkit recipes list` shows the shipped recipes")
+    raise RecipeError(f"base recipe `{registry.shown(ref)}` does not exist: looked for {looked} (relative "
+                      f"to the recipe's folder) and for a shipped recipe `{registry.shown(name)}` in "
+                      f"{_display(shipped_recipes_dir())}{hint}", source=where, key="base")
+
+
+def _shipped_like(ref: str) -> bool:
+    """A reference that could be a shipped name (``family/name``), not a path out of the folder."""
+    return not ref.startswith((".", "/", "~")) and "\\" not in ref
 
 
 def _load_tree(path: Path, prov: _Provenance, stack: tuple[Path, ...], sources: list[str]) -> dict[str, Any]:
@@ -220,7 +253,7 @@ def _load_tree(path: Path, prov: _Provenance, stack: tuple[Path, ...], sources: 
         raise RecipeError(f"base recipe `{_display(path)}` does not exist", source=where, key="base")
     data, lines = load_yaml_file(path)
     merged: dict[str, Any] = {}
-    for base_path in _bases(data, path):
+    for base_path in _bases(data, path, lines):
         merged = deep_merge(merged, _load_tree(base_path, prov, (*stack, path), sources))
     prov.record(data, _display(path), lines)
     sources.append(_display(path))
@@ -229,6 +262,13 @@ def _load_tree(path: Path, prov: _Provenance, stack: tuple[Path, ...], sources: 
 
 # --------------------------------------------------------------------------- overrides
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+def is_override(text: str) -> bool:
+    """Whether ``text`` has the form of an override (``a.b.c=value``, the key as :func:`parse_override`
+    reads it): the command line tells overrides from option values with it."""
+    key, sep, _ = text.partition("=")
+    return bool(sep) and _OVERRIDE_KEY.match(key.strip()) is not None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -296,15 +336,25 @@ def shipped_recipe_names() -> list[str]:
     return sorted(str(p.with_suffix("")) for p in names if p.parts[0] not in GRID_FOLDERS)
 
 
+def _shipped_file(ref: str | os.PathLike[str]) -> Path | None:
+    """The shipped recipe ``ref`` names (``albef/tiny`` or ``albef/tiny.yaml``), if there is one."""
+    if not str(ref).strip():
+        return None
+    root = shipped_recipes_dir()
+    for candidate in (root / ref, root / f"{ref}.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
 def find_recipe(ref: str | os.PathLike[str]) -> Path:
-    """A recipe file from a path, or from a shipped name such as ``albef/tiny``."""
+    """A recipe file from a path, or from a shipped name such as ``albef/tiny`` (a file wins)."""
     path = Path(ref)
     if path.is_file():
         return path.resolve()
-    root = shipped_recipes_dir()
-    for candidate in (root / path, root / f"{ref}.yaml"):
-        if candidate.is_file():
-            return candidate.resolve()
+    shipped = _shipped_file(ref)
+    if shipped is not None:
+        return shipped
     names = shipped_recipe_names()
     raise RecipeError(f"recipe `{ref}` not found (neither a file nor a shipped recipe)"
                       f"{registry.did_you_mean(str(ref).removesuffix('.yaml').removeprefix('recipes/'), names)}")
@@ -341,8 +391,8 @@ def resolve_raw(ref: str | os.PathLike[str],
     return data, prov, sources
 
 
-def validate_recipe(data: dict[str, Any], origins: Any = None) -> Recipe:
-    """Import the recipe's plug-ins, then validate ``data`` against :class:`Recipe`."""
+def import_recipe_plugins(data: dict[str, Any], origins: Any = None) -> list[str]:
+    """Import the plug-in modules a resolved mapping lists under ``imports:``; returns their names."""
     origins = origins or (lambda path: "")
     imports = data.get("imports", [])
     if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
@@ -351,6 +401,13 @@ def validate_recipe(data: dict[str, Any], origins: Any = None) -> Recipe:
         registry.import_plugins(imports)
     except registry.RegistryError as err:
         raise RecipeError(str(err), source=origins("imports"), key="imports") from None
+    return list(imports)
+
+
+def validate_recipe(data: dict[str, Any], origins: Any = None) -> Recipe:
+    """Import the recipe's plug-ins, then validate ``data`` against :class:`Recipe`."""
+    origins = origins or (lambda path: "")
+    import_recipe_plugins(data, origins)
     recipe = validate(Recipe, data, origins)
     check_consistency(recipe, origins)
     return recipe

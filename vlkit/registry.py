@@ -12,6 +12,9 @@ and list those modules in a recipe's ``imports:``::
     class SigLIP(vlkit.objectives.Objective):
         Config = SigLIPConfig          # the dataclass its recipe section is validated against
         ...
+
+``vlkit registry --import MODULE`` (or ``--recipe R``, which imports ``R``'s ``imports:``) lists them
+beside the built-ins.
 """
 
 from __future__ import annotations
@@ -163,14 +166,17 @@ def load_builtins() -> None:
     _builtins_loaded = True
 
 
-def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
-    """Import user plug-in modules named in a recipe's ``imports:`` (dotted module names only)."""
+def import_plugins(modules: list[str] | tuple[str, ...], named_in: str = "listed in `imports`") -> None:
+    """Import user plug-in modules (dotted module names only): a recipe's ``imports:``, or the modules
+    ``vlkit registry --import`` names (``named_in`` says which, for the message)."""
     for module in modules:
+        if not module or not all(part.isidentifier() for part in module.split(".")):
+            raise RegistryError(f"`{shown(module)}` {named_in} is not a module name (dotted, e.g. my_plugins.siglip)")
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
             raise RegistryError(
-                f"cannot import plug-in module `{module}` listed in `imports`: {err}. "
+                f"cannot import plug-in module `{shown(module)}` {named_in}: {err}. "
                 "The module must be importable (installed, or on PYTHONPATH)."
             ) from err
 
