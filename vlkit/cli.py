@@ -29,10 +29,14 @@ Commands::
                                                starting (exit 2 on a problem)
         [--params]                             ... and parameter counts per part
         [--no-machine-checks]                  ... without the checks of this machine's files and devices
-    vlkit registry [KIND]                      what is registered, per swap point
+    vlkit registry [KIND] [--import MODULE ...] [--recipe R]   what is registered, per swap point (with
+                                               your plug-ins: the modules named, or the recipe's `imports:`)
 
 A recipe is a file path or a shipped name (``albef/tiny``). Overrides are dotted keys with YAML
-values: ``train.lr=3e-4``, ``objectives.mlm=null``, ``encoder.size=base``.
+values: ``train.lr=3e-4``, ``objectives.mlm=null``, ``encoder.size=base``; they may come anywhere after
+the command's own arguments, before or after its options (``vlkit train R --no-progress train.lr=3e-4``),
+and apply in the order given. After an option, a word with ``=`` is read as an override (a malformed key
+is named as such); any other word, and an unknown ``--option``, is argparse's "unrecognized arguments".
 
 Exit status (docs/reliability.md): 0 done; 2 a problem the user can fix (one line ``error: ...`` naming the
 key or file and the fix, before anything heavy starts where it can be known then), also a full disk; 3 a
@@ -43,11 +47,13 @@ SIGTERM. Any other failure is a bug in vlkit and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import logging
 import os
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +67,64 @@ EXIT_DATA_ERROR = 4  # malformed annotations or too many unreadable images (data
 EXIT_INTERRUPTED = 130  # Ctrl-C outside training (training: 128 + the signal, after a checkpoint)
 
 
+OVERRIDES_HELP = ("dotted overrides with YAML values, e.g. train.lr=3e-4 objectives.mlm=null; anywhere after the "
+                  "command's arguments, before or after options, applied in the order given")
+
+_CAPTURED = "_overrides_after_options"
+"""Namespace field: overrides that a list option (or ``--resume``'s optional value) took as its values."""
+
+
+def _is_override(text: str) -> bool:
+    from vlkit.recipe import is_override
+
+    return is_override(text)
+
+
+def _capture(namespace: argparse.Namespace, overrides: list[str]) -> None:
+    vars(namespace).setdefault(_CAPTURED, []).extend(overrides)
+
+
+class _ValuesThenOverrides(argparse.Action):
+    """A list option (``nargs="+"``) whose values are read with ``item``; the ``KEY=VALUE`` words after them
+    (argparse hands a list option every following word) are overrides, not values."""
+
+    def __init__(self, *args: Any, item: Callable[[str], Any] = str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.item = item
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        words = [values] if isinstance(values, str) else list(values or [])
+        overrides = [w for w in words if _is_override(w)]
+        items = []
+        for word in words:
+            if word in overrides:
+                continue
+            try:
+                items.append(self.item(word))
+            except ValueError:
+                raise argparse.ArgumentError(self, f"invalid {self.item.__name__} value: {word!r}") from None
+        if not items:
+            raise argparse.ArgumentError(self, "expected at least one value")
+        _capture(namespace, overrides)
+        vars(namespace)[self.dest] = items
+
+
+class _ResumeFrom(argparse.Action):
+    """``--resume [CKPT]``: a ``KEY=VALUE`` after it that is not a file is an override, and the run resumes
+    from the newest checkpoint."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if isinstance(values, str) and _is_override(values) and not Path(values).exists():
+            _capture(namespace, [values])
+            values = True
+        vars(namespace)[self.dest] = values
+
+
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe file, or a shipped name such as albef/tiny")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides with YAML values, e.g. train.lr=3e-4 objectives.mlm=null")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
 
 
 def _cmd_recipes_list(args: argparse.Namespace) -> int:
@@ -156,13 +216,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as err:
         if int(os.environ.get("RANK", "0")) == 0:
             launcher = "torchrun [same options] -m vlkit" if "WORLD_SIZE" in os.environ else "vlkit"
-            again = f"{launcher} {args.command} {args.recipe} {' '.join(args.overrides)} --out {out} --resume"
-            print(f"{err}; continue with: {again}", file=sys.stderr)
+            again = shlex.join(resume_command(args.command_line, args.resume))
+            print(f"{err}; continue with: {launcher} {again}", file=sys.stderr)
         return 128 + err.signum
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\nfinished: {out}")
         _print_metrics(metrics)
     return 0
+
+
+def resume_command(argv: Sequence[str], resumed_from: bool | str | None) -> list[str]:
+    """The command line that continues an interrupted run: ``argv`` (the words after ``vlkit``) as the user
+    gave them, without ``--overwrite`` (it would delete the checkpoint) or an earlier ``--resume [CKPT]``,
+    and with ``--resume`` (the newest checkpoint of the same run folder) at the end. Shell-quote it
+    (``shlex.join``): an override may hold spaces, braces or brackets."""
+    words: list[str] = []
+    skip_value = False
+    for word in argv:
+        if skip_value:
+            skip_value = False
+            if word == resumed_from:  # --resume CKPT: the checkpoint it continued from
+                continue
+        name = word.partition("=")[0]
+        if len(name) >= 4 and "--overwrite".startswith(name):
+            continue
+        if len(name) >= 3 and "--resume".startswith(name):  # argparse accepts --res, --resume=CKPT
+            skip_value = "=" not in word
+            continue
+        words.append(word)
+    return [*words, "--resume"]
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -291,7 +373,14 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     if args.kind and args.kind not in registry.KINDS:
         suggestion = registry.did_you_mean(args.kind, registry.KINDS)
-        raise registry.RegistryError(f"unknown registry kind `{args.kind}`{suggestion}")
+        raise registry.RegistryError(f"unknown registry kind `{registry.shown(args.kind)}`{suggestion}")
+    registry.load_builtins()
+    registry.import_plugins(args.imports, named_in="given to --import")
+    if args.recipe:
+        from vlkit.recipe import import_recipe_plugins, resolve_raw
+
+        data, origins, _ = resolve_raw(args.recipe)  # its plug-ins only: the recipe need not validate here
+        import_recipe_plugins(data, origins)
     entries = list(registry.entries())
     for kind in kinds:
         rows = [e for e in entries if e.kind == kind]
@@ -309,6 +398,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from vlkit.ablate.report import write_report
     from vlkit.ablate.runner import run_grid
     from vlkit.checks import check_out_folder
+    from vlkit.train.trainer import Interrupted
 
     if args.report:
         if not (Path(args.report) / "grid.json").is_file():
@@ -323,7 +413,14 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RECIPE_ERROR
-    print(run_grid(grid, Path(args.out), progress=not args.no_progress))
+    try:
+        table = run_grid(grid, Path(args.out), progress=not args.no_progress)
+    except Interrupted as err:  # as `vlkit train`: the run saved a checkpoint; the same command resumes it
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{err}; continue with: vlkit {shlex.join(args.command_line)} (finished runs are skipped, "
+                  "this one resumes)", file=sys.stderr)
+        return 128 + err.signum
+    print(table)
     return 0
 
 
@@ -355,6 +452,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+_GRID_FORMAT = "(the grid file format: vlkit.ablate.grid.GRID_FORMAT_HELP)"
+
+
+class _GridFormatHelp(argparse.RawDescriptionHelpFormatter):
+    """``vlkit ablate --help``: the epilog is :data:`vlkit.ablate.grid.GRID_FORMAT_HELP`, imported only when
+    the help is shown (that module loads the recipe schema and torch: seconds for every other command)."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == _GRID_FORMAT:
+            from vlkit.ablate.grid import GRID_FORMAT_HELP
+
+            text = GRID_FORMAT_HELP
+        super().add_text(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkit", description="Vision-language pre-training toolkit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -378,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         run = commands.add_parser(name, help=help_text)
         _add_recipe_args(run)
         run.add_argument("--out", help="run folder (default: runs/<recipe>)")
-        run.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+        run.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT", action=_ResumeFrom,
                          help="continue from the newest checkpoint in --out (or from CKPT)")
         run.add_argument("--overwrite", action="store_true",
                          help="start afresh in an --out that holds a run, deleting that run's files")
@@ -408,12 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "the meta device (any model size, seconds) → DIR/flops.json")
     bench.add_argument("--sweep", action="store_true", help="attention backends × batch sizes × text lengths, "
                        "with plots")
-    bench.add_argument("--sweep-batch-sizes", type=int, nargs="+", default=None, metavar="B")
-    bench.add_argument("--sweep-text-lens", type=int, nargs="+", default=None, metavar="L")
-    bench.add_argument("--sweep-backends", nargs="+", default=None, metavar="NAME")
+    bench.add_argument("--sweep-batch-sizes", nargs="+", default=None, metavar="B", action=_ValuesThenOverrides,
+                       item=int)
+    bench.add_argument("--sweep-text-lens", nargs="+", default=None, metavar="L", action=_ValuesThenOverrides,
+                       item=int)
+    bench.add_argument("--sweep-backends", nargs="+", default=None, metavar="NAME", action=_ValuesThenOverrides)
     bench.set_defaults(func=_cmd_bench)
 
-    ablate = commands.add_parser("ablate", help="run a grid of recipe variants and compare them (table + plots)")
+    ablate = commands.add_parser("ablate", help="run a grid of recipe variants and compare them (table + plots)",
+                                 description="Train every variant × seed of a grid file, then compare them "
+                                 "(tables and plots in DIR).",
+                                 epilog=_GRID_FORMAT, formatter_class=_GridFormatHelp)
     ablate.add_argument("grid", nargs="?", help="the grid file (YAML), e.g. recipes/ablations/albef_objectives.yaml")
     ablate.add_argument("--out", help="folder for the runs and the report")
     ablate.add_argument("--report", metavar="DIR", help="only redraw DIR's report from its finished runs")
@@ -439,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data_commands.add_parser("synth", help="generate the embedded shapes-world dataset")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--workers", type=int, default=1, help="rendering processes")
-    synth.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="generation settings, e.g. seed=1")
+    synth.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="generation settings, e.g. seed=1 "
+                       "(before or after the options)")
     synth.set_defaults(func=_cmd_data_synth)
     pack = data_commands.add_parser("pack", help="convert ALBEF-style JSON + images into webdataset tar shards")
     pack.add_argument("annotations", nargs="+", help="ALBEF-style JSON annotation files")
@@ -473,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("family", choices=("albef", "vlmo"), help="whose checkpoint")
     convert.add_argument("checkpoint", metavar="CKPT", help="the official file (with --to official: a vlkit "
                          "checkpoint or run folder)")
-    convert.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the recipe")
+    convert.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the recipe (before "
+                         "or after the options)")
     convert.add_argument("--out", required=True, help="output folder (checkpoints/, recipe.yaml, conversion.md)")
     convert.add_argument("--recipe", default=None, help="the recipe whose model the weights are for (default: "
                          "albef/base or vlmo/base; with --to official: the one stored in the checkpoint)")
@@ -483,8 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", choices=("vlkit", "official"), default="vlkit", help="direction (default: vlkit)")
     convert.set_defaults(func=_cmd_convert)
 
-    reg = commands.add_parser("registry", help="list registered encoders, objectives, heads, ...")
+    reg = commands.add_parser("registry", help="list registered encoders, objectives, heads, ... (and your plug-ins)")
     reg.add_argument("kind", nargs="?", help=f"one of {', '.join(registry.KINDS)}")
+    reg.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                     help="import a plug-in module first (importable: installed or on PYTHONPATH); repeatable")
+    reg.add_argument("--recipe", default=None, metavar="RECIPE",
+                     help="import the plug-in modules a recipe lists under `imports:` first")
     reg.set_defaults(func=_cmd_registry)
     return parser
 
@@ -499,6 +622,44 @@ def _error_line(err: BaseException) -> str:
     return "error: " + " ".join(lines)
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, with ``KEY=VALUE`` overrides allowed anywhere after the command's arguments.
+
+    argparse gives a positional list only the words right after the command's other positionals; the
+    words after an option come back unparsed. For a command that takes overrides, those with ``=`` that
+    are not options are overrides, in the order given (a malformed key is named by the recipe reader, as
+    in the positional list); anything else left, an unknown option included, is argparse's error (exit 2).
+    The namespace also carries ``command_line``: ``argv`` as given, for messages that repeat it.
+    """
+    argv = list(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    fields = vars(args)
+    captured: list[str] = fields.pop(_CAPTURED, [])
+    if "overrides" in fields:
+        late = [word for word in extras if "=" in word and not word.startswith("-")]
+        extras = [word for word in extras if word not in late]
+        if captured:  # taken by a list option or --resume: put every override back in command-line order
+            args.overrides = _in_order([*args.overrides, *captured, *late], argv)
+        else:
+            args.overrides = [*args.overrides, *late]
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    args.command_line = argv
+    return args
+
+
+def _in_order(words: list[str], argv: list[str]) -> list[str]:
+    """``words`` (each one of ``argv``'s) in the order ``argv`` holds them."""
+    pending = collections.Counter(words)
+    ordered = []
+    for word in argv:
+        if pending[word] > 0:
+            pending[word] -= 1
+            ordered.append(word)
+    return ordered
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlkit`` console script; returns the exit status.
 
@@ -507,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     and returns 128 + the signal itself) in one line (exit 130), a full disk in one line naming the file
     (exit 2). Anything else is a bug and keeps its traceback.
     """
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, ranks other than 0 report warnings only
     logging.basicConfig(level=level if rank == 0 else logging.WARNING,
