@@ -6,6 +6,11 @@ GPU, the wall clock on the CPU; median and p10/p90), profile a few more for the 
 per-objective breakdown, count one step's executed FLOPs, and relate them to the official step's
 reference FLOPs and to the device's peak (measured with a matmul probe unless given).
 
+Progress: a bar per phase (warm-up, timed steps, profiled steps, the FLOP count; :mod:`vlkit.progress`);
+the timed steps are counted outside the timed region. The profiler's own console lines (Kineto's
+``USDT:`` / ``STAGE:`` lines and its GPU probe, printed by C++ straight to file descriptor 2) are
+captured while it starts and stops and logged at debug level (``vlkit -v`` shows them).
+
 A step is forward (every objective; the momentum teacher inside), backward, clipping, the optimizer
 step and the EMA / queue update, at a steady-state step index (teacher consulted, ramps finished).
 Annotations the objectives read get stand-ins (``stand_ins`` in the result); work the synthetic batches
@@ -18,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
-import os
 import platform
 import resource
 import statistics
@@ -31,9 +35,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlkit import provenance
+from vlkit import progress, provenance
 from vlkit.bench.batches import omitted_work, stand_ins, synthetic_batches
-from vlkit.bench.flops import reference_flops
+from vlkit.bench.flops import image_stem, reference_flops
 from vlkit.build import build_encoder, build_pretrain_model
 from vlkit.core.batch import Batch
 from vlkit.models.model import PretrainModel
@@ -133,15 +137,17 @@ class BenchRun:
         return statistics.fmean(widths)
 
 
-def time_steps(step: Callable[[], object], n: int, device: torch.device) -> list[float]:
+def time_steps(step: Callable[[], object], n: int, device: torch.device,
+               done: Callable[[int], object] = lambda n: None) -> list[float]:
     """Milliseconds of each of ``n`` calls of ``step`` (its result unused; CUDA events on a GPU: one sync
-    at the end)."""
+    at the end). ``done(1)`` is called after each step, outside the timed region (a progress bar)."""
     if device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
         for start, end in events:
             start.record()
             step()
             end.record()
+            done(1)
         torch.cuda.synchronize(device)
         return [start.elapsed_time(end) for start, end in events]
     out = []
@@ -149,6 +155,7 @@ def time_steps(step: Callable[[], object], n: int, device: torch.device) -> list
         t0 = time.perf_counter()
         step()
         out.append(1000 * (time.perf_counter() - t0))
+        done(1)
     return out
 
 
@@ -161,8 +168,10 @@ def executed_flops(run: BenchRun) -> float:
     """Matmul FLOPs of one forward + backward (teacher included) on the next pooled batch, per sample."""
     batch = run.next_batch()
     run.optimizer.zero_grad(set_to_none=True)
-    with FlopCounterMode(display=False) as counter:
+    with progress.bar(1, "counting FLOPs", unit="step", show=run.device.type != "meta") as bar, \
+            FlopCounterMode(display=False) as counter:
         run.forward_backward(batch)
+        bar.update(1)
     run.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch.size
 
@@ -183,21 +192,36 @@ def breakdown(run: BenchRun, steps: int) -> dict[str, float]:
     Ranges nest: ``objective/*`` and ``teacher`` lie inside ``phase/forward``."""
     if steps <= 0:
         return {}
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU-only profiler otherwise logs a GPU probe failure
     activities = [torch.profiler.ProfilerActivity.CPU]
     if run.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(steps):
-            run.step()
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
+    prof = torch.profiler.profile(activities=activities)
+    with progress.bar(steps, "profiling", unit="step") as bar:
+        with quiet_profiler():
+            prof.start()
+        try:
+            for _ in range(steps):
+                run.step()
+                bar.update(1)
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)
+        finally:
+            with quiet_profiler():
+                prof.stop()
     out = {}
     for event in prof.key_averages():
         if event.key.startswith(("phase/", "objective/", "teacher")):
             total = event.device_time_total if run.device.type == "cuda" else event.cpu_time_total
             out[event.key] = total / 1000 / steps
     return dict(sorted(out.items()))
+
+
+def quiet_profiler() -> contextlib.AbstractContextManager[None]:
+    """Around the profiler's start and stop: Kineto prints ``USDT:`` / ``STAGE:`` lines (and on a machine
+    without a GPU an ``ERROR: gpuGetDeviceCount failed`` probe) from C++ straight to file descriptor 2,
+    past logging. Its ``KINETO_LOG_LEVEL`` is read once, when torch loads, so it cannot be set here; the
+    lines are captured instead and logged at debug level (``vlkit -v``)."""
+    return progress.native_stderr_to_log(log, logging.DEBUG)
 
 
 def environment(device: torch.device, backend: str) -> dict[str, Any]:
@@ -246,6 +270,7 @@ def _what_ran(recipe: Recipe, device: torch.device) -> dict[str, Any]:
     for line in omitted:
         log.warning("bench: %s", line)
     return {"stand_ins": stand_ins(dict(recipe.objectives)), "omitted_work": omitted,
+            "image_stem": image_stem(recipe.encoder, recipe.objectives),  # work the reference does not count
             "provenance": provenance.record(recipe_yaml=recipe.to_yaml(), seed=recipe.seed, step=STEADY_STEP,
                                             device=device, world_size=1)}
 
@@ -254,12 +279,15 @@ def run_benchmark(recipe: Recipe, device: torch.device, settings: BenchSettings)
     """Build, warm up, time, profile and count; returns the figures ``bench.json`` holds."""
     backend = resolve_backend(recipe.encoder.attention, device)
     run = BenchRun(recipe, device, settings)
-    for _ in range(settings.warmup):
-        run.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = time_steps(run.step, settings.steps, device)
+    with progress.bar(settings.warmup, "warm-up", unit="step") as bar:
+        for _ in range(settings.warmup):
+            run.step()
+            bar.update(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+    with progress.bar(settings.steps, "timed steps", unit="step") as bar:
+        times = time_steps(run.step, settings.steps, device, bar.update)
     peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     phases = breakdown(run, settings.profile_steps)
