@@ -6,7 +6,9 @@
 - :mod:`~vlkit.core.step`: the :class:`StepView` objectives and samplers read;
 - :mod:`~vlkit.core.outputs`: what an objective returns, and head roles;
 - :mod:`~vlkit.core.loader`: what an objective asks the data loader for;
-- :mod:`~vlkit.core.errors`: the user-error family the command line reports in one line.
+- :mod:`~vlkit.core.errors`: the user-error family the command line reports in one line;
+- :mod:`~vlkit.core.progress`: the progress switch and bars as every package opens them (drawn by what
+  :mod:`vlkit.progress` installs).
 """
 
 from vlkit.core.batch import Batch, HardNegativeText, MaskedTokens, PhraseRegions
