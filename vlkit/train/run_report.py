@@ -60,7 +60,8 @@ def number(value: float | int, digits: int = 4) -> str:
         return f"{v:,.0f}"
     decimals = min(15, digits - 1 - math.floor(math.log10(abs(v))))
     text = f"{v:,.{decimals}f}"
-    if "." in text and abs(float(text.replace(",", "")) - v) <= 1e-9 * abs(v):  # exact: drop the zeros
+    # exact (to float32, as TensorBoard stores scalars): drop the zeros; rounded: they say how precise it is
+    if "." in text and abs(float(text.replace(",", "")) - v) <= 1e-6 * abs(v):
         text = text.rstrip("0").rstrip(".")
     return text
 
