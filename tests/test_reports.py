@@ -140,6 +140,8 @@ def test_a_resumed_run_reports_its_training_time_but_no_wall_time(tmp_path):
     text = write_run_report(run, dict(RETRIEVAL), name="albef/tiny").read_text()
     assert "| training time | 10 s (of which waiting for data 2.5 s) |" in text
     assert "not shown: the run was resumed (2 sessions in tb/)" in text
+    recorded = write_run_report(run, {**RETRIEVAL, "wall_s": 4000.0}, name="albef/tiny").read_text()
+    assert "| wall time | 1 h 06 min (the whole run: data preparation" in recorded and "| wall_s |" not in recorded
     assert "| throughput | 8 samples/s |" in text and "## Final losses (step 5)" in text and "| total | 7 |" in text
 
 

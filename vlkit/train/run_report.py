@@ -36,7 +36,7 @@ HEADLINE = ("r_mean", "txt_r1", "img_r1", "itc_r_mean", "swap_acc", "acc", "vqa_
 BOOKKEEPING = ("steps", "samples", "images_skipped", "annotations_skipped", "bad_samples", "encoder_parameters",
                "n", "n_images", "n_texts", "n_swaps", "n_skipped", "n_skipped_annotations", "n_classes", "n_answers",
                "box_n", "chance_r1", "chance_acc", "chance_top1", "majority_acc", "most_frequent_acc",
-               "box_chance_acc")
+               "box_chance_acc", "wall_s")
 """Metric keys that count, or that are the chance levels of other metrics: shown beside them, not as scores."""
 EVAL_CURVES = 4
 """At most this many evaluation metrics (headline ones first) get a panel in ``curves.png``."""
@@ -410,6 +410,10 @@ def write_run_report(out: Path, metrics: dict[str, Any], description: str = "",
                          "include the pause"))
     else:
         run_rows.append(("training time", "not logged (no time/* scalars in tb/)"))
+    if "wall_s" in numbers:  # recorded by the run itself: preferred to the span of the TensorBoard log
+        run_rows = [row for row in run_rows if row[0] != "wall time"]
+        run_rows.append(("wall time", f"{duration(numbers['wall_s'])} (the whole run: data preparation, model "
+                                      "build, training, checkpoints, final evaluation; `wall_s` in metrics.json)"))
     skipped = [f"{k.replace('_', ' ')} {number(numbers[k])}" for k in ("images_skipped", "annotations_skipped",
                                                                         "bad_samples") if numbers.get(k)]
     if skipped:
