@@ -5,6 +5,21 @@ It owns the optimizer, the schedule, gradient accumulation and clipping, autocas
 (atomic, last ``k`` kept, exact resume), logging (progress bar, TensorBoard), a non-finite guard and
 graceful SIGTERM / Ctrl-C handling (a checkpoint is written before exiting).
 
+Progress: one bar for the steps (:mod:`vlkit.core.progress`; log records are written above it, never
+across it) and, inside it, the evaluation's own bars. ``progress=False`` turns off every bar of the run,
+the evaluation's included, and logs a line every ``train.log_every`` steps instead.
+
+Stop signals: while :meth:`Trainer.fit` trains, SIGTERM and SIGINT (Ctrl-C) do not stop the process at
+once; the step under way finishes, a checkpoint is written, and :class:`Interrupted` is raised. It is a
+:class:`KeyboardInterrupt` (not an ``Exception``), so it passes every ``except Exception`` on its way up
+and whoever called ``fit`` in-process stops as on any Ctrl-C: a pytest session ends, a notebook cell is
+interrupted. ``vlkit train`` catches it, prints how to ``--resume`` and exits ``128 + signal`` (130 for
+Ctrl-C, 143 for SIGTERM). A second Ctrl-C raises :class:`KeyboardInterrupt` at once, without a
+checkpoint. The handlers are installed before the data loader starts its worker processes, which
+inherit them and ignore the signals (a terminal's Ctrl-C reaches every process of the group: the
+workers used to exit on it, and the next batch failed with a traceback instead of a checkpoint); they
+are restored when ``fit`` returns or raises.
+
 The non-finite guard watches the loss, the gradient norm and the weights after every optimizer step,
 on the device (a flag per quantity holding the first step it went NaN or infinite; no host sync in the
 step). The flags are read on the logging cadence, before every checkpoint and before every evaluation:
@@ -24,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import signal
 import threading
 import time
@@ -37,6 +53,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from vlkit import dist
+from vlkit import progress as progress_bars
 from vlkit.core.batch import Batch
 from vlkit.core.errors import NonFiniteError
 from vlkit.models.model import PretrainModel
@@ -85,8 +102,10 @@ class _Finite:
     how: str
 
 
-class Interrupted(RuntimeError):
-    """SIGTERM / SIGINT arrived; a checkpoint was written. ``signum`` is the signal."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM / SIGINT arrived during training; a checkpoint was written. ``signum`` is the signal,
+    ``path`` the checkpoint. A :class:`KeyboardInterrupt`, so that in-process callers (a test session,
+    a notebook) stop as on any Ctrl-C; ``vlkit train`` exits ``128 + signum`` (see the module docstring)."""
 
     def __init__(self, signum: int, path: Path) -> None:
         self.signum = signum
@@ -146,11 +165,14 @@ class RunPaths:
 
 
 class _StopSignals:
-    """Turns SIGTERM / SIGINT into a flag checked between steps (main thread only)."""
+    """Turns SIGTERM / SIGINT into a flag checked between steps (main thread only; the previous handlers
+    are restored on exit). Forked data-loader workers inherit the handler and ignore the signals: the
+    process that installed it decides when to stop."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -159,6 +181,8 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked loader worker: the training process stops it
+            return
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.signum = signum
@@ -167,6 +191,7 @@ class _StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
 
 
 @dataclass
@@ -211,7 +236,8 @@ class Trainer:
         paths: the run folder.
         recipe_yaml: the resolved recipe, stored in every checkpoint.
         evaluate: called at ``eval_every`` and at the end; returns metrics.
-        progress: show a progress bar.
+        progress: show progress bars (training and the evaluation's); off: a log line every
+            ``log_every`` steps instead.
         max_bad_fraction: stop (after a checkpoint) once more than this fraction of the samples read
             so far could not be loaded, and at least :data:`MIN_BAD_SAMPLES` of them.
         on_device: applied to each micro-batch once it is on ``device`` (e.g. uint8 → normalized images).
@@ -249,6 +275,7 @@ class Trainer:
         self._first_bad = torch.full((len(GUARDED),), NEVER, dtype=torch.long, device=device)
         self._last_finite: _Finite | None = None
         self._writer: Any = None
+        self._bar_shown = False  # fit() shows a bar; without one, _log logs a line
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
@@ -400,16 +427,35 @@ class Trainer:
         return bool(votes[0]), int(votes[1])
 
     def fit(self, resume: Path | None = None) -> dict[str, float]:
-        """Train to ``cfg.steps`` (from ``resume`` if given); returns the final evaluation's metrics."""
-        from tqdm.auto import tqdm
+        """Train to ``cfg.steps`` (from ``resume`` if given); returns the final evaluation's metrics.
 
+        Raises:
+            Interrupted: SIGTERM / SIGINT arrived while training; a checkpoint was written (a
+                :class:`KeyboardInterrupt`: see the module docstring).
+            NonFiniteLoss: the loss, gradients or weights became NaN or infinite.
+            TooManyBadSamples: more unreadable samples than ``max_bad_fraction`` allows.
+        """
         if dist.is_main():
             self.paths.out.mkdir(parents=True, exist_ok=True)
             self.paths.recipe.write_text(self.recipe_yaml)
         if resume is not None:
             self.restore(resume)
         self.model.train()
-        batches = self.batches(self.samples)
+        stop_step = self.cfg.stop_step
+        try:
+            with progress_bars.switched(self.progress), \
+                    progress_bars.bar(stop_step, "training", unit="step", initial=self.step, leave=True) as bar:
+                self._bar_shown = not bar.disable
+                with _StopSignals() as stop:  # before the loader starts its workers: they inherit it
+                    self._train(self.batches(self.samples), bar, stop)
+                self.save()
+                return self._evaluate()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+
+    def _train(self, batches: Iterator[Batch], bar: Any, stop: _StopSignals) -> None:
+        """The steps from ``self.step`` to ``cfg.stop_step``."""
         if self.world > 1 and self.cfg.strategy == "ddp":
             first = next(batches)
             batches = itertools.chain([first], batches)
@@ -419,35 +465,25 @@ class Trainer:
                                                find_unused_parameters=self.cfg.find_unused_parameters)
         window = _Window()
         stop_step = self.cfg.stop_step
-        bar = tqdm(total=stop_step, initial=self.step, disable=not self.progress, unit="step",
-                   dynamic_ncols=True, mininterval=1.0)
-        try:
-            with _StopSignals() as stop:
-                while self.step < stop_step:
-                    skipped = self._train_step(batches, window)
-                    self.step += 1
-                    bar.update(1)
-                    asked_to_stop, skipped = self._agree(stop.signum is not None, skipped)
-                    self.skipped += skipped
-                    last = self.step == stop_step
-                    if self.step % self.cfg.log_every == 0 or last:
-                        self._log(window, bar)
-                        window = _Window()
-                    if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and not last:
-                        self.save()
-                    if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not last:
-                        self._check_finite()  # no evaluation of diverged weights
-                        self._evaluate()
-                    if asked_to_stop:
-                        raise Interrupted(stop.signum or signal.SIGTERM, self.save())
-                    if self.skipped >= MIN_BAD_SAMPLES and self.skipped > self.max_bad_fraction * self.samples:
-                        raise TooManyBadSamples(self.skipped, self.samples, self.max_bad_fraction, self.save())
-            self.save()
-            return self._evaluate()
-        finally:
-            bar.close()
-            if self._writer is not None:
-                self._writer.close()
+        while self.step < stop_step:
+            skipped = self._train_step(batches, window)
+            self.step += 1
+            bar.update(1)
+            asked_to_stop, skipped = self._agree(stop.signum is not None, skipped)
+            self.skipped += skipped
+            last = self.step == stop_step
+            if self.step % self.cfg.log_every == 0 or last:
+                self._log(window, bar)
+                window = _Window()
+            if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and not last:
+                self.save()
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not last:
+                self._check_finite()  # no evaluation of diverged weights
+                self._evaluate()
+            if asked_to_stop:
+                raise Interrupted(stop.signum or signal.SIGTERM, self.save())
+            if self.skipped >= MIN_BAD_SAMPLES and self.skipped > self.max_bad_fraction * self.samples:
+                raise TooManyBadSamples(self.skipped, self.samples, self.max_bad_fraction, self.save())
 
     # ------------------------------------------------------------------ logging
     def writer(self) -> Any:
@@ -487,7 +523,7 @@ class Trainer:
             self.writer().add_scalar(key, value, self.step)
         bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.2e}",
                         sps=f"{scalars['samples_per_s']:.0f}", refresh=False)
-        if not self.progress and dist.is_main():
+        if not self._bar_shown and dist.is_main():
             log.info("step %d/%d  loss %.4f  lr %.2e  %.1f samples/s", self.step, self.cfg.stop_step,
                      scalars["loss/total"], scalars["lr"], scalars["samples_per_s"])
 
