@@ -26,7 +26,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from vlkit import dist
+from vlkit import dist, progress
 from vlkit.core.errors import NonFiniteError
 from vlkit.encoders.base import Encoder, ImageEncoding, TextEncoding, contrastive_feat
 from vlkit.eval.finite import ADVICE, require_finite_scores
@@ -44,14 +44,19 @@ class EncodedGallery:
 
 @torch.no_grad()
 def encode_gallery(encoder: Encoder, images: Iterable[Tensor], input_ids: Tensor, attention_mask: Tensor, *,
-                   batch_size: int, device: torch.device, store: torch.device | None = None) -> EncodedGallery:
-    """Encode every image (an iterable of ``[b, 3, H, W]`` batches) and every text (``[N_t, L]``), keeping
-    the encodings on ``store`` (default: ``device``)."""
+                   batch_size: int, device: torch.device, store: torch.device | None = None,
+                   n_images: int | None = None) -> EncodedGallery:
+    """Encode every image (an iterable of ``[b, 3, H, W]`` batches; ``n_images`` of them in all, for the
+    progress bar) and every text (``[N_t, L]``), keeping the encodings on ``store`` (default: ``device``)."""
     store = store or device
-    image_parts = [encoder.encode_image(batch.to(device)).to(store) for batch in images]
+    image_parts = [encoder.encode_image(batch.to(device)).to(store)
+                   for batch in progress.track(images, "encoding images", total=n_images, unit="image",
+                                               weight=len)]
     text_parts = [encoder.encode_text(input_ids[i:i + batch_size].to(device),
                                       attention_mask[i:i + batch_size].to(device)).to(store)
-                  for i in range(0, input_ids.shape[0], batch_size)]
+                  for i in progress.track(range(0, input_ids.shape[0], batch_size), "encoding texts",
+                                          total=input_ids.shape[0], unit="text",
+                                          weight=lambda i: min(batch_size, input_ids.shape[0] - i))]
     return EncodedGallery(ImageEncoding.cat(image_parts), TextEncoding.cat(text_parts))
 
 
@@ -119,6 +124,8 @@ class _Reranker:
     itm_logit: ITMScorer
     pair_batch: int
     device: torch.device
+    done: Callable[[int], object] = lambda pairs: None
+    """Told the number of pairs scored after each batch (the progress bar)."""
 
     def scores(self, rows: Tensor, top: Tensor, *, image_queries: bool) -> Tensor:
         """``[c, k]`` logits of query rows ``rows [c]`` (images, or texts) with their candidates ``top [c, k]``."""
@@ -134,6 +141,7 @@ class _Reranker:
                       torch.arange(len(queries), device=self.device).repeat_interleave(k)}
             fused = self.encoder.fuse(images, texts, image_kv=self.encoder.image_kv(images), **repeat)
             out.append(self.itm_logit(fused.cls).float().view(len(queries), k))
+            self.done(len(queries) * k)
         return torch.cat(out)
 
     def _take(self, encoding: E, rows: Tensor) -> E:
@@ -164,9 +172,46 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
     require_finite_scores(text_feat, "retrieval: the gallery's contrastive text features")
     n_img, n_txt = len(img2txt), len(txt2img)
     rerank = itm_head is not None and encoder.supports_fusion and k_test > 0
-    reranker = None
-    if rerank and itm_head is not None:
-        reranker = _Reranker(encoder, gallery, lambda cls: itm_head(cls)[:, 1], pair_batch, device)
+    me, world = dist.rank(), dist.world_size()
+    with progress.bar(_rerank_pairs(n_img, n_txt, k_test, query_chunk, me, world) if rerank else None,
+                      "re-ranking (ITM)", unit="pair", show=rerank) as bar:
+        reranker = None
+        if rerank and itm_head is not None:
+            reranker = _Reranker(encoder, gallery, lambda cls: itm_head(cls)[:, 1], pair_batch, device, bar.update)
+        ranks, nonfinite = _rank_blocks(image_feat, text_feat, img2txt, txt2img, reranker, k_test, query_chunk,
+                                        device)
+    if world > 1:
+        everything = torch.cat([*ranks.values(), nonfinite[None]])
+        torch.distributed.all_reduce(everything)  # each query's rank was written by exactly one rank
+        *parts, nonfinite = everything.split([n_img, n_txt, n_img, n_txt, 1])
+        ranks = dict(zip(ranks, parts, strict=True))
+    if int(nonfinite):  # after the collective, so that every rank raises
+        raise NonFiniteError(f"retrieval: {int(nonfinite)} contrastive similarities or ITM re-ranking logits are NaN "
+                             f"or infinite; {ADVICE}")
+    itc = recalls_from_ranks(ranks["itc_txt"], ranks["itc_img"])
+    metrics = recalls_from_ranks(ranks["txt"], ranks["img"]) if rerank else dict(itc)
+    metrics.update({f"itc_{k}": v for k, v in itc.items()})
+    metrics.update(n_images=float(n_img), n_texts=float(n_txt))
+    return metrics
+
+
+def _rerank_pairs(n_img: int, n_txt: int, k_test: int, query_chunk: int, me: int, world: int) -> int:
+    """The (query, candidate) pairs this rank re-ranks: ``min(k_test, N_keys)`` per query of its blocks."""
+    total = 0
+    for n_queries, n_keys in ((n_img, n_txt), (n_txt, n_img)):
+        for block, start in enumerate(range(0, n_queries, query_chunk)):
+            if block % world == me:
+                total += (min(start + query_chunk, n_queries) - start) * min(k_test, n_keys)
+    return total
+
+
+def _rank_blocks(image_feat: Tensor, text_feat: Tensor, img2txt: list[list[int]], txt2img: list[int],
+                 reranker: _Reranker | None, k_test: int, query_chunk: int,
+                 device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
+    """This rank's query blocks, both directions: the ground truth's ITC rank (``itc_txt``, ``itc_img``)
+    and re-ranked rank (``txt``, ``img``) per query (0 for other ranks' queries), and the count of
+    non-finite scores met."""
+    n_img, n_txt = len(img2txt), len(txt2img)
     ranks = {name: torch.zeros(n, dtype=torch.long, device=device)
              for name, n in (("itc_txt", n_img), ("itc_img", n_txt), ("txt", n_img), ("img", n_txt))}
     me, world = dist.rank(), dist.world_size()
@@ -189,16 +234,4 @@ def evaluate_retrieval(encoder: Encoder, gallery: EncodedGallery, img2txt: list[
             nonfinite += (~torch.isfinite(logits)).sum()
             scores = torch.full_like(sims, -100.0).scatter_(1, top, logits)
             ranks[name][rows] = ground_truth_ranks(scores, truth).to(device)
-    if world > 1:
-        everything = torch.cat([*ranks.values(), nonfinite[None]])
-        torch.distributed.all_reduce(everything)  # each query's rank was written by exactly one rank
-        *parts, nonfinite = everything.split([n_img, n_txt, n_img, n_txt, 1])
-        ranks = dict(zip(ranks, parts, strict=True))
-    if int(nonfinite):  # after the collective, so that every rank raises
-        raise NonFiniteError(f"retrieval: {int(nonfinite)} contrastive similarities or ITM re-ranking logits are NaN "
-                             f"or infinite; {ADVICE}")
-    itc = recalls_from_ranks(ranks["itc_txt"], ranks["itc_img"])
-    metrics = recalls_from_ranks(ranks["txt"], ranks["img"]) if rerank else dict(itc)
-    metrics.update({f"itc_{k}": v for k, v in itc.items()})
-    metrics.update(n_images=float(n_img), n_texts=float(n_txt))
-    return metrics
+    return ranks, nonfinite

@@ -62,13 +62,13 @@ def run_retrieval_query(recipe: Recipe, checkpoint: str | Path, query: Query, ou
     paths = gallery_images(run, recipe, gallery_folder)
     transform = eval_transform(ctx.image_size, ctx.data.normalize)
     loader = torch.utils.data.DataLoader(ImageFolderList(paths, transform), batch_size=ctx.eval.batch_size)
-    gallery = image_features(ctx.encoder, loader, ctx.device)
+    gallery = image_features(ctx.encoder, loader, ctx.device, n_images=len(paths), desc="encoding the gallery")
     image_path = query.image if query.image is not None else (
         paths[query.image_index] if query.image_index is not None else None)
     picture = load_image(image_path) if image_path is not None else None
     if image_path is not None and picture is None:
         raise FileNotFoundError(f"query image {image_path} is missing or corrupt")
-    image_feat = image_features(ctx.encoder, [transform(picture)[None]], ctx.device)[0] if picture else None
+    image_feat = image_features(ctx.encoder, [transform(picture)[None]], ctx.device, desc=None)[0] if picture else None
 
     def texts(items: list[str]) -> list[torch.Tensor]:
         if not items:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlkit import progress
 from vlkit.core.encodings import ImageEncoding
 from vlkit.data.config import DataConfig
 from vlkit.data.json_dataset import Gallery, ImageFolderList, read_json, read_parts
@@ -64,7 +65,8 @@ class PretrainEvaluator:
         ids, mask = self._text(gallery.texts)
         store = torch.device("cpu") if self.cfg.gallery_on == "cpu" else self.device
         encoded = encode_gallery(self.encoder, self._images(gallery.images), ids, mask,
-                                 batch_size=self.cfg.batch_size, device=self.device, store=store)
+                                 batch_size=self.cfg.batch_size, device=self.device, store=store,
+                                 n_images=len(gallery.images))
         metrics = evaluate_retrieval(self.encoder, encoded, gallery.img2txt, gallery.txt2img, itm_head=self.itm_head,
                                      k_test=self.cfg.k_test, pair_batch=self.cfg.batch_size * 4,
                                      query_chunk=self.cfg.query_chunk, device=self.device)
@@ -79,7 +81,8 @@ class PretrainEvaluator:
         paths = sorted({item["image"] for item in items})
         row = {p: i for i, p in enumerate(paths)}
         loader = self._images([self.source.image_root / p for p in paths])
-        unique = ImageEncoding.cat([self.encoder.encode_image(batch.to(self.device)) for batch in loader])
+        unique = ImageEncoding.cat([self.encoder.encode_image(batch.to(self.device)) for batch in progress.track(
+            loader, "swap probe: encoding images", total=len(paths), unit="image", weight=len)])
         images = unique.select(torch.tensor([row[item["image"]] for item in items], device=self.device))
         return swap_accuracy(self.encoder, images, self._text([i["caption"] for i in items]),
                              self._text([i["swapped"] for i in items]), [i.get("kind", "swap") for i in items],

@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
+from vlkit import progress
 from vlkit.encoders.base import Encoder, ImageEncoding, contrastive_feat
 from vlkit.eval.finite import require_finite_scores
 
@@ -35,7 +36,8 @@ def swap_accuracy(encoder: Encoder, images: ImageEncoding, true_text: tuple[Tens
     device = contrastive_feat(images).device
     wins: dict[str, list[Tensor]] = defaultdict(list)
     n = len(kinds)
-    for start in range(0, n, batch_size):
+    for start in progress.track(range(0, n, batch_size), "swap probe", total=n, unit="pair",
+                                weight=lambda start: min(batch_size, n - start)):
         rows = torch.arange(start, min(start + batch_size, n), device=device)
         chunk = images.select(rows)
         stop = start + batch_size

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vlkit import progress
 from vlkit.encoders.base import Encoder, contrastive_feat
 from vlkit.eval.finite import require_finite_scores
 
@@ -25,14 +26,20 @@ def class_embeddings(encoder: Encoder, tokenize: Tokenize, classes: Sequence[str
     ids, mask = tokenize(prompts)
     feats = torch.cat([contrastive_feat(encoder.encode_text(ids[i:i + batch_size].to(device),
                                                             mask[i:i + batch_size].to(device)))
-                       for i in range(0, len(prompts), batch_size)]).float()
+                       for i in progress.track(range(0, len(prompts), batch_size), "encoding class prompts",
+                                               total=len(prompts), unit="prompt",
+                                               weight=lambda i: min(batch_size, len(prompts) - i))]).float()
     per_class = F.normalize(feats, dim=-1).view(len(classes), len(templates), -1).mean(1)
     return F.normalize(per_class, dim=-1)
 
 
 @torch.no_grad()
-def image_features(encoder: Encoder, batches: Iterable[Tensor], device: torch.device) -> Tensor:
-    """``[N, E]`` normalized contrastive image features of ``[b, 3, H, W]`` batches."""
+def image_features(encoder: Encoder, batches: Iterable[Tensor], device: torch.device, *,
+                   n_images: int | None = None, desc: str | None = "encoding images") -> Tensor:
+    """``[N, E]`` normalized contrastive image features of ``[b, 3, H, W]`` batches (a progress bar
+    counts the ``n_images`` images under ``desc``; None: no bar)."""
+    if desc is not None:
+        batches = progress.track(batches, desc, total=n_images, unit="image", weight=len)
     return torch.cat([contrastive_feat(encoder.encode_image(batch.to(device))).float() for batch in batches])
 
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from vlkit import progress
 from vlkit.core.errors import CheckpointError, DataError
 from vlkit.core.outputs import CLASSIFY_HEAD
 from vlkit.data.config import DataConfig
@@ -142,7 +143,8 @@ class FusedClassificationTask(Task):
         """The evaluation split's readable samples, batched and encoded."""
         entries = self.entries(ctx.source, self.cfg.eval_split, ctx.data.max_bad_fraction)
         return EncodedBatches(entries, TaskDataset(entries, eval_transform(ctx.image_size, ctx.data.normalize)),
-                              self.collate(ctx.tokenizer, ctx.source, ctx.data), ctx)
+                              self.collate(ctx.tokenizer, ctx.source, ctx.data), ctx,
+                              desc=f"{self.name}: evaluating `{self.cfg.eval_split}`")
 
     @torch.no_grad()
     def logits(self, ctx: TaskContext) -> tuple[Tensor, list[TaskEntry], int]:
@@ -176,11 +178,13 @@ class EncodedBatch:
 
 
 class EncodedBatches:
-    """Iterates :class:`EncodedBatch` over ``entries``; afterwards :attr:`entries` are those whose images
-    were readable (in order) and :attr:`skipped` counts the others."""
+    """Iterates :class:`EncodedBatch` over ``entries`` (a progress bar counts them under ``desc``);
+    afterwards :attr:`entries` are those whose images were readable (in order) and :attr:`skipped` counts
+    the others."""
 
-    def __init__(self, entries: list[TaskEntry], dataset: TaskDataset, collate: TaskCollate, ctx: TaskContext) -> None:
-        self._all, self.ctx = entries, ctx
+    def __init__(self, entries: list[TaskEntry], dataset: TaskDataset, collate: TaskCollate, ctx: TaskContext,
+                 desc: str = "evaluating") -> None:
+        self._all, self.ctx, self.desc = entries, ctx, desc
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.eval.batch_size, collate_fn=collate,
                                                   num_workers=0)
         self.entries: list[TaskEntry] = []
@@ -190,17 +194,19 @@ class EncodedBatches:
     def __iter__(self) -> Iterator[EncodedBatch]:
         self.entries, self.skipped, position = [], 0, 0
         encoder = self.ctx.encoder
-        for batch in self.loader:
-            rows = len(batch.idx)
-            batch = batch.to(self.ctx.device)
-            image = encoder.encode_image(batch.images)
-            text = encoder.encode_text(batch.input_ids, batch.attention_mask)
-            yield EncodedBatch(rows, image, text, encoder.image_kv(image), encoder)
-            self.skipped += batch.skipped
-            kept_ids = set(batch.idx.tolist())
-            chunk = self._all[position:position + rows + batch.skipped]
-            self.entries += [e for e in chunk if e.idx in kept_ids]
-            position += rows + batch.skipped
+        with progress.bar(len(self._all), self.desc, unit="sample") as bar:
+            for batch in self.loader:
+                rows = len(batch.idx)
+                batch = batch.to(self.ctx.device)
+                image = encoder.encode_image(batch.images)
+                text = encoder.encode_text(batch.input_ids, batch.attention_mask)
+                yield EncodedBatch(rows, image, text, encoder.image_kv(image), encoder)
+                self.skipped += batch.skipped
+                kept_ids = set(batch.idx.tolist())
+                chunk = self._all[position:position + rows + batch.skipped]
+                self.entries += [e for e in chunk if e.idx in kept_ids]
+                position += rows + batch.skipped
+                bar.update(rows + batch.skipped)
 
 
 @register("task", "ve", config=FusedTaskConfig)

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlkit import progress
 from vlkit.core.errors import CheckpointError
 from vlkit.data.formats.refcoco import GroundingItem, read_refcoco
 from vlkit.data.json_dataset import AnnotationError, load_image, read_annotation_list
@@ -210,7 +211,9 @@ class Grounding(Task):
         tally = Tally()
         drawn: list[tuple[Image.Image, Tensor, Box, str, bool]] = []
         items = self.items(ctx)
-        for start in range(0, len(items), ctx.eval.batch_size):
+        for start in progress.track(range(0, len(items), ctx.eval.batch_size), "grounding (Grad-CAM)",
+                                    total=len(items), unit="expression",
+                                    weight=lambda start: min(ctx.eval.batch_size, len(items) - start)):
             chunk = items[start:start + ctx.eval.batch_size]
             pictures = load_pictures(chunk)
             boxes = [_scaled(item.box, p, size) for item, p in zip(chunk, pictures, strict=True)]

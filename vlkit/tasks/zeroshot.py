@@ -91,7 +91,7 @@ class ZeroShotTask(Task):
         loader = torch.utils.data.DataLoader(
             ImageFolderList(data.images, eval_transform(ctx.image_size, ctx.data.normalize)),
             batch_size=ctx.eval.batch_size, num_workers=0)
-        logits = image_features(ctx.encoder, loader, ctx.device) @ classes.T
+        logits = image_features(ctx.encoder, loader, ctx.device, n_images=len(data.images)) @ classes.T
         metrics = topk_accuracy(logits, torch.tensor(data.labels))
         metrics.update(n_images=float(len(data.images)), n_classes=float(len(data.classes)),
                        chance_top1=100.0 / len(data.classes))
