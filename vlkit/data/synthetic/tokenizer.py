@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vlkit.core import progress
 from vlkit.data.synthetic.files import write_bytes, write_json
 from vlkit.data.synthetic.lexicon import all_words
 
@@ -31,15 +32,16 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MODEL_MAX_LENGTH = 512
 
 
-def learn_vocab(texts: Iterable[str], vocab_size: int) -> list[str]:
-    """Special tokens, the alphabet (plain and ``##``), then the most frequent words (see module doc)."""
+def learn_vocab(texts: Iterable[str], vocab_size: int, progress_desc: str | None = None) -> list[str]:
+    """Special tokens, the alphabet (plain and ``##``), then the most frequent words (see module doc);
+    ``progress_desc``: count the texts with a progress bar of that name."""
     from tokenizers import normalizers, pre_tokenizers
 
     normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
                                             lowercase=True)
     pre = pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
-    for text in texts:
+    for text in progress.track(texts, progress_desc or "", unit="text") if progress_desc else texts:
         counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
     alphabet = sorted({c for w in counts for c in w})
     vocab = list(SPECIAL_TOKENS) + alphabet + [f"##{c}" for c in alphabet]
@@ -69,7 +71,7 @@ def build_tokenizer(vocab: list[str]) -> Tokenizer:
 def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int) -> int:
     """Learn the vocabulary from ``texts`` (plus the lexicon) and write the tokenizer folder ``out_dir``;
     returns the vocabulary size."""
-    vocab = learn_vocab([*texts, *all_words()], vocab_size)
+    vocab = learn_vocab([*texts, *all_words()], vocab_size, progress_desc="learning the tokenizer's vocabulary")
     tok = build_tokenizer(vocab)
     write_bytes(out_dir / "vocab.txt", ("\n".join(vocab) + "\n").encode("utf-8"))
     write_bytes(out_dir / "tokenizer.json", (tok.to_str(pretty=True) + "\n").encode("utf-8"))

@@ -25,13 +25,15 @@ import multiprocessing
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlkit.core import progress
 from vlkit.data.synthetic.captions import Caption, captions_for, hard_negatives, swap_probes
 from vlkit.data.synthetic.config import FORMAT_VERSION, SynthConfig
 from vlkit.data.synthetic.files import write_bytes, write_json
@@ -56,28 +58,33 @@ class SynthSummary:
     vocab_size: int = 0
 
 
-def _render_chunk(out_dir: str, scenes: list[Scene]) -> None:
+def _render_chunk(out_dir: str, scenes: list[Scene], done: Callable[[int], object] | None = None) -> int:
     for folder in {(Path(out_dir) / s.image).parent for s in scenes}:
         folder.mkdir(parents=True, exist_ok=True)
     for scene in scenes:
         write_bytes(Path(out_dir) / scene.image, png_bytes(scene), mkdir=False)
+        if done is not None:
+            done(1)
+    return len(scenes)
 
 
 def render_images(out_dir: Path, scenes: list[Scene], workers: int) -> None:
     """Render and write every image; ``workers > 1`` renders chunks in parallel (forked processes on
     Linux, threads elsewhere). Each image depends on its scene alone, so the bytes are the same."""
     chunks = [scenes[k:k + _CHUNK] for k in range(0, len(scenes), _CHUNK)]
-    if workers <= 1 or len(chunks) <= 1:
-        for chunk in chunks:
-            _render_chunk(str(out_dir), chunk)
-        return
-    args = ([str(out_dir)] * len(chunks), chunks)
-    if sys.platform == "linux":  # fork: no re-import of the caller's main module; children only use PIL/numpy
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork")) as pool:
-            list(pool.map(_render_chunk, *args))
-    else:  # PIL releases the GIL only in parts of the work, but threads are safe everywhere
-        with ThreadPoolExecutor(min(workers, len(chunks))) as pool:
-            list(pool.map(_render_chunk, *args))
+    with progress.bar(len(scenes), "rendering images", unit="image") as bar:
+        if workers <= 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                _render_chunk(str(out_dir), chunk, bar.update)
+            return
+        pool: Executor
+        if sys.platform == "linux":  # fork: no re-import of the caller's main module; children only use PIL/numpy
+            pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork"))
+        else:  # PIL releases the GIL only in parts of the work, but threads are safe everywhere
+            pool = ThreadPoolExecutor(min(workers, len(chunks)))
+        with pool:
+            for finished in as_completed([pool.submit(_render_chunk, str(out_dir), chunk) for chunk in chunks]):
+                bar.update(finished.result())
 
 
 def clear_outputs(out_dir: Path) -> None:
@@ -104,12 +111,15 @@ def caption_phrases(caption: Caption, scene: Scene) -> list[dict[str, list[int]]
             for span, k in zip(caption.phrase_spans(), caption.objects, strict=True)]
 
 
-def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, counts: dict[str, int]) -> list[str]:
-    """Write one split's annotation files; returns its text (for the tokenizer)."""
+def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, counts: dict[str, int],
+                 done: Callable[[int], object] = lambda n: None) -> list[str]:
+    """Write one split's annotation files (``done(1)`` after each scene's captions); returns its text (for
+    the tokenizer)."""
     texts: list[str] = []
     records: list[dict[str, Any]] = []
     swaps: list[dict[str, Any]] = []
     for scene in scenes:
+        done(1)
         caps = captions_for(scene, cfg.captions_per_image)
         group = scene.twin_of if scene.twin_of is not None else scene.image_id  # twins share their original's
         records.append({"image": scene.image, "caption": [c.text for c in caps], "image_id": scene.image_id,
@@ -143,7 +153,8 @@ def _split_files(out: Path, split: str, scenes: list[Scene], cfg: SynthConfig, c
 
 
 def generate(out_dir: str | Path, cfg: SynthConfig, *, workers: int = 1) -> SynthSummary:
-    """(Re)generate the dataset for ``cfg`` in ``out_dir``; ``synthetic.json`` is written last."""
+    """(Re)generate the dataset for ``cfg`` in ``out_dir``; ``synthetic.json`` is written last. Progress
+    bars show the rendering, the annotation files and the tokenizer's vocabulary (:mod:`vlkit.core.progress`)."""
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,10 +170,11 @@ def generate(out_dir: str | Path, cfg: SynthConfig, *, workers: int = 1) -> Synt
     render_images(out, [s for split in SPLITS for s in scenes[split]], workers)
     counts: dict[str, int] = {}
     train_text: list[str] = []
-    for split in SPLITS:
-        texts = _split_files(out, split, scenes[split], cfg, counts)
-        if split == "train":
-            train_text = texts
+    with progress.bar(sum(sizes.values()), "writing annotations", unit="image") as bar:
+        for split in SPLITS:
+            texts = _split_files(out, split, scenes[split], cfg, counts, bar.update)
+            if split == "train":
+                train_text = texts
     vocab_size = train_tokenizer(train_text, out / "tokenizer", cfg.vocab_size)
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(),
                             "counts": dict(sorted(counts.items())), "vocab_size": vocab_size}
