@@ -1,6 +1,14 @@
 """``vlkit ablate GRID --out DIR``: every variant × seed trained in turn (finished runs skipped,
 interrupted ones resumed), each followed by the grid's follow-up evaluations, then the report.
 
+Progress: a bar over the grid's runs (``run i/n: variant, seed k``), with each run's own training and
+evaluation bars beneath it; ``progress=False`` turns them all off (log lines instead).
+
+Interruption: SIGTERM or Ctrl-C while a run trains ends as in ``vlkit train``: the run writes a
+checkpoint and :class:`~vlkit.train.trainer.Interrupted` (a ``KeyboardInterrupt``) propagates out of
+:func:`run_grid` unchanged, for the command line to report (exit ``128 + signal``). Running the same
+command again skips the finished runs and resumes the interrupted one from its checkpoint.
+
 Layout: ``DIR/grid.json`` (what the report needs), ``DIR/grid.yaml`` (the grid file as given),
 ``DIR/runs/<variant>/seed<k>/`` (a normal run folder; follow-ups in ``…/<followup>/``), and the report
 files of :mod:`vlkit.ablate.report`.
@@ -13,6 +21,7 @@ import logging
 import shlex
 from pathlib import Path
 
+from vlkit import progress as progress_bars
 from vlkit.ablate.grid import Grid
 from vlkit.ablate.report import write_report
 from vlkit.recipe import Recipe, resolve
@@ -40,7 +49,17 @@ def _train(recipe: Recipe, folder: Path, progress: bool) -> None:
 
 
 def run_grid(grid: Grid, out: Path, *, progress: bool = True) -> str:
-    """Run every variant × seed of ``grid`` into ``out`` and write the report; returns its table."""
+    """Run every variant × seed of ``grid`` into ``out`` and write the report; returns its table.
+
+    Raises:
+        Interrupted: SIGTERM / SIGINT while a run trained; that run wrote a checkpoint, and calling
+            ``run_grid`` again resumes it (finished runs are skipped).
+    """
+    with progress_bars.switched(progress):
+        return _run_grid(grid, out, progress)
+
+
+def _run_grid(grid: Grid, out: Path, progress: bool) -> str:
     out.mkdir(parents=True, exist_ok=True)
     seeds = {variant: grid.seeds_of(variant) for variant in grid.variants}
     command = f"vlkit ablate {shlex.quote(str(grid.path))} --out {shlex.quote(str(out))}"
@@ -50,16 +69,17 @@ def run_grid(grid: Grid, out: Path, *, progress: bool = True) -> str:
         "description": grid.description, "source": str(grid.path), "command": command, "runs": seeds,
         "metrics": grid.metrics and [*grid.metrics, *followup_metrics],
         "followups": [f.name for f in grid.followups]}, indent=2) + "\n")
-    total = sum(len(s) for s in seeds.values())
-    done = 0
-    for variant, variant_seeds in seeds.items():
-        for seed in variant_seeds:
-            done += 1
+    runs = [(variant, seed) for variant, variant_seeds in seeds.items() for seed in variant_seeds]
+    with progress_bars.bar(len(runs), "ablation", unit="run", leave=True) as bar:
+        for done, (variant, seed) in enumerate(runs, 1):
             folder = run_folder(out, variant, seed)
-            log.info("== run %d/%d: %s, seed %d", done, total, variant, seed)
+            bar.set_postfix_str(f"run {done}/{len(runs)}: {variant}, seed {seed}")
+            log.log(logging.DEBUG if not bar.disable else logging.INFO, "== run %d/%d: %s, seed %d", done,
+                    len(runs), variant, seed)
             _train(grid.recipe(variant, seed), folder, progress)
             for followup in grid.followups:
                 recipe = resolve(followup.recipe, [*followup.overrides, f"init_from={folder}", f"seed={seed}"]).recipe
                 _train(recipe, folder / followup.name, progress)
             write_report(out)  # the table grows as runs finish
+            bar.update(1)
     return write_report(out)
