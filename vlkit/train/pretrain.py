@@ -76,7 +76,11 @@ class Pretraining:
         self.micro_batch = recipe.train.micro_batch(self.world)  # fails early when the batch does not split
         if self.device.type == "cpu":
             threads = set_cpu_threads(recipe.train.cpu_threads, self.data.num_workers)
-            log.info("CPU training with %d intra-op thread(s) and %d loader worker(s)", threads, self.data.num_workers)
+            if train_data:
+                log.info("CPU training with %d intra-op thread(s) and %d loader worker(s)", threads,
+                         self.data.num_workers)
+            else:  # evaluation (vlkit eval / retrieve): no training, no loader workers
+                log.info("running on the CPU with %d intra-op thread(s)", threads)
         self.source: DataSource = registry.get("dataset", self.data.source.type).target(self.data.source)
         self.modality: str = self.data.modality or self.source.modality
         self._check_modality()
