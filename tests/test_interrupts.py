@@ -119,7 +119,8 @@ def test_an_interrupted_ablation_exits_143_and_the_same_command_continues(tmp_pa
     overrides = "\n".join(f"  - {o}" for o in [*SMALL, f"data.source.root={tmp_path / 'data'}", "train.steps=40"])
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"description: interrupted grid\nbase: dual/tiny\noverrides:\n{overrides}\n"
-                    "metrics: [r_mean]\nseeds: [0]\nvariants:\n  first: {}\n  second: {objectives.itc.label_smoothing: 0.0}\n")
+                    "metrics: [r_mean]\nseeds: [0]\nvariants:\n  first: {}\n"
+                    "  second: {objectives.itc.label_smoothing: 0.0}\n")
     out = tmp_path / "ablation"
     command = [sys.executable, "-m", "vlkit", "ablate", str(grid), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
