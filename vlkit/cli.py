@@ -52,6 +52,7 @@ import errno
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -684,6 +685,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted (Ctrl-C) during `vlkit {args.command}`; run it again to start over", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of our output went away (`vlkit recipes show R | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 128 + signal.SIGPIPE
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise

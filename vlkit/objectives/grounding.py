@@ -8,7 +8,7 @@ annotated phrase (``phrases`` in the annotations, :mod:`vlkit.data.phrases`) are
 :class:`~vlkit.heads.box.BoxHead` predicts the box. This is not an ALBEF or VLMo objective; it is what
 teaches the fusion layers *where* each phrase's object is, the lower-order signal that relational
 image-text matching ("the blue square is above the yellow circle" against "... below ...") builds on
-(see the README's compositional-probe section for the measurements).
+(see research/README.md for the measurements).
 
 Loss per phrase, averaged over the batch's phrases: ``l1_weight · |b̂ − b|₁ + giou_weight · (1 − GIoU(b̂, b))``
 with boxes ``(cx, cy, w, h)`` as fractions of the image side (X-VLM: both weights 1; GIoU as

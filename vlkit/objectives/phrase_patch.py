@@ -9,7 +9,7 @@ of its own image that its box covers (cell centre inside the box, and always the
 centre). Negatives include the same object kind in other images' layouts and every other object of
 the batch, so the image tower must tell which colour *and shape* each patch shows: the dense,
 language-given supervision that contrastive and MLM signals from scratch do not provide (see the
-README's compositional-probe section). Not an ALBEF or VLMo objective. The temperature is learnable
+research/README.md). Not an ALBEF or VLMo objective. The temperature is learnable
 (init ``temperature``, clamped to [0.001, 0.5] after each step like ITC's).
 """
 

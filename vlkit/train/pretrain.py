@@ -225,7 +225,7 @@ class Pretraining:
         log.log(logging.INFO if with_negatives else logging.WARNING,
                 "objectives.%s.hard_negatives: %d of %d `%s` entries list hard-negative captions%s",
                 objective, with_negatives, len(entries.entries), split,
-                "" if with_negatives else " (the README's data section says how); those ITM pairs are left out")
+                "" if with_negatives else " (docs/data.md says how); those ITM pairs are left out")
 
     @staticmethod
     def _tower_reports(encoder: Encoder, strict: bool) -> list[dict[str, Any]]:

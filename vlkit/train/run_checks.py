@@ -107,10 +107,10 @@ ANNOTATION_FIELDS: dict[str, Callable[[Entry], bool]] = {
 """Annotation field → whether a training entry has it (for at least one caption)."""
 
 HOW_TO_ANNOTATE = {
-    "phrases": "give the training entries `phrases` (boxes of caption spans; the README's data section says how; "
+    "phrases": "give the training entries `phrases` (boxes of caption spans; docs/data.md says how; "
                "the synthetic data has them)",
-    HARD_NEGATIVES: "give the training entries `hard_negatives` (captions false for the image; the README's data "
-                    "section says how; the synthetic data has them)",
+    HARD_NEGATIVES: "give the training entries `hard_negatives` (captions false for the image; docs/data.md says "
+                    "how; the synthetic data has them)",
 }
 
 
