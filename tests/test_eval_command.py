@@ -24,6 +24,7 @@ def test_eval_reproduces_the_final_metrics_of_training(tmp_path: Path, capsys: p
     run = tmp_path / "run"
     assert main(["train", "albef/tiny", *_args(tmp_path, small_data), "--out", str(run), "--no-progress"]) == 0
     trained = json.loads((run / "metrics.json").read_text())
+    assert "| recipe | `albef/tiny` |" in (run / "report.md").read_text()  # as named on the command line
     assert main(["eval", "albef/tiny", *_args(tmp_path, small_data), "--checkpoint", str(run),
                  "--out", str(tmp_path / "ev")]) == 0
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())

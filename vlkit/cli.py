@@ -207,7 +207,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger("vlkit").warning("init_from is not set: fine-tuning starts from random weights "
                                            "(pass init_from=RUN_DIR to start from a pre-trained run)")
     try:
-        metrics = run_pretraining(recipe, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
+        metrics = run_pretraining(recipe, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
+                                  name=args.recipe)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE

@@ -320,7 +320,9 @@ def write_csv(path: Path, results: dict[str, dict[int, dict[str, float]]],
     follow-up's, prefixed ``<follow-up>/``)."""
     records = records or {}
     timings = timings or Timings()
-    keys = sorted({k for seeds in results.values() for m in seeds.values() for k in m})
+    timed = set(TIMING_COLUMNS)  # a run's own wall_s (metrics.json) goes in the timing columns, not twice
+    keys = sorted({k for seeds in results.values() for m in seeds.values() for k in m
+                   if k.rsplit("/", 1)[-1] not in timed})
     parts = sorted({name for per_run in records.values() for name in per_run})
     prov_keys = [f"{part}/{c}" if part else c for part in parts for c in PROVENANCE_COLUMNS]
     time_keys = [*TIMING_COLUMNS, *(f"{f}/{c}" for f in sorted(timings.followups) for c in TIMING_COLUMNS)]
@@ -335,6 +337,8 @@ def write_csv(path: Path, results: dict[str, dict[int, dict[str, float]]],
                 cells |= timing_cells(timings.runs.get(variant, {}).get(seed))
                 for name, per_variant in timings.followups.items():
                     cells |= {f"{name}/{k}": v for k, v in timing_cells(per_variant.get(variant, {}).get(seed)).items()}
+                # recorded by the run itself (the whole command, not the span of its TensorBoard log)
+                cells |= {k: v for k, v in metrics.items() if k.rsplit("/", 1)[-1] in timed}
                 writer.writerow([variant, seed, *(metrics.get(k, "") for k in keys),
                                  *("" if cells.get(k) is None else cells[k] for k in [*time_keys, *prov_keys])])
 

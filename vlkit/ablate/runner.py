@@ -36,7 +36,7 @@ def run_folder(out: Path, variant: str, seed: int) -> Path:
     return out / "runs" / variant / f"seed{seed}"
 
 
-def _train(recipe: Recipe, folder: Path, progress: bool) -> None:
+def _train(recipe: Recipe, folder: Path, progress: bool, name: str) -> None:
     """Train into ``folder`` unless it finished; continue it when it was interrupted."""
     if (folder / "metrics.json").is_file():
         log.info("%s: finished before, skipped", folder)
@@ -45,7 +45,7 @@ def _train(recipe: Recipe, folder: Path, progress: bool) -> None:
     # the grid owns its run folders: a run that stopped before its first checkpoint starts again
     leftovers = not resume and bool(run_contents(folder)) if folder.is_dir() else False
     log.info("%s: %s", folder, "resuming" if resume else "training again (no checkpoint)" if leftovers else "training")
-    run_pretraining(recipe, folder, resume=resume, progress=progress, overwrite=leftovers)
+    run_pretraining(recipe, folder, resume=resume, progress=progress, overwrite=leftovers, name=name)
 
 
 def run_grid(grid: Grid, out: Path, *, progress: bool = True) -> str:
@@ -76,10 +76,11 @@ def _run_grid(grid: Grid, out: Path, progress: bool) -> str:
             bar.set_postfix_str(f"run {done}/{len(runs)}: {variant}, seed {seed}")
             log.log(logging.DEBUG if not bar.disable else logging.INFO, "== run %d/%d: %s, seed %d", done,
                     len(runs), variant, seed)
-            _train(grid.recipe(variant, seed), folder, progress)
+            base = grid.variant_bases.get(variant, grid.base)
+            _train(grid.recipe(variant, seed), folder, progress, f"{base}, grid variant {variant}")
             for followup in grid.followups:
                 recipe = resolve(followup.recipe, [*followup.overrides, f"init_from={folder}", f"seed={seed}"]).recipe
-                _train(recipe, folder / followup.name, progress)
+                _train(recipe, folder / followup.name, progress, f"{followup.recipe}, follow-up {followup.name}")
             write_report(out)  # the table grows as runs finish
             bar.update(1)
     return write_report(out)

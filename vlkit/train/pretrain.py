@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sized
 from pathlib import Path
 from typing import Any
@@ -339,7 +340,7 @@ class Pretraining:
 
 
 def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path = False,
-                    progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                    progress: bool = True, overwrite: bool = False, name: str | None = None) -> dict[str, Any]:
     """Train ``recipe`` into ``out_dir`` and write ``metrics.json``; returns the metrics (``metrics.json``
     also holds their ``provenance``, :mod:`vlkit.provenance`).
 
@@ -353,6 +354,8 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
             (:data:`vlkit.train.run_checks.MAY_CHANGE_ON_RESUME`).
         overwrite: start fresh in a folder that holds a run, deleting that run's files (without it, and
             without ``resume``, such a folder is refused).
+        name: the recipe as the user named it (``albef/tiny``, a file), for ``report.md``; None: the
+            report looks for the shipped recipe with the same description.
 
     Raises:
         RunFolderBusy: another process holds ``out_dir``.
@@ -361,6 +364,7 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
         MissingAnnotations: an objective reads annotations the training data does not have.
         NonFiniteError: training diverged (:class:`vlkit.train.trainer.NonFiniteLoss`).
     """
+    started = time.perf_counter()
     with torchrun_scope():
         out = Path(out_dir)
         init_from_environment(resolve_device(recipe.train.device))  # the ranks agree on the folder checks
@@ -370,10 +374,11 @@ def run_pretraining(recipe: Recipe, out_dir: str | Path, *, resume: bool | str |
                 Path(resume) if resume else None
             if start is not None and start.is_file():
                 check_resume(ckpt.stored_recipe(start), recipe, start, out)
-            return _run(recipe, out_dir, resume=resume, progress=progress)
+            return _run(recipe, out_dir, resume=resume, progress=progress, name=name, started=started)
 
 
-def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
+def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, progress: bool, name: str | None,
+         started: float) -> dict[str, Any]:
     run = Pretraining(recipe, out_dir)
     if dist.is_main() and run.weight_loads:  # what every weight load took, left new and left unused
         run.paths.out.mkdir(parents=True, exist_ok=True)
@@ -393,6 +398,7 @@ def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, prog
                    annotations_skipped=run.annotations_skipped)
     bad = bad_samples.summarize(run.paths.out / bad_samples.FILE_NAME)
     metrics["bad_samples"] = bad.samples
+    metrics["wall_s"] = round(time.perf_counter() - started, 1)  # this session: resumed runs count their last part
     if dist.is_main():
         if bad.samples or bad.phases:
             log.warning("%s", bad.line())
@@ -401,5 +407,5 @@ def _run(recipe: Recipe, out_dir: str | Path, *, resume: bool | str | Path, prog
             eval_data=provenance.evaluation_data(recipe, run.source, metrics) if trainer.evaluate is not None else None)
         ckpt.write_text_atomic(run.paths.metrics, json.dumps({**metrics, "provenance": record}, indent=2,
                                                              sort_keys=True) + "\n")
-        write_run_report(run.paths.out, metrics, recipe.description, provenance=record)
+        write_run_report(run.paths.out, metrics, recipe.description, provenance=record, name=name)
     return metrics

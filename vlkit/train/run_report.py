@@ -412,8 +412,10 @@ def write_run_report(out: Path, metrics: dict[str, Any], description: str = "",
         run_rows.append(("training time", "not logged (no time/* scalars in tb/)"))
     if "wall_s" in numbers:  # recorded by the run itself: preferred to the span of the TensorBoard log
         run_rows = [row for row in run_rows if row[0] != "wall time"]
-        run_rows.append(("wall time", f"{duration(numbers['wall_s'])} (the whole run: data preparation, model "
-                                      "build, training, checkpoints, final evaluation; `wall_s` in metrics.json)"))
+        resumed = timing is not None and timing.sessions > 1
+        run_rows.append(("wall time", f"{duration(numbers['wall_s'])} (" + (
+            "the last session only: the run was resumed" if resumed else "the whole run: data preparation, model "
+            "build, training, checkpoints, final evaluation") + "; `wall_s` in metrics.json)"))
     skipped = [f"{k.replace('_', ' ')} {number(numbers[k])}" for k in ("images_skipped", "annotations_skipped",
                                                                         "bad_samples") if numbers.get(k)]
     if skipped:
