@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vlkit.bench.flops import layer_flops, patch_embed_flops, reference_flops
+from vlkit.bench.sweep import sweep_markdown
 from vlkit.bench.throughput import BenchSettings, count_flops
 from vlkit.cli import main
 from vlkit.recipe import load_recipe
@@ -72,3 +73,17 @@ def test_bench_sweep_writes_table_and_plots(tmp_path):
     assert any(p["backend"] == "xformers" and "skipped" in p for p in points)  # no CUDA here
     for name in ("samples_per_s.png", "mfu.png", "sweep.md"):
         assert (out / name).stat().st_size > 0
+    assert "(peak 100 GFLOP/s)" in (out / "sweep.md").read_text()
+    assert all(isinstance(p["mfu_reliable"], bool) for p in points if "skipped" not in p)
+
+
+def test_sweep_table_marks_the_points_whose_mfu_cannot_be_trusted():
+    point = {"backend": "sdpa", "batch_size": 4, "text_len": 8, "samples_per_s": 10.0, "step_ms_median": 400.0,
+             "step_ms_p10": 390.0, "step_ms_p90": 900.0, "mfu": 0.2, "effective_mfu": None,
+             "peak_mem_bytes": 2**20, "mfu_reliable": True, "warnings": []}
+    noisy = {**point, "batch_size": 8, "mfu_reliable": False, "warnings": ["step times spread widely"]}
+    text = sweep_markdown([point, noisy], "vlkit bench dual/tiny --sweep", 2.5e12)
+    assert "(peak 2.5 TFLOP/s)" in text
+    assert "| sdpa | 4 | 8 | 10.0 | 400.0 (390.0–900.0) | 20.0% | — | 1 MiB |" in text
+    assert "| 20.0% (unreliable) | — (unreliable) |" in text
+    assert "MFU unreliable at 1 of 2 point(s)" in text and "- sdpa, batch 8, text 8: step times spread widely" in text

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from vlkit.bench.report import rate, reliability
 from vlkit.bench.throughput import BenchSettings, measure_peak_flops, run_benchmark
 from vlkit.nn.attention import BACKENDS, is_backend, xformers_available
 from vlkit.recipe import Recipe
@@ -54,11 +55,13 @@ def run_sweep(recipe: Recipe, args: argparse.Namespace, device: torch.device, se
                                             peak_tflops=peak / 1e12)
                 log.info("sweep: %s, batch %d, text %d", backend, batch, text_len)
                 result = run_benchmark(with_backend(recipe, backend), device, point)
+                checks = reliability({**result, "peak_flops_source": "given" if settings.peak_tflops else "measured"})
                 points.append({"backend": backend, "batch_size": batch, "text_len": text_len,
                                **{k: result[k] for k in ("samples_per_s", "step_ms_median", "step_ms_p10",
                                                          "step_ms_p90", "mfu", "effective_mfu", "peak_mem_bytes",
                                                          "executed_flops_per_sample", "reference_flops_per_sample",
-                                                         "precision", "environment")}})
+                                                         "precision", "environment")},
+                               "mfu_reliable": checks["mfu_reliable"], "warnings": checks["warnings"]})
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +74,7 @@ def run_sweep(recipe: Recipe, args: argparse.Namespace, device: torch.device, se
 
 
 def sweep_markdown(points: list[dict[str, Any]], command: str, peak: float) -> str:
-    lines = [f"`{command}` (peak {peak / 1e12:.2f} TFLOP/s)", "",
+    lines = [f"`{command}` (peak {rate(peak)})", "",
              "| backend | batch | text len | samples/s | step ms (median, p10–p90) | MFU | effective MFU "
              "| peak memory |",
              "|---|---|---|---|---|---|---|---|"]
@@ -80,9 +83,16 @@ def sweep_markdown(points: list[dict[str, Any]], command: str, peak: float) -> s
             lines.append(f"| {p['backend']} | — | — | skipped: {p['skipped']} | | | | |")
             continue
         eff = "—" if p["effective_mfu"] is None else f"{100 * p['effective_mfu']:.1f}%"
+        flag = "" if p.get("mfu_reliable", True) else " (unreliable)"
         lines.append(f"| {p['backend']} | {p['batch_size']} | {p['text_len']} | {p['samples_per_s']:.1f} | "
                      f"{p['step_ms_median']:.1f} ({p['step_ms_p10']:.1f}–{p['step_ms_p90']:.1f}) | "
-                     f"{100 * p['mfu']:.1f}% | {eff} | {p['peak_mem_bytes'] / 2**20:.0f} MiB |")
+                     f"{100 * p['mfu']:.1f}%{flag} | {eff}{flag} | {p['peak_mem_bytes'] / 2**20:.0f} MiB |")
+    flagged = [p for p in points if p.get("warnings")]
+    if flagged:
+        lines += ["", f"**Warning: MFU unreliable at {len(flagged)} of {len(points)} point(s)** "
+                  "(the rules: `vlkit.bench.report.reliability`):", ""]
+        lines += [f"- {p['backend']}, batch {p['batch_size']}, text {p['text_len']}: " + "; ".join(p["warnings"])
+                  for p in flagged]
     return "\n".join(lines) + "\n"
 
 
