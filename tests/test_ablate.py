@@ -26,6 +26,7 @@ def write_grid(tmp_path, small_data: list[str], variants: str, extra: str = "") 
     return str(path)
 
 
+@pytest.mark.slow
 def test_grid_runs_variants_and_seeds_then_reports(tmp_path, small_data):
     grid = write_grid(tmp_path, small_data, "  plain: {}\n  smooth: {objectives.itc.label_smoothing: 0.0}\n",
                       "seeds: [0, 1]\n")

@@ -151,6 +151,7 @@ def test_too_many_bad_images_stop_the_run_with_a_checkpoint(json_data: Path, tmp
     assert ckpt.latest_checkpoint(tmp_path / "run/checkpoints") is not None  # nothing lost: resume after fixing
 
 
+@pytest.mark.slow
 def test_cli_reports_a_wrong_schema_before_training(json_data: Path, tmp_path: Path):
     data = tmp_path / "data"
     shutil.copytree(json_data, data)

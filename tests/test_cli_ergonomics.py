@@ -235,6 +235,7 @@ def test_registry_lists_the_plugins_a_recipe_imports(plugin_module, tmp_path, ca
     assert "did you mean `albef/tiny`" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_documented_registry_command_lists_siglip():
     """docs/extending.md's `vlkit registry` line, run as written (one real process)."""
     doc = (ROOT / "docs" / "extending.md").read_text()

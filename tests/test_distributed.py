@@ -23,6 +23,7 @@ from vlkit.weights import checkpoints as ckpt
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
 TIMEOUT_S = 240  # per launch; a hung collective fails the test instead of CI
+pytestmark = pytest.mark.slow  # every test spawns processes (4-60 s each on 2 cores)
 
 
 def free_port() -> int:
@@ -183,7 +184,6 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         torch.testing.assert_close(a[key], b[key], rtol=0.0, atol=1e-5, msg=key)
 
 
-@pytest.mark.slow
 def test_two_processes_train_the_one_process_model_and_resume_at_another_world_size(tmp_path):
     """ITC over the global batch with gather-with-grad, queue, distillation and the EMA teacher:
     2 ranks × 4 samples and 1 rank × 8 samples take the same steps; a run checkpointed on 2 ranks
@@ -215,7 +215,6 @@ def test_two_processes_train_the_one_process_model_and_resume_at_another_world_s
     assert_same_weights(weights(two_accum, 6), weights(one_accum, 6))
 
 
-@pytest.mark.slow
 def test_fsdp_bf16_mome_with_global_hard_negatives_evaluates_mid_run(tmp_path):
     """VLMo under FSDP2 in bf16: every MoME block is its own unit; re-ranking during the evaluation runs
     a different number of block forwards on each rank (the queries are split), which must not gather,
@@ -228,7 +227,6 @@ def test_fsdp_bf16_mome_with_global_hard_negatives_evaluates_mid_run(tmp_path):
     assert result["metrics"]["steps"] == 4 and 0 <= result["metrics"]["r_mean"] <= 100
 
 
-@pytest.mark.slow
 def test_torchrun_command_trains_and_writes_metrics_once(tmp_path):
     """The README's command, through torchrun and the CLI (small data, 3 steps)."""
     out = tmp_path / "run"
@@ -245,7 +243,6 @@ def test_torchrun_command_trains_and_writes_metrics_once(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [3]
 
 
-@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
     """SLURM and torchrun deliver SIGTERM to each process at slightly different times; here only rank 1
     gets it. Both ranks must agree to stop after the same step, write one checkpoint and exit 143."""
@@ -278,7 +275,6 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint
     assert step >= 1 and ckpt.load(path)["world_size"] == 2
 
 
-@pytest.mark.slow
 def test_fsdp_weights_file_stores_tied_weights_once_like_one_process(tmp_path):
     """BERT's MLM decoder is the word-embedding matrix: FSDP2 gathers each name separately, and the
     weights file must still hold it once (the same tensors and aliases as a one-process run)."""

@@ -326,6 +326,7 @@ def test_a_user_error_message_with_line_breaks_is_printed_on_one_line():
     assert cli._error_line(UserError("first\n  second\n")) == "error: first second"
 
 
+@pytest.mark.slow
 def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     """The installed entry point, not only main(): no traceback, no log line before the error."""
     overrides = json_pairs(tmp_path, annotations=False)

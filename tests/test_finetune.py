@@ -31,6 +31,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("task-data")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("task", "steps"), [("ve", 120), ("nlvr2", 120), ("vqa", 300)])
 def test_fine_tuning_from_scratch_beats_chance(task: str, steps: int, data_root: Path, tmp_path: Path,
                                                 task_recipe) -> None:

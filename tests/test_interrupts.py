@@ -65,6 +65,7 @@ def run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
     return subprocess.CompletedProcess(args, proc.returncode, out, "")
 
 
+@pytest.mark.slow
 def test_ctrl_c_reaches_the_caller_of_in_process_training_as_a_keyboard_interrupt(tmp_path):
     """The library call: Ctrl-C to the whole process group (loader workers included) finishes the step,
     writes a checkpoint and raises Interrupted, a KeyboardInterrupt, promptly; the workers' copy of the
@@ -90,6 +91,7 @@ def test_ctrl_c_reaches_the_caller_of_in_process_training_as_a_keyboard_interrup
     assert time.monotonic() - start < 240
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_in_process_training_stops_the_test_session(tmp_path):
     """pytest stops the whole session on a KeyboardInterrupt: a test that trains in-process and gets
     Ctrl-C ends the run (exit 2, "! ...Interrupted: interrupted by SIGINT ..."), and the tests after it do not
@@ -112,6 +114,7 @@ def test_ctrl_c_during_in_process_training_stops_the_test_session(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step_00000004.pt").is_file()
 
 
+@pytest.mark.slow
 def test_an_interrupted_ablation_exits_143_and_the_same_command_continues(tmp_path):
     """SIGTERM while the grid's first run trains: that run writes a checkpoint, the command ends in one
     line and exit 143 (as `vlkit train`); running the same command again resumes that run and trains the

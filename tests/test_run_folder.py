@@ -63,6 +63,7 @@ def test_a_second_process_on_a_held_folder_fails_at_once_naming_the_holder(data_
         lock_again()
 
 
+@pytest.mark.slow
 def test_finished_runs_are_replaced_only_when_asked_and_resume_keeps_the_recipe(data_root: Path,
                                                                                tmp_path: Path) -> None:
     out = tmp_path / "run"

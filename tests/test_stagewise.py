@@ -108,6 +108,7 @@ def model_state(run: Path) -> dict[str, torch.Tensor]:
     return ckpt.load(find_checkpoint(run))["model"]
 
 
+@pytest.mark.slow
 def test_three_stages_run_in_sequence_and_stage_two_trains_only_the_text_side(tmp_path: Path) -> None:
     data = [*SMALL, f"data.source.root={tmp_path / 'data'}", "train.steps=4", "train.warmup_steps=1"]
     runs = {n: tmp_path / f"stage{n}" for n in (1, 2, 3)}

@@ -110,6 +110,7 @@ def test_tiny_real_trains_on_photos_and_captions(photos: Path, minilm: str, tmp_
     assert_trained(out, metrics)
 
 
+@pytest.mark.slow
 def test_tiny_real_with_a_minilm_text_tower(photos: Path, minilm: str, tmp_path: Path) -> None:
     """The header's MiniLM line: MiniLM's 6 layers as 3 text + 3 fusion layers, loaded, then trained."""
     text = ["encoder.text.dim=384", "encoder.text.layers=6", "encoder.text.heads=12", "encoder.text.intermediate=1536",

@@ -86,6 +86,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, small_data):
     """A real process killed with SIGTERM mid-run saves, exits 143, and `--resume` completes the run."""
     out = tmp_path / "run"

@@ -47,6 +47,7 @@ def test_pack_settings_are_config_errors(tmp_path: Path) -> None:
         pack_json_dataset([], tmp_path, tmp_path / "out", shard_size=0)
 
 
+@pytest.mark.slow
 def test_a_synthetic_seed_out_of_range_is_caught_at_recipe_check() -> None:
     with pytest.raises(RecipeError, match="seed"):
         load_recipe("albef/tiny", ["data.source.seed=-3"])

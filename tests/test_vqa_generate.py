@@ -124,6 +124,7 @@ def test_decoder_starts_from_the_fusion_layers_and_mlm_head(tmp_path: Path, task
     assert not any(name.startswith("objectives.vqa.") for name in report.new)
 
 
+@pytest.mark.slow
 def test_generative_vqa_fine_tunes_above_the_most_frequent_answer(tmp_path: Path, task_recipe) -> None:
     recipe = task_recipe(tmp_path / "data", "task={type: vqa, head: rank, k_test: 16}", "train.steps=200",
                          "train.head_lr_mult=1", "train.lr=5e-4")

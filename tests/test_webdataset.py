@@ -360,6 +360,7 @@ def test_unreadable_and_truncated_shards_are_skipped_in_a_pass(tmp_path: Path) -
     assert stream.read_errors >= 1
 
 
+@pytest.mark.slow
 def test_vlkit_data_pack_then_train_on_the_shards(tmp_path: Path) -> None:
     """End to end: `vlkit data pack` the synthetic train split into shards, train albef/tiny on them
     through `type: webdataset`, evaluate on the JSON test split."""
