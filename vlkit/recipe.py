@@ -37,7 +37,7 @@ from vlkit.encoders.base import EncoderConfig
 from vlkit.eval.config import EvalConfig
 from vlkit.models.momentum import MomentumConfig
 from vlkit.objectives.base import ObjectiveConfig
-from vlkit.recipe_yaml import MAX_BYTES, MAX_DEPTH, MAX_NODES, count_values, decode, load_text
+from vlkit.recipe_yaml import MAX_DEPTH, MAX_NODES, count_values, load_file, load_text
 from vlkit.schema import Component, ComponentMap, RecipeError, deep_merge, to_dict, validate
 from vlkit.train.config import TrainConfig
 
@@ -154,12 +154,7 @@ def load_yaml_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse one recipe file within the bounds of :mod:`vlkit.recipe_yaml`; returns its mapping and the
     line of every dotted key."""
     source = _display(path)
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_BYTES + 1)
-    except OSError as err:
-        raise RecipeError(f"cannot read recipe: {err.strerror}", source=source) from None
-    data, node = load_text(decode(raw, source), source)
+    data, node = load_file(path, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -169,6 +170,21 @@ def load_text(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     finally:
         loader.dispose()
     return data, node
+
+
+def load_file(path: Path, source: str | None = None) -> tuple[Any, yaml.Node | None]:
+    """The value of a YAML file within the bounds (at most :data:`MAX_BYTES` are read), and its node tree.
+
+    Raises:
+        RecipeError: the file cannot be read, is too large, is not UTF-8, or is not bounded YAML.
+    """
+    source = source or str(path)
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe: {err.strerror}", source=source) from None
+    return load_text(decode(raw, source), source)
 
 
 def decode(raw: bytes, source: str) -> str:

@@ -15,8 +15,10 @@
 - ``curves_<metric>.png``: evaluation metrics logged at several steps (``train.eval_every``); when the
   runs evaluated only at the end, ``results.md`` says so instead.
 
-``results.md`` lists the plots it wrote; ``bars_*.png`` / ``curves_*.png`` that an earlier report wrote
-and this one does not (a variant that finished since changed what holds) are removed.
+The statistics and the bold rule are :mod:`vlkit.ablate.stats`, the runs' logs and timings
+:mod:`vlkit.ablate.logs`, the plots :mod:`vlkit.ablate.plots`. ``results.md`` lists the plots it wrote;
+``bars_*.png`` / ``curves_*.png`` that an earlier report wrote and this one does not (a variant that
+finished since changed what holds) are removed.
 
 Every row of ``results.csv`` carries what produced it (the run's ``provenance``: vlkit version and
 commit, recipe hash, evaluation-data fingerprint, libraries, device, world size, seed, step), and runs
@@ -29,20 +31,17 @@ import csv
 import hashlib
 import json
 import logging
-import math
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vlkit.ablate.logs import Timings, read_logs, timings_of
+from vlkit.ablate.plots import plots
+from vlkit.ablate.stats import BOLD_RULE, best_of, cell, chance_of, descriptive, stats_of
 from vlkit.core.errors import UserError
 from vlkit.provenance import data_key
 from vlkit.provenance import summary as provenance_summary
 from vlkit.train.run_report import BOOKKEEPING as RUN_BOOKKEEPING
-from vlkit.train.run_report import RunTiming, Scalar, chance_level, logged_scalars, number, run_timing
-from vlkit.train.run_report import scalars as run_scalars
+from vlkit.train.run_report import RunTiming, number
 
 log = logging.getLogger("vlkit.ablate")
 
@@ -58,12 +57,6 @@ TIMING_COLUMNS = ("train_s", "wall_s", "samples_per_s")
 
 class IncomparableRuns(UserError):
     """Runs of one table were evaluated on different data."""
-
-
-def descriptive(column: str) -> bool:
-    """A column that describes a variant rather than scores it (``encoder_parameters``): shown as an
-    integer, never marked best."""
-    return column.endswith("parameters")
 
 
 def run_metrics(run: Path, followups: list[str]) -> dict[str, float] | None:
@@ -165,79 +158,6 @@ def columns(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]
     return sorted(k for k in keys if k.rsplit("/", 1)[-1] not in BOOKKEEPING)
 
 
-def summary(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-Stats = dict[str, dict[str, tuple[float, float, int]]]
-"""variant → column → (mean, sample std, seeds)."""
-
-
-def stats_of(results: dict[str, dict[int, dict[str, float]]], cols: list[str]) -> Stats:
-    return {v: {c: (*summary(vals), len(vals)) for c in cols if (vals := [m[c] for m in seeds.values() if c in m])}
-            for v, seeds in results.items()}
-
-
-BOLD_RULE = ("bold: the best mean of a column, only when every variant ran at least 2 seeds and the best mean "
-             "minus its standard deviation lies above the runner-up's mean plus its standard deviation (their "
-             "±1 std ranges do not overlap); higher is better; parameter counts describe the variant and are "
-             "never marked")
-
-
-def best_of(stats: Stats, column: str) -> tuple[str | None, str]:
-    """The variant whose mean of ``column`` is marked best, or None and why not (:data:`BOLD_RULE`)."""
-    ranked = sorted(((s[column], v) for v, s in stats.items() if column in s), key=lambda x: -x[0][0])
-    if len(ranked) < 2:
-        return None, "one variant only"
-    single = [v for (_, _, n), v in ranked if n < 2]
-    if len(single) == len(ranked):
-        return None, "one seed per variant: no seed spread to tell a difference from noise"
-    if single:
-        return None, f"{', '.join(single)} ran one seed: no spread to compare with"
-    (mean, std, _), winner = ranked[0]
-    (second, second_std, _), runner_up = ranked[1]
-    if mean - std <= second + second_std:
-        return None, (f"{winner} ({_cell(mean, std, True)}) and {runner_up} ({_cell(second, second_std, True)}) "
-                      "are within the seeds' spread")
-    return winner, ""
-
-
-def _decimals(value: float) -> int:
-    """Two decimals, more for values below 1 (three significant digits: ``0.518``)."""
-    if value == 0 or abs(value) >= 1 or not math.isfinite(value):
-        return 2
-    return max(2, 2 - math.floor(math.log10(abs(value))))
-
-
-def _cell(mean: float, std: float, spread: bool, whole: bool = False) -> str:
-    if whole:
-        return f"{mean:,.0f}"
-    d = _decimals(mean)
-    return f"{mean:,.{d}f}" + (f" ± {std:,.{d}f}" if spread else "")
-
-
-def chance_of(results: dict[str, dict[int, dict[str, float]]], column: str) -> list[float]:
-    """The distinct chance levels of ``column`` over the runs (empty: none known)."""
-    levels = {round(level[0], 9) for seeds in results.values() for m in seeds.values()
-              if column in m and (level := chance_level(column, m)) is not None}
-    return sorted(levels)
-
-
-@dataclass
-class Timings:
-    """Each finished run's :class:`RunTiming` (None where its log has no timing)."""
-
-    runs: dict[str, dict[int, RunTiming | None]] = field(default_factory=dict)
-    followups: dict[str, dict[str, dict[int, RunTiming | None]]] = field(default_factory=dict)
-
-    def mean(self, variant: str, what: str) -> float | None:
-        values = [v for t in self.runs.get(variant, {}).values() if t is not None
-                  and (v := {"train_s": t.train_s, "wall_s": t.wall_s, "samples_per_s": t.samples_per_s}[what])
-                  is not None]
-        return statistics.fmean(values) if values else None
-
-
 def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str],
              timings: Timings | None = None, plots_written: list[str] | None = None,
              notes: list[str] | None = None) -> str:
@@ -260,7 +180,7 @@ def markdown(grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]
                 cells.append("—")
                 continue
             mean, std, _ = stats[variant][c]
-            text = _cell(mean, std, len(results[variant]) > 1 and not descriptive(c), whole=descriptive(c))
+            text = cell(mean, std, len(results[variant]) > 1 and not descriptive(c), whole=descriptive(c))
             cells.append(f"**{text}**" if best[c][0] == variant else text)
         if timed and timings is not None:
             train_s, rate = timings.mean(variant, "train_s"), timings.mean(variant, "samples_per_s")
@@ -361,170 +281,6 @@ def produced_by(records: dict[str, dict[str, dict[str, Any] | None]]) -> str:
         line = "Produced by several code versions, libraries or devices"
     return (f"\n{line}; evaluation data sha256 {str(cells.get('eval_data_sha256'))[:12]} for every run "
             "(checked). Per run: `results.csv`.\n")
-
-
-def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of a TensorBoard scalar of ``run`` (empty when absent)."""
-    return run_scalars(run, tag).get(tag, [])
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
-
-
-Logs = dict[str, dict[int, dict[str, list[Scalar]]]]
-"""variant → seed → the run's TensorBoard scalars."""
-
-
-def read_logs(out: Path, results: dict[str, dict[int, dict[str, float]]], sub: str = "") -> Logs:
-    """Every finished run's scalars (``sub``: a follow-up's folder inside the run), each log read once."""
-    return {v: {s: logged_scalars(out / "runs" / v / f"seed{s}" / sub) for s in seeds} for v, seeds in results.items()}
-
-
-def _sessions(folder: Path) -> int:
-    tb = folder / "tb"
-    return sum(1 for p in tb.iterdir() if p.name.startswith("events.out.tfevents")) if tb.is_dir() else 0
-
-
-def timings_of(out: Path, grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]],
-               logs: Logs) -> Timings:
-    """Each finished run's timing (and each follow-up's) from its TensorBoard log."""
-    def one(folder: Path, logged: dict[str, list[Scalar]]) -> RunTiming | None:
-        return run_timing(logged, _sessions(folder))
-
-    runs = {v: {s: one(out / "runs" / v / f"seed{s}", logs[v][s]) for s in seeds} for v, seeds in results.items()}
-    followups = {}
-    for name in grid.get("followups", []):
-        sub = read_logs(out, results, name)
-        followups[name] = {v: {s: one(out / "runs" / v / f"seed{s}" / name, sub[v][s]) for s in seeds}
-                           for v, seeds in results.items()}
-    return Timings(runs, followups)
-
-
-def _objective(name: str, cfg: dict[str, Any]) -> str:
-    """``itm × 1``, ``itc_global (itc) × 0.5, warm-up 100``: what an objective adds to the total loss."""
-    kind = f" ({cfg['type']})" if cfg.get("type") not in (None, name) else ""
-    warmup = f", warm-up {cfg['warmup_steps']}" if cfg.get("warmup_steps") else ""
-    return f"{name}{kind} × {number(cfg.get('weight', 1.0))}{warmup}"
-
-
-def objective_signature(out: Path, variant: str, seeds: dict[int, dict[str, list[Scalar]]]) -> tuple[str, ...]:
-    """What a variant's total loss sums: its objectives with their type, weight and warm-up (from the runs'
-    ``recipe.yaml``), else the objective losses it logged."""
-    for seed in seeds:
-        path = out / "runs" / variant / f"seed{seed}" / "recipe.yaml"
-        try:
-            recipe = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, yaml.YAMLError):
-            recipe = None
-        if isinstance(recipe, dict) and isinstance(recipe.get("objectives"), dict):
-            return tuple(sorted(_objective(name, cfg or {}) for name, cfg in recipe["objectives"].items()))
-    return tuple(sorted({t.removeprefix("loss/") for logged in seeds.values() for t in logged
-                         if t.startswith("loss/") and t != "loss/total"}))
-
-
-def _curve(ax: Any, logs: dict[int, dict[str, list[Scalar]]], tag: str, label: str) -> bool:
-    """The mean over seeds of ``tag`` per step; False when the variant logged it at fewer than 2 steps."""
-    by_step: dict[int, list[float]] = {}
-    for logged in logs.values():
-        for point in logged.get(tag, []):
-            by_step.setdefault(point.step, []).append(point.value)
-    if len(by_step) < 2:
-        return False
-    steps = sorted(by_step)
-    ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], label=label,
-            marker="o" if len(steps) <= 20 else None, markersize=3)
-    return True
-
-
-def plots(out: Path, grid: dict[str, Any], results: dict[str, dict[int, dict[str, float]]], cols: list[str],
-          logs: Logs | None = None) -> tuple[list[str], list[str]]:
-    """Bar charts per metric (value labels, chance level) and overlaid curves: each shared objective's
-    loss, the total loss when every variant sums the same objectives, evaluation metrics logged at several
-    steps. Returns the files written and notes on the plots that were not."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    logs = logs if logs is not None else read_logs(out, results)
-    variants = [v for v in grid["runs"] if v in results]
-    stats = stats_of(results, cols)
-    written: list[str] = []
-    notes: list[str] = []
-    for c in cols:
-        present = [v for v in variants if c in stats.get(v, {})]
-        if not present:
-            continue
-        means = [stats[v][c][0] for v in present]
-        stds = [stats[v][c][1] for v in present]
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(present)), 3.8))
-        bars = ax.bar(range(len(present)), means, yerr=stds, capsize=4, color="#4c72b0")
-        labels = [_cell(m, s, stats[v][c][2] > 1 and not descriptive(c), whole=descriptive(c))
-                  for v, m, s in zip(present, means, stds, strict=True)]
-        for bar, mean, std, label in zip(bars, means, stds, labels, strict=True):  # above the error bar
-            top = mean + std if mean >= 0 else mean - std
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, top), xytext=(0, 3 if mean >= 0 else -3),
-                        textcoords="offset points", ha="center", va="bottom" if mean >= 0 else "top", fontsize=8)
-        levels = chance_of({v: results[v] for v in present}, c)
-        if len(levels) == 1:
-            ax.axhline(levels[0], color="#c44e52", linestyle="--", linewidth=1.2, label=f"chance {number(levels[0])}")
-            ax.legend(fontsize=8, loc="lower right")
-        elif levels:  # per variant (its runs' level)
-            label = "chance (per variant)"
-            for i, v in enumerate(present):
-                own = chance_of({v: results[v]}, c)
-                if own:
-                    ax.hlines(own[0], i - 0.4, i + 0.4, color="#c44e52", linestyle="--", linewidth=1.2, label=label)
-                    label = "_nolegend_"
-            ax.legend(fontsize=8, loc="lower right")
-        ax.set_xticks(range(len(present)), present, rotation=20, ha="right")
-        ax.set_ylabel(c)
-        ax.margins(y=0.15)
-        ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        name = f"bars_{_safe(c)}.png"
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        written.append(name)
-
-    signatures = {v: objective_signature(out, v, logs.get(v, {})) for v in variants}
-    losses = {v: {t for logged in logs.get(v, {}).values() for t in logged if t.startswith("loss/")} for v in variants}
-    shared = set.intersection(*losses.values()) if losses else set()
-    same_objectives = len(set(signatures.values())) == 1
-    tags = [(f"loss/{t.removeprefix('loss/')}", f"curves_loss_{_safe(t.removeprefix('loss/'))}.png",
-             f"{t} (unweighted)") for t in sorted(shared - {"loss/total"})]
-    if same_objectives and "loss/total" in shared:
-        tags.insert(0, ("loss/total", "curves_loss.png", "loss/total"))
-    elif len(variants) > 1:
-        notes.append("No `curves_loss.png`: the variants' total losses sum different objectives ("
-                     + "; ".join(f"{v}: {', '.join(s) or 'none'}" for v, s in signatures.items())
-                     + "), so their levels do not compare; the per-objective curves do.")
-    eval_tags = [(f"eval/{c}", f"curves_{_safe(c)}.png", f"eval/{c}") for c in cols
-                 if "/" not in c and not descriptive(c)]
-    missing_eval = []
-    for tag, name, label in tags + eval_tags:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        drawn = sum(_curve(ax, logs.get(v, {}), tag, v) for v in variants)
-        if drawn:
-            if tag.startswith("eval/") and len(levels := chance_of(results, tag.removeprefix("eval/"))) == 1:
-                ax.axhline(levels[0], color="#c44e52", linestyle="--", linewidth=1, label=f"chance {number(levels[0])}")
-            ax.set_xlabel("step")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(label + " (mean over seeds)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=120)
-            written.append(name)
-        elif tag.startswith("eval/"):
-            missing_eval.append(tag.removeprefix("eval/"))
-        plt.close(fig)
-    if missing_eval:
-        notes.append(f"No evaluation curves for {', '.join(f'`{c}`' for c in missing_eval)}: the runs evaluated them "
-                     "at one step only (the end); set `train.eval_every` in the grid's overrides to draw them.")
-    return written, notes
 
 
 def write_report(out: Path) -> str:

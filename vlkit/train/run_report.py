@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
+from vlkit.core.errors import RecipeError
+from vlkit.recipe_yaml import load_file
 
 log = logging.getLogger("vlkit.train")
 
@@ -195,7 +196,8 @@ def run_timing(logged: Mapping[str, list[Scalar]], sessions: int = 1) -> RunTimi
                      sessions=sessions)
 
 
-def _sessions(run: Path) -> int:
+def sessions(run: Path) -> int:
+    """How many training sessions wrote to ``run``'s TensorBoard log (a resumed run: more than one)."""
     folder = run / "tb"
     return sum(1 for p in folder.iterdir() if p.name.startswith("events.out.tfevents")) if folder.is_dir() else 0
 
@@ -338,12 +340,16 @@ def _table(rows: list[tuple[str, str]]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
-def _read_recipe(out: Path) -> dict[str, Any]:
-    path = out / "recipe.yaml"
+def read_run_recipe(run: Path) -> dict[str, Any]:
+    """``run/recipe.yaml`` as a mapping, read within the recipe bounds; ``{}`` when it is absent or
+    unreadable (a warning says which)."""
+    path = run / "recipe.yaml"
+    if not path.is_file():
+        return {}
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, yaml.YAMLError) as err:
-        log.warning("report.md: cannot read %s (%s); the recipe section is left out", path, err)
+        loaded, _ = load_file(path)
+    except RecipeError as err:
+        log.warning("cannot read %s (%s); reported without it", path, err)
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
@@ -376,11 +382,11 @@ def write_run_report(out: Path, metrics: dict[str, Any], description: str = "",
         name: the recipe as the user named it (``albef/tiny``, a file); None: the shipped recipe with
             this description, if there is exactly one (and the report says it was matched so).
     """
-    recipe = _read_recipe(out)
+    recipe = read_run_recipe(out)
     train = recipe.get("train") or {}
     logged = logged_scalars(out)
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    timing = run_timing(logged, _sessions(out))
+    timing = run_timing(logged, sessions(out))
 
     losses = {t: p for t, p in sorted(logged.items(), key=lambda kv: (kv[0] != "loss/total", kv[0]))
               if t.startswith("loss/")}
