@@ -251,7 +251,7 @@ def test_resume_and_overwrite_together_and_overwrite_passed_on(capsys, tmp_path,
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     torch.save({"model": {}}, tmp_path / "run" / "checkpoints" / "step_00000001.pt")
     line = one_error_line(capsys, ["train", "albef/tiny", "--out", str(tmp_path / "run")])
-    assert "already holds checkpoints" in line and "--overwrite" in line
+    assert "already holds a run (checkpoints/)" in line and "--overwrite" in line
     assert main(["train", "albef/tiny", "--out", str(tmp_path / "run"), "--overwrite"]) == 0
     assert seen["overwrite"] is True and seen["resume"] is False
 

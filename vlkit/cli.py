@@ -181,9 +181,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vlkit.checks import check_before_work, check_out_folder, check_resume
     from vlkit.data.json_dataset import AnnotationError
     from vlkit.recipe import resolve
+    from vlkit.train import run_folder
     from vlkit.train.pretrain import run_pretraining
     from vlkit.train.trainer import Interrupted, NonFiniteLoss, TooManyBadSamples
-    from vlkit.weights import checkpoints as ckpt
 
     resolved = resolve(args.recipe, args.overrides)  # all recipe errors surface here, before any work
     recipe = resolved.recipe
@@ -196,11 +196,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).with_suffix("").as_posix().replace("/", "-")
     check_out_folder(out)
     resume: bool | str = args.resume if args.resume is not None else False
-    if resume and args.overwrite:
-        raise UserError("give one of --resume (continue the run) and --overwrite (replace it), not both")
-    if not resume and not args.overwrite and ckpt.list_checkpoints(out / "checkpoints"):
-        raise UserError(f"{out} already holds checkpoints; pass --resume to continue that run, --overwrite to "
-                        "replace it, or another --out")
+    run_folder.check_claim(out, resume=bool(resume), overwrite=args.overwrite)
     check_resume(out, resume)
     check_before_work(recipe, resolved.origins)  # data files, tokenizer, init_from, freeze: before the data is read
     if args.command == "finetune" and recipe.init_from is None:

@@ -126,6 +126,21 @@ def run_contents(folder: Path) -> list[str]:
     return found
 
 
+def check_claim(folder: Path, *, resume: bool, overwrite: bool) -> None:
+    """What :func:`claim_for_training` refuses, checked without changing anything (``vlkit train`` calls
+    it before any heavy work).
+
+    Raises:
+        RunFolderTaken: the folder holds a run and neither flag was given, or both were.
+    """
+    if resume and overwrite:
+        raise RunFolderTaken("give one of --resume (continue the run) and --overwrite (replace it), not both")
+    found = run_contents(folder)
+    if found and not resume and not overwrite:
+        raise RunFolderTaken(f"{folder} already holds a run ({', '.join(found)}); pass --resume to continue it, "
+                             "--overwrite to replace it, or choose another --out")
+
+
 def claim_for_training(folder: Path, *, resume: bool, overwrite: bool) -> None:
     """Make ``folder`` ready for a training run (rank 0; call it holding the lock).
 
@@ -135,13 +150,9 @@ def claim_for_training(folder: Path, *, resume: bool, overwrite: bool) -> None:
     Raises:
         RunFolderTaken: the folder holds a run and neither flag was given, or both were.
     """
-    if resume and overwrite:
-        raise RunFolderTaken("give one of --resume (continue the run) and --overwrite (replace it), not both")
+    check_claim(folder, resume=resume, overwrite=overwrite)
     _remove_orphans(folder)
     found = run_contents(folder)
-    if found and not resume and not overwrite:
-        raise RunFolderTaken(f"{folder} already holds a run ({', '.join(found)}); pass --resume to continue it, "
-                             "--overwrite to replace it, or choose another --out")
     if found and overwrite:
         log.warning("--overwrite: deleting the run in %s (%s)", folder, ", ".join(found))
         for name in found:
